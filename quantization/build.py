@@ -1,0 +1,161 @@
+"""Building artifacts from FP32 checkpoints, and evaluating them (the `qbert quantize/build/eval` work)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+from quantization.artifact import (
+    SCHEMA_VERSION,
+    ArtifactError,
+    ArtifactSource,
+    precision_to_dict,
+    read_manifest,
+    record_evaluation,
+    sha256_file,
+    verify_files,
+    write_artifact,
+)
+from quantization.catalog import TaskEntry
+from quantization.config import PrecisionConfig
+from quantization.evaluate import evaluate, latency_b1_ms
+from quantization.quantize import quantize_model
+from quantization.runtime import load_model
+from quantization.structure import embedding_targets, linear_targets
+from quantization.tasks import get_task
+
+logger = logging.getLogger(__name__)
+
+# Bump when a change to the quantizers changes what an artifact holds, so `qbert build` rebuilds.
+QUANTIZER_VERSION = 1
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module
+    directory: Path
+    location: str
+    sha256: str
+
+    @property
+    def labels(self) -> list[str]:
+        id2label = self.model.config.id2label  # type: ignore[attr-defined]
+        return [id2label[i] for i in sorted(id2label)]
+
+
+def _auto_class(task: str) -> Any:
+    suffix = get_task(task).architecture_suffix
+    return getattr(transformers, f"AutoModel{suffix}")
+
+
+def checkpoint_sha256(directory: Path) -> str:
+    """sha256 over the checkpoint's weight files (one file: that file's own sha256)."""
+    files = [directory / name for name in _WEIGHT_FILES if (directory / name).exists()]
+    files += sorted(directory.glob("model-*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{directory}: no model.safetensors (pickled checkpoints are not loaded)")
+    if len(files) == 1:
+        return sha256_file(files[0])
+    return hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
+
+
+def load_checkpoint(location: str, task: str) -> Checkpoint:
+    """An FP32 task model from a local folder or, where a hub is reachable, a hub id."""
+    directory = Path(location)
+    if not directory.is_dir():
+        from huggingface_hub import snapshot_download  # only for hub ids, never in tests here
+
+        directory = Path(snapshot_download(location, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+    model = _auto_class(task).from_pretrained(directory, local_files_only=True, use_safetensors=True)
+    model = model.to(torch.float32).eval()
+    return Checkpoint(model, directory, location, checkpoint_sha256(directory))
+
+
+def inputs_sha256(checkpoint_sha: str, precision: PrecisionConfig, task: str) -> str:
+    key = {
+        "checkpoint": checkpoint_sha,
+        "precision": precision_to_dict(precision),
+        "task": task,
+        "schema": SCHEMA_VERSION,
+        "quantizer": QUANTIZER_VERSION,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def is_up_to_date(out_dir: Path, expected_inputs: str) -> bool:
+    try:
+        manifest = read_manifest(out_dir)
+        verify_files(out_dir, manifest)
+    except ArtifactError:
+        return False
+    return manifest.get("inputs_sha256") == expected_inputs
+
+
+def quantize_checkpoint(
+    checkpoint: Checkpoint, task: str, precision: PrecisionConfig, out_dir: Path, extra: dict | None = None
+) -> dict[str, Any]:
+    """Quantize one checkpoint at one precision and write the artifact; returns its manifest."""
+    model = checkpoint.model
+    state = quantize_model(model, precision)
+    source = ArtifactSource(
+        task=task,
+        labels=checkpoint.labels,
+        checkpoint=checkpoint.location,
+        checkpoint_sha256=checkpoint.sha256,
+        checkpoint_dir=checkpoint.directory,
+        inputs_sha256=inputs_sha256(checkpoint.sha256, precision, task),
+    )
+    encoder = {f"{t.name}.weight" for t in linear_targets(model)}
+    embeddings = {f"{t.name}.weight" for t in embedding_targets(model)}
+    return write_artifact(out_dir, state, precision, source, encoder, embeddings, extra)
+
+
+def evaluate_artifact(
+    artifact_dir: Path,
+    entry: TaskEntry,
+    data: Path | None = None,
+    latency_samples: int = 30,
+    batch_size: int = 32,
+    progress: Any = None,
+) -> list[dict[str, Any]]:
+    """Evaluate an artifact on `data` (default: the catalog's split) and record the results.
+
+    Results are written into the manifest only for the catalog's default split.
+    """
+    task = get_task(entry.task)
+    loaded = load_model(artifact_dir)
+    path = data or entry.data
+    options = entry.read_options() if data is None else {}
+    examples = task.read_examples(path, **options)
+    on_batch = progress.update if progress is not None else None
+    result = evaluate(loaded, task, examples, batch_size=batch_size, on_batch=on_batch)
+    latency = latency_b1_ms(loaded, task, [ex.input for ex in examples[:latency_samples]])
+    split = f"{path.name}" + (f" articles [{entry.articles[0]}, {entry.articles[1]})" if options else "")
+    date = datetime.now(UTC).date().isoformat()
+    rows = [
+        {
+            "metric": metric,
+            "value": result.metrics[metric],
+            "split": split,
+            "n": result.n,
+            "date": date,
+            "latency_b1_ms": round(latency, 3),
+            "eval_seconds": round(result.seconds, 2),
+            "torch_threads": torch.get_num_threads(),
+        }
+        for metric in task.metrics
+    ]
+    if data is None:
+        record_evaluation(artifact_dir, rows)
+    logger.info("%s %s: %s", entry.task, loaded.precision, {r["metric"]: round(r["value"], 4) for r in rows})
+    return rows

@@ -1,0 +1,86 @@
+"""The task contract shared by offline evaluation and the service.
+
+A task turns one input into one or more model features (`preprocess`), and the model's outputs
+for those features back into one prediction (`postprocess`). Evaluation and serving call the
+same two functions, so a served answer equals the evaluated answer for the same input.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import torch
+
+InputT = TypeVar("InputT")
+PredictionT = TypeVar("PredictionT")
+
+
+@dataclass
+class Feature:
+    """One model input sequence; `meta` carries what the task's postprocess needs back."""
+
+    input_ids: list[int]
+    token_type_ids: list[int]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass(frozen=True)
+class Example(Generic[InputT]):
+    """An evaluation example: the task input and its gold answer."""
+
+    input: InputT
+    gold: Any
+
+
+def pad_features(features: Sequence[Feature], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pad to the longest feature of the batch (never to the model's maximum)."""
+    longest = max(len(f) for f in features)
+    input_ids = torch.full((len(features), longest), pad_token_id, dtype=torch.long)
+    token_type_ids = torch.zeros((len(features), longest), dtype=torch.long)
+    attention_mask = torch.zeros((len(features), longest), dtype=torch.long)
+    for row, feature in enumerate(features):
+        n = len(feature)
+        input_ids[row, :n] = torch.tensor(feature.input_ids)
+        token_type_ids[row, :n] = torch.tensor(feature.token_type_ids)
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+
+
+class Task(ABC, Generic[InputT, PredictionT]):
+    """A task: data reading, pre/post-processing and its metric."""
+
+    name: str
+    metrics: tuple[str, ...]
+    architecture_suffix: str  # e.g. "ForSequenceClassification"
+
+    @abstractmethod
+    def read_examples(self, path: Path) -> list[Example[InputT]]:
+        """Examples from a file in the task's standard format."""
+
+    @abstractmethod
+    def preprocess(self, tokenizer: Any, item: InputT, max_length: int) -> list[Feature]:
+        """Model features for one input."""
+
+    @abstractmethod
+    def split_outputs(self, outputs: Any, features: Sequence[Feature]) -> list[Any]:
+        """Per-feature outputs (unpadded) from one batched forward pass."""
+
+    @abstractmethod
+    def postprocess(
+        self, item: InputT, features: Sequence[Feature], outputs: Sequence[Any], labels: list[str]
+    ) -> PredictionT:
+        """One prediction from the outputs of the input's features."""
+
+    @abstractmethod
+    def score(self, examples: Sequence[Example[InputT]], predictions: Sequence[PredictionT]) -> dict[str, float]:
+        """Metric name -> value in [0, 1]."""
+
+    def split_name(self, path: Path, n: int) -> str:
+        return f"{path.name} ({n} examples)"

@@ -1,0 +1,176 @@
+"""CoNLL-2003 named entities: column files in IOB1 (converted to IOB2), entity-level micro F1.
+
+The F1 follows seqeval's default (conlleval-style) chunking, so an `I-X` after `O` starts an
+entity, exactly as seqeval scores it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from quantization.tasks.base import Example, Feature, Task
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+@dataclass(frozen=True)
+class NerInput:
+    """Words with their character spans in `text` (the eval path joins words with spaces)."""
+
+    words: list[str]
+    spans: list[tuple[int, int]]
+    text: str
+
+    @classmethod
+    def from_text(cls, text: str) -> NerInput:
+        """Split raw text into words the way BERT's basic tokenizer does (words and punctuation)."""
+        matches = list(_WORD.finditer(text))
+        return cls([m.group() for m in matches], [m.span() for m in matches], text)
+
+    @classmethod
+    def from_words(cls, words: list[str]) -> NerInput:
+        spans, pos = [], 0
+        for word in words:
+            spans.append((pos, pos + len(word)))
+            pos += len(word) + 1
+        return cls(list(words), spans, " ".join(words))
+
+
+@dataclass(frozen=True)
+class Entity:
+    type: str
+    text: str
+    start: int
+    end: int
+    score: float
+
+
+@dataclass(frozen=True)
+class NerPrediction:
+    tags: list[str]
+    entities: list[Entity] = field(default_factory=list)
+
+
+def iob1_to_iob2(tags: Sequence[str]) -> list[str]:
+    """IOB1 (B- only between two adjacent entities of one type) to IOB2 (B- starts every entity)."""
+    out: list[str] = []
+    for i, tag in enumerate(tags):
+        if tag.startswith("I-"):
+            prev = out[i - 1] if i else "O"
+            if prev == "O" or prev[2:] != tag[2:]:
+                tag = "B-" + tag[2:]
+        out.append(tag)
+    return out
+
+
+def _split_tag(tag: str) -> tuple[str, str]:
+    if tag == "O":
+        return "O", ""
+    prefix, _, type_ = tag.partition("-")
+    return prefix, type_
+
+
+def _end_of_chunk(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
+    if prev_tag in ("E", "S"):
+        return True
+    if prev_tag in ("B", "I") and tag in ("B", "S", "O"):
+        return True
+    return prev_tag not in ("O", ".") and prev_type != type_
+
+
+def _start_of_chunk(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
+    if tag in ("B", "S"):
+        return True
+    if prev_tag in ("E", "S", "O") and tag in ("E", "I"):
+        return True
+    return tag not in ("O", ".") and prev_type != type_
+
+
+def get_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(type, first word, last word) of every chunk, seqeval's default scheme."""
+    chunks = []
+    prev_tag, prev_type, begin = "O", "", 0
+    for i, tag_str in enumerate([*tags, "O"]):
+        tag, type_ = _split_tag(tag_str)
+        if _end_of_chunk(prev_tag, tag, prev_type, type_):
+            chunks.append((prev_type, begin, i - 1))
+        if _start_of_chunk(prev_tag, tag, prev_type, type_):
+            begin = i
+        prev_tag, prev_type = tag, type_
+    return chunks
+
+
+def entity_f1(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict[str, float]:
+    true_set = {(i, *e) for i, tags in enumerate(gold) for e in get_entities(tags)}
+    pred_set = {(i, *e) for i, tags in enumerate(predicted) for e in get_entities(tags)}
+    correct = len(true_set & pred_set)
+    precision = correct / len(pred_set) if pred_set else 0.0
+    recall = correct / len(true_set) if true_set else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"entity_f1": f1, "precision": precision, "recall": recall}
+
+
+def read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
+    """Sentences of a CoNLL column file (word first, NER tag last), -DOCSTART- lines skipped."""
+    sentences, words, tags = [], [], []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("-DOCSTART-"):
+            if words:
+                sentences.append((words, tags))
+                words, tags = [], []
+            continue
+        columns = line.split()
+        if len(columns) < 2:
+            raise ValueError(f"{path}: expected `word ... tag` columns, got {line!r}")
+        words.append(columns[0])
+        tags.append(columns[-1])
+    if words:
+        sentences.append((words, tags))
+    return sentences
+
+
+class NERTask(Task[NerInput, NerPrediction]):
+    name = "ner"
+    metrics = ("entity_f1",)
+    architecture_suffix = "ForTokenClassification"
+
+    def read_examples(self, path: Path) -> list[Example[NerInput]]:
+        return [Example(NerInput.from_words(w), iob1_to_iob2(t)) for w, t in read_conll(path)]
+
+    def preprocess(self, tokenizer: Any, item: NerInput, max_length: int) -> list[Feature]:
+        if not item.words:
+            return [Feature([tokenizer.cls_token_id, tokenizer.sep_token_id], [0, 0], {"word_ids": [None, None]})]
+        encoded = tokenizer(item.words, is_split_into_words=True, truncation=True, max_length=max_length)
+        return [Feature(encoded["input_ids"], encoded["token_type_ids"], {"word_ids": encoded.word_ids()})]
+
+    def split_outputs(self, outputs: Any, features: Sequence[Feature]) -> list[Any]:
+        return [logits[: len(f)].float() for logits, f in zip(outputs.logits, features, strict=True)]
+
+    def postprocess(
+        self, item: NerInput, features: Sequence[Feature], outputs: Sequence[Any], labels: list[str]
+    ) -> NerPrediction:
+        probs = torch.softmax(outputs[0], dim=-1)
+        best_prob, best = probs.max(dim=-1)
+        tags = ["O"] * len(item.words)  # words cut off by truncation stay O
+        word_prob = [1.0] * len(item.words)
+        seen: set[int] = set()
+        for position, word in enumerate(features[0].meta["word_ids"]):
+            if word is not None and word not in seen:  # the first sub-token labels the word
+                seen.add(word)
+                tags[word] = labels[int(best[position])]
+                word_prob[word] = float(best_prob[position])
+        entities = []
+        for type_, first, last in get_entities(tags):
+            start, end = item.spans[first][0], item.spans[last][1]
+            score = sum(word_prob[first : last + 1]) / (last - first + 1)
+            entities.append(Entity(type_, item.text[start:end], start, end, score))
+        return NerPrediction(tags, entities)
+
+    def score(self, examples: Sequence[Example[NerInput]], predictions: Sequence[NerPrediction]) -> dict[str, float]:
+        return entity_f1([ex.gold for ex in examples], [p.tags for p in predictions])

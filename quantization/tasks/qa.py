@@ -1,0 +1,136 @@
+"""SQuAD v1.1 extractive QA: strided windows over long contexts, EM / F1 with the official
+normalization (lower case, no punctuation, no articles, single spaces)."""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from quantization.tasks.base import Example, Feature, Task
+
+WINDOW_STRIDE = 128  # tokens shared by consecutive windows
+MAX_ANSWER_TOKENS = 30
+N_BEST = 20
+
+
+@dataclass(frozen=True)
+class QAInput:
+    question: str
+    context: str
+
+
+@dataclass(frozen=True)
+class QAPrediction:
+    answer: str
+    start: int  # character offsets into the context
+    end: int
+    score: float
+
+
+def normalize_answer(text: str) -> str:
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def f1_score(prediction: str, gold: str) -> float:
+    pred_tokens, gold_tokens = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred_tokens), same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def read_squad(path: Path, articles: tuple[int, int] | None = None) -> list[Example[QAInput]]:
+    """Questions of a SQuAD v1.1 JSON file, optionally of articles [first, last) only."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or "data" not in data:
+        raise ValueError(f"{path}: not a SQuAD JSON file (no `data` list)")
+    chosen = data["data"] if articles is None else data["data"][articles[0] : articles[1]]
+    return [
+        Example(QAInput(qa["question"], paragraph["context"]), [a["text"] for a in qa["answers"]])
+        for article in chosen
+        for paragraph in article["paragraphs"]
+        for qa in paragraph["qas"]
+    ]
+
+
+class QATask(Task[QAInput, QAPrediction]):
+    name = "qa"
+    metrics = ("exact_match", "f1")
+    architecture_suffix = "ForQuestionAnswering"
+
+    def read_examples(self, path: Path, articles: tuple[int, int] | None = None) -> list[Example[QAInput]]:
+        return read_squad(path, articles)
+
+    def preprocess(self, tokenizer: Any, item: QAInput, max_length: int) -> list[Feature]:
+        question_tokens = len(tokenizer(item.question, add_special_tokens=False)["input_ids"])
+        if question_tokens > max_length // 2:
+            raise ValueError(f"question is {question_tokens} tokens; at most {max_length // 2} fit a window")
+        encoded = tokenizer(
+            item.question,
+            item.context,
+            truncation="only_second",
+            max_length=max_length,
+            stride=min(WINDOW_STRIDE, max_length // 4),
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+        )
+        features = []
+        for window in range(len(encoded["input_ids"])):
+            sequence_ids = encoded.sequence_ids(window)
+            offsets = [
+                tuple(span) if sequence_ids[i] == 1 else None
+                for i, span in enumerate(encoded["offset_mapping"][window])
+            ]
+            features.append(
+                Feature(encoded["input_ids"][window], encoded["token_type_ids"][window], {"offsets": offsets})
+            )
+        return features
+
+    def split_outputs(self, outputs: Any, features: Sequence[Feature]) -> list[Any]:
+        return [
+            (start[: len(f)].float(), end[: len(f)].float())
+            for start, end, f in zip(outputs.start_logits, outputs.end_logits, features, strict=True)
+        ]
+
+    def postprocess(
+        self, item: QAInput, features: Sequence[Feature], outputs: Sequence[Any], labels: list[str]
+    ) -> QAPrediction:
+        best: tuple[float, int, int, float] | None = None  # (logit sum, char start, char end, probability)
+        for feature, (start_logits, end_logits) in zip(features, outputs, strict=True):
+            offsets = feature.meta["offsets"]
+            start_probs, end_probs = torch.softmax(start_logits, -1), torch.softmax(end_logits, -1)
+            starts = torch.topk(start_logits, min(N_BEST, len(offsets))).indices.tolist()
+            ends = torch.topk(end_logits, min(N_BEST, len(offsets))).indices.tolist()
+            for s in starts:
+                for e in ends:
+                    if offsets[s] is None or offsets[e] is None or e < s or e - s + 1 > MAX_ANSWER_TOKENS:
+                        continue
+                    logit = float(start_logits[s] + end_logits[e])
+                    if best is None or logit > best[0]:
+                        best = (logit, offsets[s][0], offsets[e][1], float(start_probs[s] * end_probs[e]))
+        if best is None:
+            return QAPrediction("", 0, 0, 0.0)
+        _, start, end, prob = best
+        return QAPrediction(item.context[start:end], start, end, prob)
+
+    def score(self, examples: Sequence[Example[QAInput]], predictions: Sequence[QAPrediction]) -> dict[str, float]:
+        em = sum(max(exact_match(p.answer, g) for g in ex.gold) for ex, p in zip(examples, predictions, strict=True))
+        f1 = sum(max(f1_score(p.answer, g) for g in ex.gold) for ex, p in zip(examples, predictions, strict=True))
+        return {"exact_match": em / len(examples), "f1": f1 / len(examples)}
