@@ -38,7 +38,7 @@ def _eval_with_progress(artifact: Path, entry: TaskEntry, data: Path | None, bat
     task = get_task(entry.task)
     examples = task.read_examples(data or entry.data, **({} if data else entry.read_options()))
     total = count_features(load_model(artifact), task, [ex.input for ex in examples])
-    with tqdm(total=total, desc=f"eval {entry.task}/{artifact.name}", unit="seq", leave=False) as bar:
+    with tqdm(total=total, desc=f"eval {entry.task}/{artifact.name}", unit="seq", leave=False, disable=None) as bar:
         return evaluate_artifact(artifact, entry, data=data, batch_size=batch_size, progress=bar)
 
 
@@ -68,7 +68,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         if not args.precision or p in args.precision
     ]
     cache: dict = {}
-    with tqdm(jobs, desc="build", unit="artifact") as bar:
+    with tqdm(jobs, desc="build", unit="artifact", disable=None) as bar:
         for entry, precision in bar:
             bar.set_postfix_str(f"{entry.task}/{precision}")
             status = _build_one(catalog, entry, precision, args.force, args.batch_size, cache)

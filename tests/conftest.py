@@ -13,16 +13,65 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_MODELS = Path(os.environ.get("QBERT_CHECKPOINTS", REPO_ROOT.parent / "shared" / "models"))
 SHARED_DATA = Path(os.environ.get("QBERT_DATA", REPO_ROOT.parent / "shared" / "data"))
 
-_WORDS = (
-    "the a an is was good bad great terrible movie film john smith lives in paris works at acme "
-    "corp . , ? ! what where who when did does play plays played by for of and or not very"
-).split()
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_WORDS, *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"],
-         *list("abcdefghijklmnopqrstuvwxyz0123456789")]
+_WORDS = [
+    "the",
+    "a",
+    "an",
+    "is",
+    "was",
+    "good",
+    "bad",
+    "great",
+    "terrible",
+    "movie",
+    "film",
+    "john",
+    "smith",
+    "lives",
+    "in",
+    "paris",
+    "works",
+    "at",
+    "acme",
+    "corp",
+    ".",
+    ",",
+    "?",
+    "!",
+    "what",
+    "where",
+    "who",
+    "when",
+    "did",
+    "does",
+    "play",
+    "plays",
+    "played",
+    "by",
+    "for",
+    "of",
+    "and",
+    "or",
+    "not",
+    "very",
+]
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    *_WORDS,
+    *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"],
+    *list("abcdefghijklmnopqrstuvwxyz0123456789"),
+]
 
 TASK_HEADS = {
     "sst2": ("BertForSequenceClassification", ["negative", "positive"]),
-    "ner": ("BertForTokenClassification", ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]),
+    "ner": (
+        "BertForTokenClassification",
+        ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"],
+    ),
     "qa": ("BertForQuestionAnswering", None),
 }
 CHECKPOINT_NAMES = {"sst2": "minilm-l6-sst2", "ner": "minilm-l6-conll03", "qa": "minilm-l6-squad"}
@@ -80,9 +129,21 @@ def write_tiny_data(root: Path) -> Path:
     squad = {
         "version": "1.1",
         "data": [
-            {"title": f"t{i}", "paragraphs": [{"context": context, "qas": [
-                {"id": f"q{i}", "question": "where does john live ?",
-                 "answers": [{"text": "paris", "answer_start": context.index("paris")}]}]}]}
+            {
+                "title": f"t{i}",
+                "paragraphs": [
+                    {
+                        "context": context,
+                        "qas": [
+                            {
+                                "id": f"q{i}",
+                                "question": "where does john live ?",
+                                "answers": [{"text": "paris", "answer_start": context.index("paris")}],
+                            }
+                        ],
+                    }
+                ],
+            }
             for i in range(40)  # the catalog evaluates articles [36, 48)
         ],
     }

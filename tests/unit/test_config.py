@@ -30,8 +30,9 @@ def test_precision_validation() -> None:
     with pytest.raises(ValueError, match="8-bit activations"):
         PrecisionConfig(name="w4", weights=WeightQuantConfig(bits=4))
     with pytest.raises(ValueError, match="layer_bits"):
-        PrecisionConfig(name="w4", weights=WeightQuantConfig(bits=4), activations=ActivationQuantConfig(),
-                        layer_bits={"x": 6})
+        PrecisionConfig(
+            name="w4", weights=WeightQuantConfig(bits=4), activations=ActivationQuantConfig(), layer_bits={"x": 6}
+        )
     with pytest.raises(ValueError, match="only 8-bit"):
         ActivationQuantConfig(bits=4)
 

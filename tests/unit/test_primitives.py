@@ -7,16 +7,21 @@ from quantization.qtensor import QuantizedWeight
 
 
 def _heads_of_groups(offsets: torch.Tensor, head_rows: int) -> list[set[int]]:
-    return [set(range(int(a), int(b))) and {r // head_rows for r in range(int(a), int(b))}
-            for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    return [
+        set(range(int(a), int(b))) and {r // head_rows for r in range(int(a), int(b))}
+        for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+    ]
 
 
-@pytest.mark.parametrize(("rows", "groups", "head_rows"), [(384, 128, 32), (768, 128, 64), (48, 12, 12), (384, 12, 32),
-                                                           (384, 5, 32), (384, 384, 32), (64, 7, 16)])
+@pytest.mark.parametrize(
+    ("rows", "groups", "head_rows"),
+    [(384, 128, 32), (768, 128, 64), (48, 12, 12), (384, 12, 32), (384, 5, 32), (384, 384, 32), (64, 7, 16)],
+)
 def test_groups_never_straddle_heads(rows: int, groups: int, head_rows: int) -> None:
     offsets = group_offsets(rows, groups, head_rows)
     assert len(offsets) == groups + 1
-    assert offsets[0] == 0 and offsets[-1] == rows
+    assert offsets[0] == 0
+    assert offsets[-1] == rows
     sizes = offsets[1:] - offsets[:-1]
     assert bool((sizes > 0).all())
     if groups >= rows // head_rows:
@@ -28,7 +33,8 @@ def test_groups_never_straddle_heads(rows: int, groups: int, head_rows: int) -> 
 
 def test_minilm_attention_groups_are_two_to_four_rows() -> None:
     sizes = group_offsets(384, 128, 32).diff()
-    assert set(sizes.tolist()) <= {2, 3, 4} and int(sizes.sum()) == 384
+    assert set(sizes.tolist()) <= {2, 3, 4}
+    assert int(sizes.sum()) == 384
 
 
 def test_plain_groups_split_evenly() -> None:
@@ -45,14 +51,14 @@ def _weight(rows: int = 96, cols: int = 64, seed: int = 0) -> torch.Tensor:
     return w
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4, 8])
-@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize(
+    ("bits", "symmetric"), [(2, False), (3, False), (4, False), (8, False), (3, True), (4, True), (8, True)]
+)
 def test_codes_in_range_and_error_within_half_a_step(bits: int, symmetric: bool) -> None:
-    if symmetric and bits < 3:
-        pytest.skip("symmetric needs >= 3 bits")
     w = _weight()
     q = QuantizedWeight.from_float(w, WeightQuantConfig(bits=bits, num_groups=16, symmetric=symmetric))
-    assert q.codes.dtype == torch.uint8 and int(q.codes.max()) < 2**bits
+    assert q.codes.dtype == torch.uint8
+    assert int(q.codes.max()) < 2**bits
     err = (w - q.dequantize()).abs()
     assert bool((err <= q.row_scale()[:, None] / 2 + 1e-6).all())  # min/max ranges never clip
 
@@ -106,7 +112,8 @@ def test_storage_round_trip_is_exact() -> None:
     q = QuantizedWeight.from_float(w, WeightQuantConfig(bits=3, num_groups=10, range_method="mse"), head_rows=24)
     stored = q.to_storage("m.weight")
     back = QuantizedWeight.from_storage(stored, "m.weight", q.shape, 3, group_offsets(96, 10, 24))
-    assert torch.equal(back.codes, q.codes) and torch.equal(back.dequantize(), q.dequantize())
+    assert torch.equal(back.codes, q.codes)
+    assert torch.equal(back.dequantize(), q.dequantize())
     # Packed codes are 3 bits each; scales are float32, zero points uint8.
     assert stored["m.weight.qdata"].numel() == 96 * 64 * 3 // 8
     assert q.packed_nbytes() == 96 * 64 * 3 // 8 + 10 * 5

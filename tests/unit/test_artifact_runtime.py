@@ -1,0 +1,144 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from quantization.artifact import WEIGHTS, ArtifactError, read_artifact
+from quantization.build import load_checkpoint, quantize_checkpoint
+from quantization.catalog import load_catalog
+from quantization.qtensor import QuantizedWeight
+from quantization.runtime import Int8Linear, QuantizedEmbedding, load_model
+from quantization.tasks import get_task, pad_features
+
+CATALOG = load_catalog()
+
+
+def _build(tmp_path: Path, checkpoint_dir: Path, task: str, precision: str) -> Path:
+    checkpoint = load_checkpoint(str(checkpoint_dir), task)
+    out = tmp_path / task / precision
+    quantize_checkpoint(checkpoint, task, CATALOG.precision(precision), out)
+    return out
+
+
+def _batch(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
+    task = get_task("sst2")
+    return pad_features([task.preprocess(tokenizer, t, 64)[0] for t in texts])
+
+
+def _fake_quantized_reference(checkpoint_dir: Path, artifact_dir: Path) -> torch.nn.Module:
+    """The FP32 model with every quantized weight replaced by its dequantized values."""
+    reference = load_checkpoint(str(checkpoint_dir), "sst2").model
+    artifact = read_artifact(artifact_dir)
+    from quantization.primitives import group_offsets
+
+    for entry in artifact.manifest["tensors"]:
+        if entry["bits"] == 32:
+            continue
+        offsets = group_offsets(entry["shape"][0], entry["num_groups"], entry["head_rows"])
+        q = QuantizedWeight.from_storage(artifact.tensors, entry["name"], tuple(entry["shape"]), entry["bits"], offsets)
+        reference.get_submodule(entry["module"]).weight.data = q.dequantize()
+    return reference
+
+
+@pytest.mark.parametrize("precision", ["w8", "w4g128", "w3g128", "w2g128", "direct-w2"])
+def test_int8_runtime_matches_the_dequantized_model(tmp_path: Path, tiny_checkpoints: dict, precision: str) -> None:
+    artifact = _build(tmp_path, tiny_checkpoints["sst2"], "sst2", precision)
+    loaded = load_model(artifact)
+    linears = [m for m in loaded.model.modules() if isinstance(m, Int8Linear)]
+    assert len(linears) == 12
+    assert not any(isinstance(m, torch.nn.Linear) for m in loaded.model.bert.encoder.modules())
+    assert sum(isinstance(m, QuantizedEmbedding) for m in loaded.model.modules()) == 3
+    batch = _batch(loaded.tokenizer, ["a good movie", "john smith lives in paris and plays"])
+    reference = _fake_quantized_reference(tiny_checkpoints["sst2"], artifact)
+    with torch.inference_mode():
+        ours, ref = loaded.model(**batch).logits, reference(**batch).logits
+    # The only difference left is 8-bit dynamic activation quantization.
+    assert torch.allclose(ours, ref, atol=0.05, rtol=0.05), (ours, ref)
+
+
+def test_fp32_artifact_reproduces_the_checkpoint(tmp_path: Path, tiny_checkpoints: dict) -> None:
+    artifact = _build(tmp_path, tiny_checkpoints["sst2"], "sst2", "fp32")
+    loaded = load_model(artifact)
+    original = load_checkpoint(str(tiny_checkpoints["sst2"]), "sst2").model
+    batch = _batch(loaded.tokenizer, ["a terrible film"])
+    with torch.inference_mode():
+        assert torch.equal(loaded.model(**batch).logits, original(**batch).logits)
+
+
+def test_manifest_records_sizes_hashes_and_tensors(tmp_path: Path, tiny_checkpoints: dict) -> None:
+    artifact = _build(tmp_path, tiny_checkpoints["sst2"], "sst2", "w2g128")
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["schema_version"] == 1
+    assert manifest["task"] == "sst2"
+    assert manifest["labels"] == ["negative", "positive"]
+    assert len(manifest["base_checkpoint"]["sha256"]) == 64
+    assert set(manifest["files"]) >= {WEIGHTS, "config.json", "vocab.txt", "tokenizer.json"}
+    summary = manifest["summary"]
+    assert summary["avg_bits_encoder"] == 2.0
+    assert summary["avg_bits_embeddings"] == 8.0
+    assert summary["encoder_compression"] > 10  # tiny rows make scales weigh more than on MiniLM
+    query = next(e for e in manifest["tensors"] if e["name"].endswith("layer.0.attention.self.query.weight"))
+    assert query | {"packed_bytes": 0} == query | {
+        "bits": 2,
+        "granularity": "groupwise",
+        "num_groups": 48,
+        "head_rows": 12,
+        "symmetric": False,
+        "role": "attention_qkv",
+        "packed_bytes": 0,
+    }
+    # Really packed: the safetensors file holds 2-bit codes, 4 per byte.
+    tensors = read_artifact(artifact).tensors
+    assert tensors["bert.encoder.layer.0.attention.self.query.weight.qdata"].numel() == 48 * 48 // 4
+    assert "bert.encoder.layer.0.attention.self.query.weight" not in tensors
+    assert not list(artifact.glob("*.bin"))
+    assert not list(artifact.glob("*.pt"))
+
+
+def test_loaded_model_reports_its_costs(tmp_path: Path, tiny_checkpoints: dict) -> None:
+    loaded = load_model(_build(tmp_path, tiny_checkpoints["sst2"], "sst2", "w4g128"))
+    assert loaded.load_seconds > 0
+    assert loaded.packed_bytes > 0
+    assert loaded.runtime_bytes > loaded.packed_bytes  # sub-8-bit codes run unpacked as int8
+    assert loaded.task == "sst2"
+    assert loaded.precision == "w4g128"
+
+
+def test_corrupted_weights_are_refused_naming_the_file(tmp_path: Path, tiny_checkpoints: dict) -> None:
+    artifact = _build(tmp_path, tiny_checkpoints["sst2"], "sst2", "w4g128")
+    data = bytearray((artifact / WEIGHTS).read_bytes())
+    data[-10] ^= 0xFF
+    (artifact / WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=rf"{WEIGHTS}: sha256 .* does not match"):
+        load_model(artifact)
+
+
+def test_tampered_tokenizer_and_missing_files_are_refused(tmp_path: Path, tiny_checkpoints: dict) -> None:
+    artifact = _build(tmp_path, tiny_checkpoints["sst2"], "sst2", "w8")
+    with (artifact / "vocab.txt").open("a") as handle:
+        handle.write("injected\n")
+    with pytest.raises(ArtifactError, match="vocab.txt: sha256"):
+        load_model(artifact)
+    (artifact / "vocab.txt").unlink()
+    with pytest.raises(ArtifactError, match="vocab.txt: listed in the manifest but missing"):
+        load_model(artifact)
+
+
+def test_schema_mismatch_and_bad_manifest_are_refused(tmp_path: Path, tiny_checkpoints: dict) -> None:
+    artifact = _build(tmp_path, tiny_checkpoints["sst2"], "sst2", "w8")
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    (artifact / "manifest.json").write_text(json.dumps(manifest | {"schema_version": 99}))
+    with pytest.raises(ArtifactError, match="schema_version 99"):
+        load_model(artifact)
+    (artifact / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        load_model(artifact)
+    with pytest.raises(ArtifactError, match="no manifest"):
+        load_model(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("task", ["ner", "qa"])
+def test_token_and_span_heads_load_quantized(tmp_path: Path, tiny_checkpoints: dict, task: str) -> None:
+    loaded = load_model(_build(tmp_path, tiny_checkpoints[task], task, "w3g128"))
+    assert sum(isinstance(m, Int8Linear) for m in loaded.model.modules()) == 12
