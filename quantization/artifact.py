@@ -47,7 +47,13 @@ def precision_to_dict(precision: PrecisionConfig) -> dict[str, Any]:
         "weights": precision.weights.to_dict() if precision.weights else None,
         "embeddings": precision.embeddings.to_dict() if precision.embeddings else None,
         "activations": (
-            {"bits": precision.activations.bits, "mode": precision.activations.mode} if precision.activations else None
+            {
+                "bits": precision.activations.bits,
+                "mode": precision.activations.mode,
+                "granularity": precision.activations.granularity,
+            }
+            if precision.activations
+            else None
         ),
         "layer_bits": dict(precision.layer_bits),
     }

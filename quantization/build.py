@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -126,7 +127,7 @@ def evaluate_artifact(
     data: Path | None = None,
     latency_samples: int = 30,
     batch_size: int = 32,
-    progress: Any = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate an artifact on `data` (default: the catalog's split) and record the results.
 
@@ -137,7 +138,6 @@ def evaluate_artifact(
     path = data or entry.data
     options = entry.read_options() if data is None else {}
     examples = task.read_examples(path, **options)
-    on_batch = progress.update if progress is not None else None
     result = evaluate(loaded, task, examples, batch_size=batch_size, on_batch=on_batch)
     latency = latency_b1_ms(loaded, task, [ex.input for ex in examples[:latency_samples]])
     split = f"{path.name}" + (f" articles [{entry.articles[0]}, {entry.articles[1]})" if options else "")

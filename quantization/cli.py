@@ -31,15 +31,14 @@ def _set_threads(threads: int | None) -> None:
 
 def _eval_with_progress(artifact: Path, entry: TaskEntry, data: Path | None, batch_size: int) -> list[dict]:
     from quantization.build import evaluate_artifact
-    from quantization.evaluate import count_features
-    from quantization.runtime import load_model
-    from quantization.tasks import get_task
 
-    task = get_task(entry.task)
-    examples = task.read_examples(data or entry.data, **({} if data else entry.read_options()))
-    total = count_features(load_model(artifact), task, [ex.input for ex in examples])
-    with tqdm(total=total, desc=f"eval {entry.task}/{artifact.name}", unit="seq", leave=False, disable=None) as bar:
-        return evaluate_artifact(artifact, entry, data=data, batch_size=batch_size, progress=bar)
+    with tqdm(desc=f"eval {entry.task}/{artifact.name}", unit="seq", leave=False, disable=None) as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done)
+
+        return evaluate_artifact(artifact, entry, data=data, batch_size=batch_size, on_batch=advance)
 
 
 def _build_one(catalog: Catalog, entry: TaskEntry, precision: str, force: bool, batch_size: int, cache: dict) -> str:

@@ -80,18 +80,22 @@ class WeightQuantConfig:
 class ActivationQuantConfig:
     """Activation quantization at inference.
 
-    Only `dynamic` is implemented: every quantized Linear quantizes its input to 8 bits per tensor
-    at run time (fbgemm `linear_dynamic`), so no calibration data is needed.
+    Only `dynamic` per-token is implemented: every quantized Linear quantizes each token's input
+    to 8 bits (symmetric, its own scale) at run time, so no calibration data is needed and a
+    sequence's result does not depend on the rest of its batch.
     """
 
     bits: int = 8
     mode: str = "dynamic"
+    granularity: str = "per_token"
 
     def __post_init__(self) -> None:
         if self.bits != 8:
             raise ValueError(f"only 8-bit activations are supported, got {self.bits}")
         if self.mode != "dynamic":
             raise ValueError(f"only dynamic activation quantization is supported, got {self.mode!r}")
+        if self.granularity != "per_token":
+            raise ValueError(f"only per-token activation scales are supported, got {self.granularity!r}")
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,13 @@ def predict(
     task: Task,
     inputs: Sequence[Any],
     batch_size: int = 32,
-    on_batch: Callable[[int], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> list[Any]:
-    """Predictions for `inputs`, batching features of similar length together."""
+    """Predictions for `inputs`, batching features of similar length together.
+
+    `on_batch(done, total)` is called after each batch with the number of features it held and
+    the total number of features.
+    """
     max_length = max_length_for(task)
     per_input = [task.preprocess(loaded.tokenizer, item, max_length) for item in inputs]
     flat = [(i, j) for i, feats in enumerate(per_input) for j in range(len(feats))]
@@ -47,16 +51,11 @@ def predict(
         for (i, j), result in zip(chunk, results, strict=True):
             outputs[i][j] = result
         if on_batch:
-            on_batch(len(chunk))
+            on_batch(len(chunk), len(flat))
     return [
         task.postprocess(item, feats, outs, loaded.labels)
         for item, feats, outs in zip(inputs, per_input, outputs, strict=True)
     ]
-
-
-def count_features(loaded: LoadedModel, task: Task, inputs: Sequence[Any]) -> int:
-    max_length = max_length_for(task)
-    return sum(len(task.preprocess(loaded.tokenizer, item, max_length)) for item in inputs)
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ def evaluate(
     task: Task,
     examples: Sequence[Example],
     batch_size: int = 32,
-    on_batch: Callable[[int], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
     started = time.perf_counter()
     predictions = predict(loaded, task, [ex.input for ex in examples], batch_size, on_batch)

@@ -1,21 +1,24 @@
 """Inference models built from artifacts, running real int8 kernels.
 
 Quantized Linear layers become `Int8Linear`: the stored 2/3/4/8-bit codes are unpacked once at load
-into an fbgemm per-channel int8 matrix (one scale and zero point per output row, taken from the
-row's group) and executed with `torch.ops.quantized.linear_dynamic`, which quantizes activations to
-8 bits per tensor at run time. Because a code c with zero point z is stored as the int8 value c
-(c - 128 for 8-bit codes), the kernel computes exactly scale * (c - z): no second rounding. No FP32
-copy of a quantized weight is kept. Sub-8-bit codes are a storage format: on CPU, int8 kernels are
-the fastest integer path (torch's 4-bit CPU kernels are slower than FP32 here).
+into an int8 matrix (code c stored as c, or c - 128 for 8-bit codes) with one scale and zero point
+per output row, taken from the row's group. At run time each token's activations are quantized to
+8 bits with their own scale (dynamic, per token, symmetric), multiplied by `torch._int_mm`
+(int8 x int8 -> int32, oneDNN: VNNI/AMX on this CPU) and rescaled:
+
+    y[t, r] = s_t * s_r * (sum_k xq[t, k] * c[r, k]  -  z_r * sum_k xq[t, k])  + bias[r]
+
+which is exactly x_q @ (s_r * (c - z_r)).T: the weights see no second rounding. Per-token scales
+make a sequence's result independent of what else is in its batch, which per-tensor dynamic
+quantization (fbgemm `linear_dynamic`) is not. No FP32 copy of a quantized weight is kept;
+sub-8-bit codes are a storage format (torch's 4-bit CPU kernels are slower than FP32 here).
 """
 
 from __future__ import annotations
 
 import re
 import time
-import warnings
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -30,41 +33,32 @@ from quantization.qtensor import QuantizedWeight
 _ARCHITECTURE = re.compile(r"^\w+For(SequenceClassification|TokenClassification|QuestionAnswering)$")
 
 
-@cache
-def cpu_has_vnni() -> bool:
-    """Whether int8 dot products accumulate without int16 saturation (AVX512-VNNI / AVX-VNNI)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
-
-
 class Int8Linear(nn.Module):
-    """A Linear layer running fbgemm int8 x int8 -> int32 matmuls with per-row weight scales."""
+    """A Linear layer running int8 x int8 -> int32 matmuls, per-row weight and per-token activation scales."""
 
     def __init__(self, qweight: QuantizedWeight, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = qweight.shape
         self.bits = qweight.bits
         shift = 128 if qweight.bits == 8 else 0  # 8-bit codes [0, 255] -> int8 [-128, 127]
-        int_repr = (qweight.codes.to(torch.int16) - shift).to(torch.int8)
-        zero = qweight.row_zero_point().to(torch.int64) - shift
-        with warnings.catch_warnings():
-            # The quantized-tensor constructors are deprecated but remain fbgemm's only entry point.
-            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-            weight = torch._make_per_channel_quantized_tensor(int_repr, qweight.row_scale().double(), zero, 0)
-        bias = None if bias is None else bias.detach().to(torch.float32).contiguous()
-        self._packed = torch.ops.quantized.linear_prepack(weight, bias)
-        # Without VNNI, fbgemm's u8 x s8 pairs saturate in int16 for full-range 8-bit weights:
-        # then activations use 7 bits, as torch's own dynamic quantization does.
-        self.reduce_range = qweight.bits == 8 and not cpu_has_vnni()
-        self.runtime_nbytes = (
-            self.out_features * self.in_features + self.out_features * 16 + (0 if bias is None else bias.numel() * 4)
-        )
+        self.register_buffer("weight_int8", (qweight.codes.to(torch.int16) - shift).to(torch.int8).contiguous())
+        self.register_buffer("row_scale", qweight.row_scale().to(torch.float32))
+        zero = qweight.row_zero_point().to(torch.int32) - shift
+        self.register_buffer("row_zero", zero if bool(zero.any()) else None)
+        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).contiguous())
+        self.runtime_nbytes = sum(b.numel() * b.element_size() for b in self.buffers())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x, self._packed, self.reduce_range)
+        rows = x.reshape(-1, self.in_features)
+        token_scale = rows.abs().amax(1, keepdim=True).clamp_min_(1e-8) / 127.0
+        xq = torch.round(rows / token_scale).to(torch.int8)
+        acc = torch._int_mm(xq, self.weight_int8.t())
+        if self.row_zero is not None:
+            acc -= xq.sum(1, keepdim=True, dtype=torch.int32) * self.row_zero
+        y = acc.to(torch.float32).mul_(token_scale * self.row_scale)
+        if self.bias is not None:
+            y += self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits} (int8 kernel)"
