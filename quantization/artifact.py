@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from quantization.config import PrecisionConfig
+from quantization.primitives import group_offsets
+from quantization.qtensor import QuantizedWeight
 from quantization.quantize import QuantizedState
 
 SCHEMA_VERSION = 1
@@ -46,15 +48,7 @@ def precision_to_dict(precision: PrecisionConfig) -> dict[str, Any]:
         "name": precision.name,
         "weights": precision.weights.to_dict() if precision.weights else None,
         "embeddings": precision.embeddings.to_dict() if precision.embeddings else None,
-        "activations": (
-            {
-                "bits": precision.activations.bits,
-                "mode": precision.activations.mode,
-                "granularity": precision.activations.granularity,
-            }
-            if precision.activations
-            else None
-        ),
+        "activations": asdict(precision.activations) if precision.activations else None,
         "layer_bits": dict(precision.layer_bits),
     }
 
@@ -212,6 +206,11 @@ class Artifact:
     path: Path
     manifest: dict[str, Any]
     tensors: dict[str, torch.Tensor]
+
+    def quantized_weight(self, entry: dict[str, Any]) -> QuantizedWeight:
+        """The quantized weight a manifest tensor entry describes (its groups recomputed from the entry)."""
+        offsets = group_offsets(entry["shape"][0], entry["num_groups"], entry.get("head_rows"))
+        return QuantizedWeight.from_storage(self.tensors, entry["name"], tuple(entry["shape"]), entry["bits"], offsets)
 
 
 def read_artifact(artifact_dir: Path) -> Artifact:

@@ -27,8 +27,7 @@ import transformers
 from torch import nn
 
 from quantization.artifact import Artifact, read_artifact
-from quantization.primitives import group_offsets
-from quantization.qtensor import QuantizedWeight
+from quantization.qtensor import QDATA, SCALE, ZERO_POINT, QuantizedWeight
 
 _ARCHITECTURE = re.compile(r"^\w+For(SequenceClassification|TokenClassification|QuestionAnswering)$")
 
@@ -145,10 +144,9 @@ def build_model(artifact: Artifact) -> tuple[nn.Module, int]:
     for entry in artifact.manifest["tensors"]:
         if entry["bits"] == 32:
             continue
-        module_name, rows = entry["module"], entry["shape"][0]
-        offsets = group_offsets(rows, entry["num_groups"], entry.get("head_rows"))
-        qweight = QuantizedWeight.from_storage(tensors, entry["name"], tuple(entry["shape"]), entry["bits"], offsets)
-        for suffix in ("qdata", "scale", "zero_point"):
+        module_name = entry["module"]
+        qweight = artifact.quantized_weight(entry)
+        for suffix in (QDATA, SCALE, ZERO_POINT):
             del tensors[f"{entry['name']}.{suffix}"]
         original = model.get_submodule(module_name)
         if isinstance(original, nn.Embedding):

@@ -7,7 +7,6 @@ import torch
 from quantization.artifact import WEIGHTS, ArtifactError, read_artifact
 from quantization.build import load_checkpoint, quantize_checkpoint
 from quantization.catalog import load_catalog
-from quantization.qtensor import QuantizedWeight
 from quantization.runtime import Int8Linear, QuantizedEmbedding, load_model
 from quantization.tasks import get_task, pad_features
 
@@ -30,14 +29,9 @@ def _fake_quantized_reference(checkpoint_dir: Path, artifact_dir: Path) -> torch
     """The FP32 model with every quantized weight replaced by its dequantized values."""
     reference = load_checkpoint(str(checkpoint_dir), "sst2").model
     artifact = read_artifact(artifact_dir)
-    from quantization.primitives import group_offsets
-
     for entry in artifact.manifest["tensors"]:
-        if entry["bits"] == 32:
-            continue
-        offsets = group_offsets(entry["shape"][0], entry["num_groups"], entry["head_rows"])
-        q = QuantizedWeight.from_storage(artifact.tensors, entry["name"], tuple(entry["shape"]), entry["bits"], offsets)
-        reference.get_submodule(entry["module"]).weight.data = q.dequantize()
+        if entry["bits"] != 32:
+            reference.get_submodule(entry["module"]).weight.data = artifact.quantized_weight(entry).dequantize()
     return reference
 
 
