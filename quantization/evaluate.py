@@ -16,7 +16,9 @@ from quantization.tasks import Example, Feature, Task, pad_features
 MAX_LENGTH = {"sst2": 512, "ner": 512, "qa": 384}
 
 
-def max_length_for(task: Task, model_max: int = 512) -> int:
+def max_length_for(task: Task, loaded: LoadedModel | None = None) -> int:
+    """The task's sequence length, capped by the model's position embeddings."""
+    model_max = loaded.model.config.max_position_embeddings if loaded is not None else 512
     return min(MAX_LENGTH.get(task.name, model_max), model_max)
 
 
@@ -28,20 +30,23 @@ def forward_features(loaded: LoadedModel, task: Task, features: Sequence[Feature
     return task.split_outputs(outputs, features)
 
 
-def predict(
+def prepare(loaded: LoadedModel, task: Task, item: Any) -> list[Feature]:
+    """The model features of one input (the task's own preprocessing)."""
+    return task.preprocess(loaded.tokenizer, item, max_length_for(task, loaded))
+
+
+def run_features(
     loaded: LoadedModel,
     task: Task,
-    inputs: Sequence[Any],
-    batch_size: int = 32,
+    per_input: Sequence[Sequence[Feature]],
+    batch_size: int,
     on_batch: Callable[[int, int], None] | None = None,
-) -> list[Any]:
-    """Predictions for `inputs`, batching features of similar length together.
+) -> list[list[Any]]:
+    """Per-input, per-feature outputs, batching features of similar length together.
 
-    `on_batch(done, total)` is called after each batch with the number of features it held and
-    the total number of features.
+    Each forward pass pads to the longest feature of its batch. `on_batch(done, total)` is called
+    after each batch with the number of features it held and the total number of features.
     """
-    max_length = max_length_for(task)
-    per_input = [task.preprocess(loaded.tokenizer, item, max_length) for item in inputs]
     flat = [(i, j) for i, feats in enumerate(per_input) for j in range(len(feats))]
     flat.sort(key=lambda ij: len(per_input[ij[0]][ij[1]]))
     outputs: list[list[Any]] = [[None] * len(feats) for feats in per_input]
@@ -52,9 +57,26 @@ def predict(
             outputs[i][j] = result
         if on_batch:
             on_batch(len(chunk), len(flat))
+    return outputs
+
+
+def finish(loaded: LoadedModel, task: Task, item: Any, features: Sequence[Feature], outputs: Sequence[Any]) -> Any:
+    """One input's prediction from its features' outputs (the task's own postprocessing)."""
+    return task.postprocess(item, features, outputs, loaded.labels)
+
+
+def predict(
+    loaded: LoadedModel,
+    task: Task,
+    inputs: Sequence[Any],
+    batch_size: int = 32,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[Any]:
+    """Predictions for `inputs`: prepare, run, finish: the same three steps the service's workers take."""
+    per_input = [prepare(loaded, task, item) for item in inputs]
+    outputs = run_features(loaded, task, per_input, batch_size, on_batch)
     return [
-        task.postprocess(item, feats, outs, loaded.labels)
-        for item, feats, outs in zip(inputs, per_input, outputs, strict=True)
+        finish(loaded, task, item, feats, outs) for item, feats, outs in zip(inputs, per_input, outputs, strict=True)
     ]
 
 

@@ -82,5 +82,10 @@ class Task(ABC, Generic[InputT, PredictionT]):
     def score(self, examples: Sequence[Example[InputT]], predictions: Sequence[PredictionT]) -> dict[str, float]:
         """Metric name -> value in [0, 1]."""
 
+    def untruncated_length(self, tokenizer: Any, item: InputT) -> int | None:
+        """Tokens of `item` as one sequence without truncation; None where the task never truncates
+        (QA covers long contexts with windows)."""
+        return None
+
     def split_name(self, path: Path, n: int) -> str:
         return f"{path.name} ({n} examples)"

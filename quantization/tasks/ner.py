@@ -149,6 +149,11 @@ class NERTask(Task[NerInput, NerPrediction]):
         encoded = tokenizer(item.words, is_split_into_words=True, truncation=True, max_length=max_length)
         return [Feature(encoded["input_ids"], encoded["token_type_ids"], {"word_ids": encoded.word_ids()})]
 
+    def untruncated_length(self, tokenizer: Any, item: NerInput) -> int:
+        if not item.words:
+            return 2
+        return len(tokenizer(item.words, is_split_into_words=True)["input_ids"])
+
     def split_outputs(self, outputs: Any, features: Sequence[Feature]) -> list[Any]:
         return [logits[: len(f)].float() for logits, f in zip(outputs.logits, features, strict=True)]
 

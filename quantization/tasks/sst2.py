@@ -36,6 +36,9 @@ class SST2Task(Task[str, ClassPrediction]):
         encoded = tokenizer(item, truncation=True, max_length=max_length)
         return [Feature(encoded["input_ids"], encoded["token_type_ids"])]
 
+    def untruncated_length(self, tokenizer: Any, item: str) -> int:
+        return len(tokenizer(item)["input_ids"])
+
     def split_outputs(self, outputs: Any, features: Sequence[Feature]) -> list[Any]:
         return list(outputs.logits.float())
 
