@@ -119,6 +119,110 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ensure_built(tasks: Sequence[str], precisions: Sequence[str] | None, batch_size: int) -> None:
+    """Build (with progress) every catalog artifact the service will load that is missing or stale.
+
+    An artifact whose checkpoint is not available here (e.g. mounted into a container) is served as is.
+    """
+    catalog = load_catalog()
+    jobs = [
+        (catalog.task(t), p)
+        for t in tasks
+        if t in catalog.tasks
+        for p in catalog.task(t).precisions
+        if precisions is None or p in precisions
+    ]
+    todo = []
+    for entry, precision in jobs:
+        built = (artifacts_dir() / entry.task / precision / "manifest.json").is_file()
+        has_checkpoint = Path(entry.checkpoint_location()).is_dir()
+        if not built or has_checkpoint:
+            todo.append((entry, precision))
+    cache: dict = {}
+    with tqdm(todo, desc="check artifacts", unit="artifact", disable=None) as bar:
+        for entry, precision in bar:
+            bar.set_postfix_str(f"{entry.task}/{precision}")
+            status = _build_one(catalog, entry, precision, False, batch_size, cache)
+            if status != "up to date":
+                tqdm.write(f"built {entry.task}/{precision}: {status}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service import ServiceSettings, create_app
+
+    overrides = {
+        name: value
+        for name, value in {
+            "host": args.host,
+            "port": args.port,
+            "workers": args.workers,
+            "default_precision": args.default_precision,
+            "torch_threads": args.threads,
+        }.items()
+        if value is not None
+    }
+    settings = ServiceSettings(**overrides)
+    if not args.no_build:
+        _ensure_built(settings.tasks, settings.precisions, batch_size=32)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info" if args.verbose else "warning",
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+    )
+    return 0
+
+
+def _parse_mix(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    mix = []
+    for item in ",".join(items).split(","):
+        task, sep, precision = item.strip().partition(":")
+        if not sep or not task or not precision:
+            raise SystemExit(f"--mix takes TASK:PRECISION items (e.g. sst2:w8,qa:fp32), got {item!r}")
+        mix.append((task, precision))
+    return tuple(mix)
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from service.loadtest import LoadPlan, format_table, raw_throughput, run_load, sample_payloads
+
+    plan = LoadPlan(
+        url=args.url,
+        mix=_parse_mix(args.mix or ["sst2:w8,ner:w8,qa:w8"]),
+        concurrency=args.concurrency,
+        duration_s=args.duration if args.requests is None else None,
+        requests=args.requests,
+        warmup=args.warmup,
+        api_key=args.api_key,
+    )
+    payloads = {task: sample_payloads(task) for task in {t for t, _ in plan.mix}}
+    raw = []
+    if args.compare_raw:  # before the HTTP load, so the two never share the CPU
+        for task, precision in dict.fromkeys(plan.mix):
+            artifact = artifacts_dir() / task / precision
+            raw.append(raw_throughput(artifact, payloads[task], args.concurrency, args.raw_seconds))
+    result = asyncio.run(run_load(plan, payloads))
+    if raw:
+        result["raw"] = raw
+        if len(raw) == 1:
+            result["served_vs_raw"] = round(result["throughput_rps"] / raw[0]["throughput_ips"], 3)
+    _emit(format_table(result))
+    _emit(f"total: {result['throughput_rps']} requests/s over {result['seconds']} s")
+    for row in raw:
+        _emit(f"raw model {row['task']}/{row['precision']} at batch {row['batch']}: {row['throughput_ips']} inputs/s")
+    if "served_vs_raw" in result:
+        _emit(f"served / raw throughput: {result['served_vs_raw']:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qbert", description="Q-BERT quantized BERT artifacts and serving")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -150,6 +254,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write models/results.json, models/RESULTS.md and the plot")
     p.add_argument("--out", help="folder (default: models/)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("serve", help="serve the artifacts over HTTP (settings: QBERT_* environment variables)")
+    p.add_argument("--host", help="default 127.0.0.1 (QBERT_HOST)")
+    p.add_argument("--port", type=int, help="default 8000 (QBERT_PORT)")
+    p.add_argument("--workers", type=int, help="worker processes (QBERT_WORKERS, default 1)")
+    p.add_argument("--default-precision", help="precision when a request names none (QBERT_DEFAULT_PRECISION)")
+    p.add_argument("--no-build", action="store_true", help="serve what is built; do not build missing artifacts")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("loadtest", help="closed-loop HTTP load over a mix of tasks and precisions")
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--mix", action="append", default=None, help="TASK:PRECISION[,...] (repeatable)")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of load (ignored with --requests)")
+    p.add_argument("--requests", type=int, help="total requests instead of a duration")
+    p.add_argument("--warmup", type=int, default=20, help="unrecorded requests first")
+    p.add_argument("--api-key")
+    p.add_argument("--compare-raw", action="store_true", help="also measure the bare models in process first")
+    p.add_argument("--raw-seconds", type=float, default=10.0)
+    p.add_argument("--json", help="write the results as JSON here")
+    p.set_defaults(func=cmd_loadtest)
     return parser
 
 

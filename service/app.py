@@ -1,0 +1,301 @@
+"""The FastAPI app factory: routes, the lifespan that owns the worker pool, and metrics."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.discovery import discover_artifacts
+from service.errors import (
+    InferenceFailedError,
+    InvalidInputError,
+    ServiceError,
+    UnauthorizedError,
+    UnknownPrecisionError,
+    UnknownTaskError,
+    install_error_handlers,
+    outcome_of,
+)
+from service.metrics import ServiceMetrics
+from service.pool import WorkerPool
+from service.protocol import ArtifactRef, ItemResult
+from service.schemas import (
+    ClassResult,
+    EntityResult,
+    ErrorResponse,
+    ModelEntry,
+    ModelsResponse,
+    NERRequest,
+    NERResponse,
+    QARequest,
+    QAResponse,
+    SST2Request,
+    SST2Response,
+)
+from service.settings import ServiceSettings
+
+logger = logging.getLogger("qbert.service")
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (401, 404, 413, 422, 429, 503, 504)
+}
+_ITEM_ERRORS: dict[str, type[ServiceError]] = {
+    "invalid_input": InvalidInputError,
+    "inference_failed": InferenceFailedError,
+}
+
+
+class Service:
+    """What the routes need: settings, the artifacts on disk, the pool and the metrics."""
+
+    def __init__(self, settings: ServiceSettings, artifacts: list[ArtifactRef], metrics: ServiceMetrics) -> None:
+        self.settings = settings
+        self.artifacts = artifacts
+        self.metrics = metrics
+        self.pool = WorkerPool(settings, artifacts, metrics)
+
+    def precisions_of(self, task: str) -> list[str]:
+        return [a.precision for a in self.artifacts if a.task == task]
+
+    def tasks(self) -> list[str]:
+        return sorted({a.task for a in self.artifacts})
+
+    def choose_precision(self, task: str, query: str | None, header: str | None) -> str:
+        if query and header and query != header:
+            raise InvalidInputError(f"?precision={query} and X-Precision: {header} disagree; give one")
+        precision = query or header or self.settings.default_precision
+        available = self.precisions_of(task)
+        if precision not in available:
+            raise UnknownPrecisionError(
+                f"no precision {precision!r} for task {task!r}; available: {', '.join(available)}", available=available
+            )
+        return precision
+
+    def model_name(self, task: str, precision: str) -> str:
+        info = self.pool.models.get((task, precision))
+        return info.model if info else "unknown"
+
+    async def run(self, task: str, precision: str, payloads: list[Any]) -> list[Any]:
+        """Results for every payload, or the first failing input's error (naming its index)."""
+        results: list[ItemResult] = await self.pool.submit(task, precision, payloads)
+        for index, result in enumerate(results):
+            if result.error:
+                where = f"texts[{index}]: " if len(results) > 1 else ""
+                raise _ITEM_ERRORS.get(result.error, InferenceFailedError)(where + result.detail)
+        return [r.value for r in results]
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(_service)]
+PrecisionQuery = Annotated[str | None, Query(description="precision name, e.g. w8, w4g128 (see /models)")]
+PrecisionHeader = Annotated[str | None, Header(alias="X-Precision", description="alternative to ?precision=")]
+
+
+def _api_key_guard(protect: Callable[[ServiceSettings], bool]) -> Callable[..., None]:
+    def guard(
+        request: Request,
+        authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+        x_api_key: Annotated[str | None, Header(alias="X-API-Key", include_in_schema=False)] = None,
+    ) -> None:
+        settings: ServiceSettings = request.app.state.service.settings
+        if settings.api_key is None or not protect(settings):
+            return
+        given = x_api_key or (authorization or "").removeprefix("Bearer ").strip()
+        if not secrets.compare_digest(given.encode(), settings.api_key.get_secret_value().encode()):
+            raise UnauthorizedError("a valid API key is required (Authorization: Bearer KEY or X-API-Key)")
+
+    return guard
+
+
+require_key = Depends(_api_key_guard(lambda _: True))
+require_key_for_ops = Depends(_api_key_guard(lambda s: s.api_key_protects_ops))
+
+
+def _check_text(text: str, limit: int, field: str) -> None:
+    if not text.strip():
+        raise InvalidInputError(f"{field} is empty")
+    if len(text) > limit:
+        raise InvalidInputError(f"{field} has {len(text)} characters; at most {limit} are allowed")
+
+
+@asynccontextmanager
+async def _observe(service: Service, task: str, precision_of: Callable[[], str | None]) -> AsyncIterator[None]:
+    """Count the request and time it, whatever its outcome."""
+    started = time.perf_counter()
+    error: ServiceError | None = None
+    try:
+        yield
+    except ServiceError as exc:
+        error = exc
+        raise
+    except Exception:
+        error = InferenceFailedError("unexpected")
+        raise
+    finally:
+        precision = precision_of() or "none"  # "none": the requested precision does not exist
+        service.metrics.requests.labels(task, precision, outcome_of(error)).inc()
+        if precision != "none":
+            service.metrics.request_duration.labels(task, precision).observe(time.perf_counter() - started)
+
+
+def _predict_router() -> APIRouter:
+    router = APIRouter(dependencies=[require_key], responses=_ERRORS, tags=["predict"])
+
+    @router.post("/predict/sst2", response_model=SST2Response, summary="Sentiment of one or more sentences")
+    async def predict_sst2(
+        body: SST2Request, service: ServiceDep, precision: PrecisionQuery = None, x_precision: PrecisionHeader = None
+    ) -> SST2Response:
+        chosen: dict[str, str] = {}
+        async with _observe(service, "sst2", lambda: chosen.get("p")):
+            chosen["p"] = service.choose_precision("sst2", precision, x_precision)
+            texts = body.all_texts()
+            if not texts or len(texts) > service.settings.max_texts:
+                raise InvalidInputError(f"give 1 to {service.settings.max_texts} texts, got {len(texts)}")
+            for i, text in enumerate(texts):
+                _check_text(text, service.settings.max_text_chars, f"texts[{i}]" if body.texts else "text")
+            values = await service.run("sst2", chosen["p"], texts)
+        return SST2Response(
+            task="sst2",
+            precision=chosen["p"],
+            model=service.model_name("sst2", chosen["p"]),
+            results=[ClassResult(label=v.label, score=v.score, scores=v.scores) for v in values],
+        )
+
+    @router.post("/predict/ner", response_model=NERResponse, summary="Named entities with character offsets")
+    async def predict_ner(
+        body: NERRequest, service: ServiceDep, precision: PrecisionQuery = None, x_precision: PrecisionHeader = None
+    ) -> NERResponse:
+        chosen: dict[str, str] = {}
+        async with _observe(service, "ner", lambda: chosen.get("p")):
+            chosen["p"] = service.choose_precision("ner", precision, x_precision)
+            _check_text(body.text, service.settings.max_text_chars, "text")
+            (value,) = await service.run("ner", chosen["p"], [body.text])
+        return NERResponse(
+            task="ner",
+            precision=chosen["p"],
+            model=service.model_name("ner", chosen["p"]),
+            entities=[EntityResult(**asdict(entity)) for entity in value.entities],
+        )
+
+    @router.post("/qa", response_model=QAResponse, summary="Extractive answer span from a context")
+    async def qa(
+        body: QARequest, service: ServiceDep, precision: PrecisionQuery = None, x_precision: PrecisionHeader = None
+    ) -> QAResponse:
+        chosen: dict[str, str] = {}
+        async with _observe(service, "qa", lambda: chosen.get("p")):
+            chosen["p"] = service.choose_precision("qa", precision, x_precision)
+            _check_text(body.question, service.settings.max_text_chars, "question")
+            _check_text(body.context, service.settings.max_context_chars, "context")
+            (value,) = await service.run("qa", chosen["p"], [(body.question, body.context)])
+        return QAResponse(
+            task="qa",
+            precision=chosen["p"],
+            model=service.model_name("qa", chosen["p"]),
+            answer=value.answer,
+            start=value.start,
+            end=value.end,
+            score=value.score,
+        )
+
+    @router.post("/predict/{task}", include_in_schema=False)
+    async def unknown_task(task: str, service: ServiceDep) -> None:
+        raise UnknownTaskError(
+            f"no task {task!r}; available: {', '.join(service.tasks())} (QA is POST /qa)", available=service.tasks()
+        )
+
+    @router.get("/models", response_model=ModelsResponse, tags=["ops"], summary="Loaded models, sizes and accuracy")
+    async def models(service: ServiceDep) -> ModelsResponse:
+        entries = []
+        for ref in service.artifacts:
+            key = (ref.task, ref.precision)
+            info = service.pool.models.get(key)
+            if info is not None:
+                entries.append(
+                    ModelEntry(
+                        task=ref.task,
+                        precision=ref.precision,
+                        model=info.model,
+                        status="loaded",
+                        bits_per_weight=info.bits_per_weight,
+                        packed_bytes=info.packed_bytes,
+                        runtime_bytes=info.runtime_bytes,
+                        fp32_bytes=info.fp32_bytes,
+                        load_seconds=info.load_seconds,
+                        accuracy=list(info.accuracy),
+                    )
+                )
+            else:
+                refused = service.pool.refused.get(key)
+                status = "refused" if refused else "loading"
+                entries.append(
+                    ModelEntry(task=ref.task, precision=ref.precision, model="", status=status, reason=refused)
+                )
+        return ModelsResponse(default_precision=service.settings.default_precision, models=entries)
+
+    return router
+
+
+def _ops_router() -> APIRouter:
+    router = APIRouter(dependencies=[require_key_for_ops], tags=["ops"])
+
+    @router.get("/healthz", summary="Liveness: the process and its event loop answer")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", summary="Readiness: 200 once every worker has loaded every artifact, else 503")
+    async def readyz(service: ServiceDep) -> JSONResponse:
+        pool = service.pool
+        body: dict[str, Any] = {"ready": pool.ready, "workers": pool.worker_status()}
+        if pool.ready:
+            return JSONResponse(body)
+        detail = f"{pool.ready_workers()} of {service.settings.workers} workers ready"
+        return JSONResponse({"error": "not_ready", "detail": detail, **body}, status_code=503)
+
+    @router.get("/metrics", summary="Prometheus metrics")
+    async def metrics(service: ServiceDep) -> Response:
+        service.metrics.record_worker_memory(service.pool.worker_pids())
+        return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    """The service app. Its lifespan starts the worker pool (spawned processes) and stops it."""
+    settings = settings or ServiceSettings()
+    artifacts = discover_artifacts(settings.artifacts, settings.tasks, settings.precisions)
+    if not artifacts:
+        raise ValueError(f"no artifacts under {settings.artifacts} for tasks {settings.tasks}; run `qbert build`")
+    service = Service(settings, artifacts, ServiceMetrics())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await service.pool.start()
+        try:
+            yield
+        finally:
+            await service.pool.close()
+
+    app = FastAPI(
+        title="qbert-serve",
+        summary="Q-BERT quantized BERT models: sentiment, named entities and extractive QA at a chosen bit width",
+        version="0.1.0",
+        lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
+    )
+    app.state.service = service
+    install_error_handlers(app)
+    app.include_router(_predict_router())
+    app.include_router(_ops_router())
+    return app

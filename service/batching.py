@@ -1,0 +1,55 @@
+"""Dynamic batching, as pure functions over plain queues (no clock, no threads, no event loop).
+
+The pool keeps one FIFO queue per (task, precision). `collate` decides, from the queue and the
+current time alone, whether a batch leaves now (the queue holds `max_batch_size` inputs, or its
+oldest input has waited `max_wait_s`) or how long to wait before asking again.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+
+
+@dataclass
+class Queued(Generic[T]):
+    """An input waiting in a queue since `enqueued_at` (any monotonic clock, in seconds)."""
+
+    item: T
+    enqueued_at: float
+
+
+@dataclass(frozen=True)
+class Decision(Generic[T]):
+    """Either a batch to run now, or the seconds to wait before the next decision (None: queue empty)."""
+
+    batch: list[Queued[T]] = field(default_factory=list)
+    wait_s: float | None = None
+
+
+def collate(queue: deque[Queued[T]], max_batch_size: int, max_wait_s: float, now: float) -> Decision[T]:
+    """Pop a batch off the front of `queue` if one is due at time `now`.
+
+    Due means the queue holds a full batch, or its oldest input has waited at least `max_wait_s`
+    (then everything queued leaves, up to `max_batch_size`). Order is kept: first in, first out.
+    """
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    if not queue:
+        return Decision()
+    waited = now - queue[0].enqueued_at
+    if len(queue) >= max_batch_size or waited >= max_wait_s:
+        take = min(len(queue), max_batch_size)
+        return Decision(batch=[queue.popleft() for _ in range(take)])
+    return Decision(wait_s=max_wait_s - waited)
+
+
+def oldest_queue(queues: Mapping[K, deque[Queued[T]]]) -> K | None:
+    """The key whose front input has waited longest (None when every queue is empty)."""
+    heads = [(q[0].enqueued_at, i, key) for i, (key, q) in enumerate(queues.items()) if q]
+    return min(heads)[2] if heads else None

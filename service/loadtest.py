@@ -1,0 +1,190 @@
+"""`qbert loadtest`: closed-loop HTTP load (httpx, asyncio) over a mix of tasks and precisions.
+
+Each of `concurrency` clients sends a request, waits for the answer, and sends the next, cycling
+through the mix and through real inputs of each task (the catalog's evaluation files where present,
+else a few built-in samples). `raw_throughput` measures the same model in process, without HTTP,
+batching or queues, so the two can be compared in one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import statistics
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+logger = logging.getLogger("qbert.loadtest")
+
+ROUTES = {"sst2": "/predict/sst2", "ner": "/predict/ner", "qa": "/qa"}
+_FALLBACK = {
+    "sst2": ["a gripping , beautifully acted film .", "it 's slow -- very , very slow .", "a charming journey ."],
+    "ner": ["John Smith works for Acme Corp in Paris .", "EU rejects German call to boycott British lamb ."],
+    "qa": [("Where does John live?", "John Smith lives in Paris, where he works for Acme Corp as an engineer.")],
+}
+
+
+def sample_payloads(task: str, limit: int = 256) -> list[Any]:
+    """Up to `limit` real inputs of `task` from the catalog's evaluation file, else built-in samples."""
+    from quantization.catalog import load_catalog
+    from quantization.tasks import get_task
+
+    try:
+        entry = load_catalog().task(task)
+        examples = get_task(task).read_examples(entry.data, **entry.read_options())[:limit]
+    except (OSError, ValueError) as exc:
+        logger.warning("%s: using built-in samples (%s)", task, exc)
+        return list(_FALLBACK[task])
+    if task == "ner":
+        return [ex.input.text for ex in examples]
+    if task == "qa":
+        return [(ex.input.question, ex.input.context) for ex in examples]
+    return [ex.input for ex in examples]
+
+
+def request_body(task: str, payload: Any) -> dict[str, Any]:
+    if task == "qa":
+        question, context = payload
+        return {"question": question, "context": context}
+    return {"text": payload}
+
+
+@dataclass
+class KeyStats:
+    latencies_ms: list[float] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)
+
+    def summary(self, seconds: float) -> dict[str, Any]:
+        ok = self.statuses.get(200, 0)
+        row: dict[str, Any] = {"requests": sum(self.statuses.values()), "ok": ok, "statuses": dict(self.statuses)}
+        row["throughput_rps"] = round(ok / seconds, 2) if seconds > 0 else 0.0
+        if self.latencies_ms:
+            q = percentiles(self.latencies_ms)
+            row |= {
+                "p50_ms": q[50],
+                "p95_ms": q[95],
+                "p99_ms": q[99],
+                "mean_ms": round(statistics.fmean(self.latencies_ms), 2),
+            }
+        return row
+
+
+def percentiles(values: Sequence[float], points: Sequence[int] = (50, 95, 99)) -> dict[int, float]:
+    """Nearest-rank percentiles, rounded to 0.01."""
+    ordered = sorted(values)
+    return {p: round(ordered[min(len(ordered) - 1, max(0, -(-p * len(ordered) // 100) - 1))], 2) for p in points}
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    url: str
+    mix: tuple[tuple[str, str], ...]  # (task, precision), cycled
+    concurrency: int
+    duration_s: float | None = None
+    requests: int | None = None
+    warmup: int = 0
+    api_key: str | None = None
+    timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if (self.duration_s is None) == (self.requests is None):
+            raise ValueError("give exactly one of duration_s or requests")
+        if self.concurrency < 1 or not self.mix:
+            raise ValueError("concurrency must be >= 1 and the mix non-empty")
+        unknown = [task for task, _ in self.mix if task not in ROUTES]
+        if unknown:
+            raise ValueError(f"unknown tasks {unknown}; known: {sorted(ROUTES)}")
+
+
+async def run_load(plan: LoadPlan, payloads: dict[str, list[Any]]) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {plan.api_key}"} if plan.api_key else {}
+    limits = httpx.Limits(max_connections=plan.concurrency, max_keepalive_connections=plan.concurrency)
+    stats: dict[tuple[str, str], KeyStats] = defaultdict(KeyStats)
+    jobs = itertools.cycle(plan.mix)
+    inputs = {task: itertools.cycle(items) for task, items in payloads.items()}
+    async with httpx.AsyncClient(base_url=plan.url, headers=headers, limits=limits, timeout=plan.timeout_s) as client:
+
+        async def one(record: bool) -> None:
+            task, precision = next(jobs)
+            body = request_body(task, next(inputs[task]))
+            started = time.perf_counter()
+            try:
+                response = await client.post(ROUTES[task], params={"precision": precision}, json=body)
+                status = response.status_code
+            except httpx.HTTPError as exc:
+                status = type(exc).__name__
+            if record:
+                key_stats = stats[(task, precision)]
+                key_stats.statuses[status] += 1
+                if status == 200:
+                    key_stats.latencies_ms.append((time.perf_counter() - started) * 1000)
+
+        for _ in range(plan.warmup):
+            await one(record=False)
+        sent = itertools.count()
+        started = time.perf_counter()
+        stop_at = started + plan.duration_s if plan.duration_s is not None else None
+
+        async def client_loop() -> None:
+            while True:
+                if stop_at is not None and time.perf_counter() >= stop_at:
+                    return
+                if plan.requests is not None and next(sent) >= plan.requests:
+                    return
+                await one(record=True)
+
+        await asyncio.gather(*(client_loop() for _ in range(plan.concurrency)))
+        elapsed = time.perf_counter() - started
+    rows = [
+        {"task": task, "precision": precision, "concurrency": plan.concurrency, **s.summary(elapsed)}
+        for (task, precision), s in sorted(stats.items())
+    ]
+    total_ok = sum(r["ok"] for r in rows)
+    return {"url": plan.url, "seconds": round(elapsed, 2), "throughput_rps": round(total_ok / elapsed, 2), "rows": rows}
+
+
+def raw_throughput(artifact: Path, payloads: list[Any], batch_size: int, seconds: float) -> dict[str, Any]:
+    """Inputs per second of the bare model (prepare, forward, finish) in this process at `batch_size`."""
+    from quantization.evaluate import predict
+    from quantization.runtime import load_model
+    from quantization.tasks import get_task
+    from service.worker import task_input
+
+    loaded = load_model(artifact)
+    task = get_task(loaded.task)
+    inputs = [task_input(task.name, p) for p in payloads]
+    inputs = inputs * -(-batch_size // len(inputs))  # at least one full batch
+    batches = itertools.cycle([inputs[i : i + batch_size] for i in range(0, len(inputs) - batch_size + 1, batch_size)])
+    predict(loaded, task, next(batches), batch_size)  # warm up
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        batch = next(batches)
+        predict(loaded, task, batch, batch_size)
+        done += len(batch)
+    elapsed = time.perf_counter() - started
+    return {
+        "task": task.name,
+        "precision": loaded.precision,
+        "batch": batch_size,
+        "throughput_ips": round(done / elapsed, 2),
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [
+        "| task | precision | concurrency | requests | ok | p50 ms | p95 ms | p99 ms | throughput /s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['task']} | {r['precision']} | {r['concurrency']} | {r['requests']} | {r['ok']} | "
+            f"{r.get('p50_ms', '-')} | {r.get('p95_ms', '-')} | {r.get('p99_ms', '-')} | {r['throughput_rps']} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,122 @@
+"""Request and response models of the HTTP API (they generate the OpenAPI schema and its examples)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SST2Request(_Request):
+    text: str | None = Field(None, description="one sentence")
+    texts: list[str] | None = Field(None, description="several sentences, answered in order")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"text": "a gripping, beautifully acted film"}, {"texts": ["great", "dull"]}]},
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SST2Request:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of `text` or `texts`")
+        return self
+
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+class NERRequest(_Request):
+    text: str
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"text": "John Smith works for Acme Corp in Paris."}]}
+    )
+
+
+class QARequest(_Request):
+    question: str
+    context: str
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "question": "Where does John live?",
+                    "context": "John Smith lives in Paris, where he works for Acme Corp.",
+                }
+            ]
+        },
+    )
+
+
+class _Response(BaseModel):
+    task: str
+    precision: str
+    model: str = Field(description="checkpoint name @ the first 12 hex digits of the artifact's weights sha256")
+
+
+class ClassResult(BaseModel):
+    label: str
+    score: float
+    scores: dict[str, float]
+
+
+class SST2Response(_Response):
+    results: list[ClassResult]
+
+
+class EntityResult(BaseModel):
+    type: str
+    text: str
+    start: int = Field(description="character offset into the input text")
+    end: int = Field(description="character offset one past the entity's last character")
+    score: float
+
+
+class NERResponse(_Response):
+    entities: list[EntityResult]
+
+
+class QAResponse(_Response):
+    answer: str
+    start: int = Field(description="character offset into the context (0 with an empty answer)")
+    end: int
+    score: float = Field(description="probability of the span: p(start) · p(end) in its window")
+
+
+class AccuracyRow(BaseModel):
+    metric: str
+    value: float
+    split: str
+    n: int
+
+
+class ModelEntry(BaseModel):
+    task: str
+    precision: str
+    model: str
+    status: str = Field(description="`loaded`, or `refused` with the reason")
+    bits_per_weight: float | None = None
+    packed_bytes: int | None = None
+    runtime_bytes: int | None = None
+    fp32_bytes: int | None = None
+    load_seconds: float | None = None
+    accuracy: list[AccuracyRow] = Field(default_factory=list)
+    reason: str | None = None
+
+
+class ModelsResponse(BaseModel):
+    default_precision: str
+    models: list[ModelEntry]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: str
+    available: Any = None

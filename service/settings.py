@@ -1,0 +1,88 @@
+"""Service settings: environment variables with the `QBERT_` prefix (pydantic-settings)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from quantization.catalog import artifacts_dir
+
+TASKS = ("sst2", "ner", "qa")
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _split_csv(value: object) -> object:
+    """`QBERT_TASKS=sst2,ner` as well as a JSON list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class ServiceSettings(BaseSettings):
+    """Every knob of the service; each field is read from `QBERT_<FIELD>` (e.g. `QBERT_WORKERS=2`)."""
+
+    model_config = SettingsConfigDict(env_prefix="QBERT_", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    artifacts: Path = Field(default_factory=artifacts_dir, description="folder of <task>/<precision>/ artifacts")
+    tasks: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(TASKS))
+    precisions: Annotated[list[str] | None, NoDecode] = Field(
+        None, description="precisions to load for every task (default: every artifact found)"
+    )
+    default_precision: str = "w8"
+
+    workers: int = Field(1, ge=1, le=64, description="worker processes, each loading every artifact")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads per worker (default: cores / workers)")
+    worker_start_timeout_s: float = Field(300.0, gt=0)
+
+    max_batch_size: int = Field(16, ge=1, le=256, description="inputs per batch of one (task, precision)")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long the oldest queued input waits for batch-mates")
+    max_queue: int = Field(512, ge=1, description="queued inputs over all keys before requests get 429")
+    request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504 past it)")
+
+    max_texts: int = Field(64, ge=1, description="texts in one /predict/sst2 request")
+    max_text_chars: int = Field(10_000, ge=1)
+    max_context_chars: int = Field(100_000, ge=1, description="QA context; long contexts run in strided windows")
+    max_tokens: int = Field(512, ge=8, description="tokens per text for sst2 and ner (longer → 422)")
+    max_body_bytes: int = Field(2_000_000, ge=1024, description="request bodies over this get 413")
+
+    api_key: SecretStr | None = Field(None, description="when set, predict endpoints need `Authorization: Bearer`")
+    api_key_protects_ops: bool = Field(False, description="whether /healthz, /readyz and /metrics need the key too")
+
+    @field_validator("tasks", "precisions", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(TASKS))
+        if unknown or not value:
+            raise ValueError(f"tasks must be a non-empty subset of {list(TASKS)}; got unknown {unknown}")
+        return value
+
+    @model_validator(mode="after")
+    def _default_precision_is_loaded(self) -> ServiceSettings:
+        if self.precisions is not None and self.default_precision not in self.precisions:
+            raise ValueError(f"default_precision {self.default_precision!r} is not among precisions {self.precisions}")
+        return self
+
+    @property
+    def threads_per_worker(self) -> int:
+        return self.torch_threads or max(1, available_cores() // self.workers)
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.max_wait_ms / 1000.0
