@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint build report
+.PHONY: install serve test lint build report
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Builds any missing or stale catalog artifact first (with progress), then serves on 127.0.0.1:8000;
+# QBERT_* variables (README) set host, port, workers, default precision and the rest.
+serve: $(STAMP)
+	$(BIN)/qbert serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

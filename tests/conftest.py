@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -162,3 +163,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "tests/slow/" in str(item.fspath).replace(os.sep, "/"):
             item.add_marker(pytest.mark.slow)
+
+
+def build_tiny_artifacts(
+    root: Path, checkpoints: dict[str, Path], data: Path, precisions: tuple[str, ...] = ("fp32", "w8", "w2g128")
+) -> Path:
+    """Quantize and evaluate the tiny checkpoints at `precisions` into `root/<task>/<precision>/`."""
+    from quantization.build import evaluate_artifact, load_checkpoint, quantize_checkpoint
+    from quantization.catalog import data_dir, load_catalog
+
+    catalog = load_catalog()
+    for task, directory in checkpoints.items():
+        checkpoint = load_checkpoint(str(directory), task)
+        entry = catalog.task(task)  # the catalog's file layout and QA articles, under `data`
+        entry = dataclasses.replace(entry, checkpoint=str(directory), data=data / entry.data.relative_to(data_dir()))
+        for precision in precisions:
+            out = root / task / precision
+            quantize_checkpoint(checkpoint, task, catalog.precision(precision), out)
+            evaluate_artifact(out, entry, latency_samples=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tiny_checkpoints: dict, tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_artifacts(tmp_path_factory.mktemp("artifacts"), tiny_checkpoints, tiny_data)

@@ -1,0 +1,79 @@
+"""A real `qbert serve` process on 127.0.0.1 for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import REPO_ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen
+    url: str
+    log: Path
+    # What the server answered while its worker was still loading (seen by `start_server`).
+    before_ready: dict[str, int] = field(default_factory=dict)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(artifacts: Path, log: Path, ready_timeout: float = 120.0, **settings: str) -> RunningServer:
+    """Start `qbert serve --no-build` and wait until /readyz says 200; record the statuses seen before."""
+    port = free_port()
+    env = os.environ | {
+        "QBERT_ARTIFACTS": str(artifacts),
+        "QBERT_PORT": str(port),
+        "QBERT_TORCH_THREADS": "1",
+        **{f"QBERT_{k.upper()}": v for k, v in settings.items()},
+    }
+    handle = log.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quantization.cli", "-v", "serve", "--no-build"],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+    )
+    server = RunningServer(process, f"http://127.0.0.1:{port}", log)
+    deadline = time.monotonic() + ready_timeout
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                ready = client.get("/readyz")
+            except httpx.TransportError:
+                time.sleep(0.02)
+                continue
+            if ready.status_code == 200:
+                return server
+            if not server.before_ready:
+                server.before_ready["readyz"] = ready.status_code
+                server.before_ready["predict"] = client.post("/predict/sst2", json={"text": "good"}).status_code
+            time.sleep(0.05)
+    server.stop()
+    raise TimeoutError(f"server not ready in {ready_timeout} s:\n{log.read_text()}")

@@ -1,0 +1,45 @@
+"""Service settings from `QBERT_*` environment variables."""
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import ServiceSettings
+
+
+def test_lists_come_from_comma_separated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QBERT_TASKS", "sst2, qa")
+    monkeypatch.setenv("QBERT_PRECISIONS", "fp32,w8")
+    monkeypatch.setenv("QBERT_WORKERS", "2")
+    monkeypatch.setenv("QBERT_TORCH_THREADS", "3")
+    settings = ServiceSettings()
+    assert settings.tasks == ["sst2", "qa"]
+    assert settings.precisions == ["fp32", "w8"]
+    assert (settings.workers, settings.threads_per_worker) == (2, 3)
+
+
+def test_threads_default_to_cores_over_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("service.settings.available_cores", lambda: 8)
+    assert ServiceSettings(workers=3).threads_per_worker == 2
+    assert ServiceSettings(workers=16).threads_per_worker == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"tasks": ["sst2", "translation"]},
+        {"tasks": []},
+        {"precisions": ["fp32"], "default_precision": "w8"},
+        {"workers": 0},
+        {"max_batch_size": 0},
+    ],
+)
+def test_invalid_settings_are_refused(kwargs: dict) -> None:
+    with pytest.raises(ValidationError):
+        ServiceSettings(**kwargs)
+
+
+def test_api_key_is_kept_secret() -> None:
+    settings = ServiceSettings(api_key="s3cret")
+    assert "s3cret" not in repr(settings)
+    assert settings.api_key is not None
+    assert settings.api_key.get_secret_value() == "s3cret"
