@@ -3,6 +3,11 @@
 The pool keeps one FIFO queue per (task, precision). `collate` decides, from the queue and the
 current time alone, whether a batch leaves now (the queue holds `max_batch_size` inputs, or its
 oldest input has waited `max_wait_s`) or how long to wait before asking again.
+
+Waiting only pays when batch-mates are coming: `collate` also takes the expected gap to the next
+arrival (`ArrivalGaps`: the median of recent inter-arrival gaps of the queue), and sends a partial
+batch at once when the next input is not expected before the window closes. A lone client then
+pays no batching delay, while bursts of concurrent requests still coalesce.
 """
 
 from __future__ import annotations
@@ -32,18 +37,21 @@ class Decision(Generic[T]):
     wait_s: float | None = None
 
 
-def collate(queue: deque[Queued[T]], max_batch_size: int, max_wait_s: float, now: float) -> Decision[T]:
+def collate(
+    queue: deque[Queued[T]], max_batch_size: int, max_wait_s: float, now: float, expected_gap_s: float = 0.0
+) -> Decision[T]:
     """Pop a batch off the front of `queue` if one is due at time `now`.
 
-    Due means the queue holds a full batch, or its oldest input has waited at least `max_wait_s`
-    (then everything queued leaves, up to `max_batch_size`). Order is kept: first in, first out.
+    Due means the queue holds a full batch, or its oldest input has waited at least `max_wait_s`,
+    or the next arrival (`expected_gap_s` after now) would come after the window closes; then
+    everything queued leaves, up to `max_batch_size`. Order is kept: first in, first out.
     """
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
     if not queue:
         return Decision()
     waited = now - queue[0].enqueued_at
-    if len(queue) >= max_batch_size or waited >= max_wait_s:
+    if len(queue) >= max_batch_size or waited + expected_gap_s >= max_wait_s:
         take = min(len(queue), max_batch_size)
         return Decision(batch=[queue.popleft() for _ in range(take)])
     return Decision(wait_s=max_wait_s - waited)
@@ -53,3 +61,25 @@ def oldest_queue(queues: Mapping[K, deque[Queued[T]]]) -> K | None:
     """The key whose front input has waited longest (None when every queue is empty)."""
     heads = [(q[0].enqueued_at, i, key) for i, (key, q) in enumerate(queues.items()) if q]
     return min(heads)[2] if heads else None
+
+
+class ArrivalGaps:
+    """The median of the last `window` gaps between arrivals: robust to the long pause between bursts."""
+
+    def __init__(self, window: int = 32) -> None:
+        self._gaps: deque[float] = deque(maxlen=window)
+        self._last: float | None = None
+
+    def arrived(self, at: float, count: int = 1) -> None:
+        """`count` inputs arrived together at `at` (one request with several texts: gaps of zero)."""
+        if self._last is not None:
+            self._gaps.append(max(0.0, at - self._last))
+        self._gaps.extend([0.0] * (count - 1))
+        self._last = at
+
+    def expected_gap(self) -> float:
+        """Seconds to the next arrival, by the median recent gap (infinite before two arrivals)."""
+        if not self._gaps:
+            return float("inf")
+        ordered = sorted(self._gaps)
+        return ordered[len(ordered) // 2]

@@ -129,7 +129,7 @@ async def run_load(plan: LoadPlan, payloads: dict[str, list[Any]]) -> dict[str, 
         for _ in range(plan.warmup):
             await one(record=False)
         sent = itertools.count()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         stop_at = started + plan.duration_s if plan.duration_s is not None else None
 
         async def client_loop() -> None:
@@ -142,12 +142,20 @@ async def run_load(plan: LoadPlan, payloads: dict[str, list[Any]]) -> dict[str, 
 
         await asyncio.gather(*(client_loop() for _ in range(plan.concurrency)))
         elapsed = time.perf_counter() - started
+        client_cpu_s = time.process_time() - cpu_started
     rows = [
         {"task": task, "precision": precision, "concurrency": plan.concurrency, **s.summary(elapsed)}
         for (task, precision), s in sorted(stats.items())
     ]
     total_ok = sum(r["ok"] for r in rows)
-    return {"url": plan.url, "seconds": round(elapsed, 2), "throughput_rps": round(total_ok / elapsed, 2), "rows": rows}
+    return {
+        "url": plan.url,
+        "seconds": round(elapsed, 2),
+        "throughput_rps": round(total_ok / elapsed, 2),
+        # The load generator's own CPU: on a small machine it competes with the server it measures.
+        "client_cpu_s": round(client_cpu_s, 2),
+        "rows": rows,
+    }
 
 
 def raw_throughput(artifact: Path, payloads: list[Any], batch_size: int, seconds: float) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from service.batching import Queued, collate
+from service.batching import ArrivalGaps, Queued, collate
 from service.errors import DeadlineExceededError, NotReadyError, OverloadedError, ShuttingDownError, WorkerLostError
 from service.metrics import ServiceMetrics
 from service.protocol import (
@@ -82,6 +82,7 @@ class WorkerPool:
         self.models: dict[Key, ModelInfo] = {}
         self.refused: dict[Key, str] = {}
         self._queues: dict[Key, deque[Queued[Pending]]] = {(a.task, a.precision): deque() for a in artifacts}
+        self._arrivals: dict[Key, ArrivalGaps] = {key: ArrivalGaps() for key in self._queues}
         self._slots = [WorkerSlot(i) for i in range(settings.workers)]
         self._batch_ids = itertools.count()
         self._context = multiprocessing.get_context("spawn")
@@ -204,6 +205,7 @@ class WorkerPool:
         key = (task, precision)
         items = [Pending(key, payload, loop.create_future()) for payload in payloads]
         self._queues[key].extend(Queued(item, now) for item in items)
+        self._arrivals[key].arrived(now, len(items))
         self.metrics.queue_depth.set(self.queued())
         self._wakeup.set()
         try:
@@ -239,7 +241,8 @@ class WorkerPool:
             now = time.monotonic()
             next_wait: float | None = None
             for key, queue in sorted(self._live_queues(), key=lambda kq: kq[1][0].enqueued_at):
-                decision = collate(queue, self.settings.max_batch_size, self.settings.max_wait_s, now)
+                expected_gap = self._arrivals[key].expected_gap()
+                decision = collate(queue, self.settings.max_batch_size, self.settings.max_wait_s, now, expected_gap)
                 if decision.batch:
                     self._send(idle[0], key, decision.batch, now)
                     break

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.batching import Decision, Queued, collate, oldest_queue
+from service.batching import ArrivalGaps, Decision, Queued, collate, oldest_queue
 
 
 def _queue(*times: float) -> deque:
@@ -42,6 +42,35 @@ def test_full_batch_leaves_at_once_and_the_rest_stays_in_order() -> None:
 
 def test_zero_wait_sends_whatever_is_queued() -> None:
     assert len(collate(_queue(5.0), 16, 0.0, now=5.0).batch) == 1
+
+
+def test_no_wait_when_the_next_arrival_is_not_expected_within_the_window() -> None:
+    queue = _queue(1.000)
+    lone = collate(queue, max_batch_size=16, max_wait_s=0.005, now=1.001, expected_gap_s=0.020)
+    assert len(lone.batch) == 1  # a lone client pays no batching delay
+    queue = _queue(1.000)
+    burst = collate(queue, max_batch_size=16, max_wait_s=0.005, now=1.001, expected_gap_s=0.0005)
+    assert burst.batch == []
+    assert burst.wait_s == pytest.approx(0.004)
+
+
+def test_arrival_gaps_median_ignores_the_pause_between_bursts() -> None:
+    gaps = ArrivalGaps(window=32)
+    assert gaps.expected_gap() == float("inf")
+    t = 0.0
+    for _burst in range(4):
+        for _ in range(8):
+            gaps.arrived(t)
+            t += 0.0005
+        t += 0.050  # the batch runs; clients wait for their answers
+    assert gaps.expected_gap() == pytest.approx(0.0005)
+    lone = ArrivalGaps()
+    for i in range(5):
+        lone.arrived(i * 0.015)
+    assert lone.expected_gap() == pytest.approx(0.015)
+    many = ArrivalGaps()
+    many.arrived(1.0, count=4)  # one request with four texts
+    assert many.expected_gap() == 0.0
 
 
 def test_batch_size_must_be_positive() -> None:

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Serving latency and throughput figures (issue #4): for each task at fp32, w8 and w2g128, closed-loop
+# load at concurrency 1 and 16 against `qbert serve`, and the raw model's in-process throughput at
+# batch 16 measured in the same run (before the HTTP load, so they never share the CPU).
+#   scripts/serving-figures.sh [OUT_DIR] [SECONDS]      env: QBERT_WORKERS, QBERT_MAX_WAIT_MS, PORT
+set -euo pipefail
+out=${1:-serving-figures}
+seconds=${2:-15}
+port=${PORT:-8765}
+bin=${VENV:-.venv}/bin
+mkdir -p "$out"
+QBERT_PORT=$port QBERT_PRECISIONS=fp32,w8,w2g128 "$bin/qbert" serve --no-build >"$out/serve.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
+until curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; do sleep 0.5; done
+for task in sst2 ner qa; do
+  for precision in fp32 w8 w2g128; do
+    "$bin/qbert" loadtest --url "http://127.0.0.1:$port" --mix "$task:$precision" --concurrency 1 \
+      --duration "$seconds" --json "$out/$task-$precision-c1.json" >/dev/null
+    "$bin/qbert" --threads "$(nproc)" loadtest --url "http://127.0.0.1:$port" --mix "$task:$precision" \
+      --concurrency 16 --duration "$seconds" --compare-raw --json "$out/$task-$precision-c16.json" >/dev/null
+  done
+done
+curl -s "http://127.0.0.1:$port/metrics" >"$out/metrics.txt"
+"$bin/python" - "$out" <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+print("| task | precision | c1 p50 ms | c1 p95 ms | c16 p50 ms | c16 p95 ms | c16 req/s | raw b16 inputs/s | served / raw | client CPU s |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for task in ("sst2", "ner", "qa"):
+    for precision in ("fp32", "w8", "w2g128"):
+        c1 = json.loads((out / f"{task}-{precision}-c1.json").read_text())
+        c16 = json.loads((out / f"{task}-{precision}-c16.json").read_text())
+        a, b = c1["rows"][0], c16["rows"][0]
+        print(f"| {task} | {precision} | {a['p50_ms']} | {a['p95_ms']} | {b['p50_ms']} | {b['p95_ms']} | "
+              f"{c16['throughput_rps']} | {c16['raw'][0]['throughput_ips']} | {c16['served_vs_raw']:.2f} | {c16['client_cpu_s']} |")
+PY
