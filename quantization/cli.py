@@ -223,6 +223,24 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from service.loadtest import LoadPlan, sample_payloads
+    from service.soak import run_soak
+
+    mix = _parse_mix(args.mix or ["sst2:w8,ner:w8,qa:w8"])
+    plan = LoadPlan(
+        url=args.url, mix=mix, concurrency=args.concurrency, duration_s=args.sample_every, api_key=args.api_key
+    )
+    payloads = {task: sample_payloads(task) for task in {t for t, _ in mix}}
+    result = run_soak(plan, payloads, args.duration, args.sample_every)
+    _emit(f"{result['requests']} requests in {result['seconds']} s, statuses {result['statuses']}")
+    _emit(f"resident MB at the end: {result['resident_mb_last']}")
+    _emit(f"growth MB (last third vs first third of samples): {result['growth_mb']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qbert", description="Q-BERT quantized BERT artifacts and serving")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -275,6 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw-seconds", type=float, default=10.0)
     p.add_argument("--json", help="write the results as JSON here")
     p.set_defaults(func=cmd_loadtest)
+
+    p = sub.add_parser("soak", help="steady load while sampling resident memory from /metrics")
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--mix", action="append", default=None, help="TASK:PRECISION[,...] (repeatable)")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--duration", type=float, default=600.0, help="seconds")
+    p.add_argument("--sample-every", type=float, default=10.0, help="seconds between memory samples")
+    p.add_argument("--api-key")
+    p.add_argument("--json", help="write samples and growth as JSON here")
+    p.set_defaults(func=cmd_soak)
     return parser
 
 

@@ -18,6 +18,7 @@ from service.discovery import discover_artifacts
 from service.errors import (
     InferenceFailedError,
     InvalidInputError,
+    ModelUnavailableError,
     ServiceError,
     UnauthorizedError,
     UnknownPrecisionError,
@@ -26,6 +27,7 @@ from service.errors import (
     outcome_of,
 )
 from service.metrics import ServiceMetrics
+from service.middleware import BodySizeLimit
 from service.pool import WorkerPool
 from service.protocol import ArtifactRef, ItemResult
 from service.schemas import (
@@ -86,6 +88,9 @@ class Service:
 
     async def run(self, task: str, precision: str, payloads: list[Any]) -> list[Any]:
         """Results for every payload, or the first failing input's error (naming its index)."""
+        refused = self.pool.refused.get((task, precision))
+        if refused is not None and (task, precision) not in self.pool.models:
+            raise ModelUnavailableError(f"{task}/{precision} was refused at load: {refused}")
         results: list[ItemResult] = await self.pool.submit(task, precision, payloads)
         for index, result in enumerate(results):
             if result.error:
@@ -292,8 +297,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         summary="Q-BERT quantized BERT models: sentiment, named entities and extractive QA at a chosen bit width",
         version="0.1.0",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.state.service = service
     install_error_handlers(app)
     app.include_router(_predict_router())

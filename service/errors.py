@@ -61,6 +61,10 @@ class NotReadyError(ServiceError):
     status, code = 503, "not_ready"
 
 
+class ModelUnavailableError(ServiceError):
+    status, code = 503, "model_unavailable"
+
+
 class WorkerLostError(ServiceError):
     status, code = 503, "worker_lost"
 
@@ -103,7 +107,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        # 400 comes from FastAPI's body reading: bytes that are not UTF-8 JSON.
+        codes = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        code = codes.get(exc.status_code, "http_error")
         return JSONResponse({"error": code, "detail": str(exc.detail)}, status_code=exc.status_code)
 
     @app.exception_handler(Exception)
