@@ -15,6 +15,7 @@ from quantization.artifact import read_manifest
 from quantization.catalog import Catalog, TaskEntry, artifacts_dir, load_catalog, repo_root
 
 logger = logging.getLogger("qbert")
+DEFAULT_MIX = "sst2:w8,ner:w8,qa:w8"  # load generators: the default precision of each task
 
 
 def _emit(text: str) -> None:
@@ -57,15 +58,21 @@ def _build_one(catalog: Catalog, entry: TaskEntry, precision: str, force: bool, 
     return ", ".join(f"{r['metric']}={r['value']:.4f}" for r in rows)
 
 
+def _catalog_jobs(
+    catalog: Catalog, tasks: Sequence[str] | None, precisions: Sequence[str] | None
+) -> list[tuple[TaskEntry, str]]:
+    """(task entry, precision) for every catalog artifact of `tasks` at `precisions` (None: all)."""
+    return [
+        (catalog.task(t), p)
+        for t in (list(catalog.tasks) if tasks is None else tasks)
+        for p in catalog.task(t).precisions
+        if precisions is None or p in precisions
+    ]
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     catalog = load_catalog()
-    tasks = args.task or list(catalog.tasks)
-    jobs = [
-        (catalog.task(t), p)
-        for t in tasks
-        for p in catalog.task(t).precisions
-        if not args.precision or p in args.precision
-    ]
+    jobs = _catalog_jobs(catalog, args.task, args.precision)
     cache: dict = {}
     with tqdm(jobs, desc="build", unit="artifact", disable=None) as bar:
         for entry, precision in bar:
@@ -125,13 +132,7 @@ def _ensure_built(tasks: Sequence[str], precisions: Sequence[str] | None, batch_
     An artifact whose checkpoint is not available here (e.g. mounted into a container) is served as is.
     """
     catalog = load_catalog()
-    jobs = [
-        (catalog.task(t), p)
-        for t in tasks
-        if t in catalog.tasks
-        for p in catalog.task(t).precisions
-        if precisions is None or p in precisions
-    ]
+    jobs = _catalog_jobs(catalog, [t for t in tasks if t in catalog.tasks], precisions)
     todo = []
     for entry, precision in jobs:
         built = (artifacts_dir() / entry.task / precision / "manifest.json").is_file()
@@ -194,7 +195,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
     plan = LoadPlan(
         url=args.url,
-        mix=_parse_mix(args.mix or ["sst2:w8,ner:w8,qa:w8"]),
+        mix=_parse_mix(args.mix or [DEFAULT_MIX]),
         concurrency=args.concurrency,
         duration_s=args.duration if args.requests is None else None,
         requests=args.requests,
@@ -227,7 +228,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
     from service.loadtest import LoadPlan, sample_payloads
     from service.soak import run_soak
 
-    mix = _parse_mix(args.mix or ["sst2:w8,ner:w8,qa:w8"])
+    mix = _parse_mix(args.mix or [DEFAULT_MIX])
     plan = LoadPlan(
         url=args.url, mix=mix, concurrency=args.concurrency, duration_s=args.sample_every, api_key=args.api_key
     )
@@ -239,6 +240,15 @@ def cmd_soak(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _add_load_options(parser: argparse.ArgumentParser, concurrency: int) -> None:
+    """Options shared by the load generators (`loadtest`, `soak`)."""
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--mix", action="append", default=None, help=f"TASK:PRECISION[,...] (default {DEFAULT_MIX})")
+    parser.add_argument("--concurrency", type=int, default=concurrency)
+    parser.add_argument("--api-key")
+    parser.add_argument("--json", help="write the results as JSON here")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,26 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("loadtest", help="closed-loop HTTP load over a mix of tasks and precisions")
-    p.add_argument("--url", default="http://127.0.0.1:8000")
-    p.add_argument("--mix", action="append", default=None, help="TASK:PRECISION[,...] (repeatable)")
-    p.add_argument("--concurrency", type=int, default=16)
+    _add_load_options(p, concurrency=16)
     p.add_argument("--duration", type=float, default=30.0, help="seconds of load (ignored with --requests)")
     p.add_argument("--requests", type=int, help="total requests instead of a duration")
     p.add_argument("--warmup", type=int, default=20, help="unrecorded requests first")
-    p.add_argument("--api-key")
     p.add_argument("--compare-raw", action="store_true", help="also measure the bare models in process first")
     p.add_argument("--raw-seconds", type=float, default=10.0)
-    p.add_argument("--json", help="write the results as JSON here")
     p.set_defaults(func=cmd_loadtest)
 
     p = sub.add_parser("soak", help="steady load while sampling resident memory from /metrics")
-    p.add_argument("--url", default="http://127.0.0.1:8000")
-    p.add_argument("--mix", action="append", default=None, help="TASK:PRECISION[,...] (repeatable)")
-    p.add_argument("--concurrency", type=int, default=8)
+    _add_load_options(p, concurrency=8)
     p.add_argument("--duration", type=float, default=600.0, help="seconds")
     p.add_argument("--sample-every", type=float, default=10.0, help="seconds between memory samples")
-    p.add_argument("--api-key")
-    p.add_argument("--json", help="write samples and growth as JSON here")
     p.set_defaults(func=cmd_soak)
     return parser
 

@@ -135,13 +135,26 @@ def _check_text(text: str, limit: int, field: str) -> None:
         raise InvalidInputError(f"{field} has {len(text)} characters; at most {limit} are allowed")
 
 
-@asynccontextmanager
-async def _observe(service: Service, task: str, precision_of: Callable[[], str | None]) -> AsyncIterator[None]:
-    """Count the request and time it, whatever its outcome."""
+async def _answer(
+    service: Service,
+    task: str,
+    query: str | None,
+    header: str | None,
+    check: Callable[[], None],
+    payloads: list[Any],
+) -> tuple[dict[str, str], list[Any]]:
+    """Choose the precision, check the input, run it: the response's `task`/`precision`/`model` and values.
+
+    The request is counted and timed whatever its outcome; precision "none" means it named none that exists.
+    """
     started = time.perf_counter()
+    precision: str | None = None
     error: ServiceError | None = None
     try:
-        yield
+        precision = service.choose_precision(task, query, header)
+        check()
+        values = await service.run(task, precision, payloads)
+        return {"task": task, "precision": precision, "model": service.model_name(task, precision)}, values
     except ServiceError as exc:
         error = exc
         raise
@@ -149,9 +162,8 @@ async def _observe(service: Service, task: str, precision_of: Callable[[], str |
         error = InferenceFailedError("unexpected")
         raise
     finally:
-        precision = precision_of() or "none"  # "none": the requested precision does not exist
-        service.metrics.requests.labels(task, precision, outcome_of(error)).inc()
-        if precision != "none":
+        service.metrics.requests.labels(task, precision or "none", outcome_of(error)).inc()
+        if precision is not None:
             service.metrics.request_duration.labels(task, precision).observe(time.perf_counter() - started)
 
 
@@ -162,57 +174,40 @@ def _predict_router() -> APIRouter:
     async def predict_sst2(
         body: SST2Request, service: ServiceDep, precision: PrecisionQuery = None, x_precision: PrecisionHeader = None
     ) -> SST2Response:
-        chosen: dict[str, str] = {}
-        async with _observe(service, "sst2", lambda: chosen.get("p")):
-            chosen["p"] = service.choose_precision("sst2", precision, x_precision)
-            texts = body.all_texts()
+        texts = body.all_texts()
+
+        def check() -> None:
             if not texts or len(texts) > service.settings.max_texts:
                 raise InvalidInputError(f"give 1 to {service.settings.max_texts} texts, got {len(texts)}")
             for i, text in enumerate(texts):
                 _check_text(text, service.settings.max_text_chars, f"texts[{i}]" if body.texts else "text")
-            values = await service.run("sst2", chosen["p"], texts)
+
+        answered_by, values = await _answer(service, "sst2", precision, x_precision, check, texts)
         return SST2Response(
-            task="sst2",
-            precision=chosen["p"],
-            model=service.model_name("sst2", chosen["p"]),
-            results=[ClassResult(label=v.label, score=v.score, scores=v.scores) for v in values],
+            **answered_by, results=[ClassResult(label=v.label, score=v.score, scores=v.scores) for v in values]
         )
 
     @router.post("/predict/ner", response_model=NERResponse, summary="Named entities with character offsets")
     async def predict_ner(
         body: NERRequest, service: ServiceDep, precision: PrecisionQuery = None, x_precision: PrecisionHeader = None
     ) -> NERResponse:
-        chosen: dict[str, str] = {}
-        async with _observe(service, "ner", lambda: chosen.get("p")):
-            chosen["p"] = service.choose_precision("ner", precision, x_precision)
+        def check() -> None:
             _check_text(body.text, service.settings.max_text_chars, "text")
-            (value,) = await service.run("ner", chosen["p"], [body.text])
-        return NERResponse(
-            task="ner",
-            precision=chosen["p"],
-            model=service.model_name("ner", chosen["p"]),
-            entities=[EntityResult(**asdict(entity)) for entity in value.entities],
-        )
+
+        answered_by, (value,) = await _answer(service, "ner", precision, x_precision, check, [body.text])
+        return NERResponse(**answered_by, entities=[EntityResult(**asdict(entity)) for entity in value.entities])
 
     @router.post("/qa", response_model=QAResponse, summary="Extractive answer span from a context")
     async def qa(
         body: QARequest, service: ServiceDep, precision: PrecisionQuery = None, x_precision: PrecisionHeader = None
     ) -> QAResponse:
-        chosen: dict[str, str] = {}
-        async with _observe(service, "qa", lambda: chosen.get("p")):
-            chosen["p"] = service.choose_precision("qa", precision, x_precision)
+        def check() -> None:
             _check_text(body.question, service.settings.max_text_chars, "question")
             _check_text(body.context, service.settings.max_context_chars, "context")
-            (value,) = await service.run("qa", chosen["p"], [(body.question, body.context)])
-        return QAResponse(
-            task="qa",
-            precision=chosen["p"],
-            model=service.model_name("qa", chosen["p"]),
-            answer=value.answer,
-            start=value.start,
-            end=value.end,
-            score=value.score,
-        )
+
+        payload = [(body.question, body.context)]
+        answered_by, (value,) = await _answer(service, "qa", precision, x_precision, check, payload)
+        return QAResponse(**answered_by, answer=value.answer, start=value.start, end=value.end, score=value.score)
 
     @router.post("/predict/{task}", include_in_schema=False)
     async def unknown_task(task: str, service: ServiceDep) -> None:
