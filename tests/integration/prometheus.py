@@ -1,0 +1,114 @@
+"""A real Prometheus (Debian package `prometheus`) on 127.0.0.1 for integration tests."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.deployment import PROMETHEUS_CONFIG
+from tests.integration.server import free_port
+
+logger = logging.getLogger(__name__)
+
+
+def ensure_prometheus() -> tuple[str | None, str]:
+    """Path of the `prometheus` binary, installing the Debian package when missing; else (None, why not)."""
+    found = shutil.which("prometheus")
+    if found:
+        return found, "present"
+    apt = shutil.which("apt-get")
+    if apt is None:
+        return None, "no prometheus binary and no apt-get to install the Debian package `prometheus`"
+    prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+    install = [*prefix, apt, "install", "-y", "-q", "--no-install-recommends", "prometheus"]
+    for attempt in ([install], [[*prefix, apt, "update", "-q"], install]):
+        try:
+            results = [subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600) for cmd in attempt]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return None, f"installing the Debian package `prometheus` failed: {exc}"
+        if results[-1].returncode == 0 and shutil.which("prometheus"):
+            logger.info("installed the Debian package prometheus")
+            return shutil.which("prometheus"), "installed"
+    return None, f"`apt-get install prometheus` failed: {results[-1].stderr.strip()[-400:]}"
+
+
+def config_for_tests(service_address: str, port: int, interval: str = "1s") -> dict:
+    """docker/prometheus/prometheus.yml with only the targets (and, for speed, the intervals) changed."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    config["global"] |= {"scrape_interval": interval, "evaluation_interval": interval}
+    config["rule_files"] = [str(PROMETHEUS_CONFIG.parent / pattern) for pattern in config["rule_files"]]
+    targets = {"qbert": service_address, "prometheus": f"127.0.0.1:{port}"}
+    for job in config["scrape_configs"]:
+        for static in job["static_configs"]:
+            static["targets"] = [targets[job["job_name"]]]
+    return config
+
+
+@dataclass
+class RunningPrometheus:
+    process: subprocess.Popen
+    url: str
+    log: Path
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """Instant query; raises on a PromQL error; returns the result vector."""
+        response = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)
+        body = response.json()
+        if response.status_code != 200 or body["status"] != "success":
+            raise AssertionError(f"{promql!r}: {body.get('errorType')}: {body.get('error')}")
+        return body["data"]["result"]
+
+    def api(self, path: str) -> Any:
+        response = httpx.get(f"{self.url}/api/v1/{path}", timeout=10)
+        response.raise_for_status()
+        return response.json()["data"]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_prometheus(binary: str, service_address: str, workdir: Path, timeout: float = 60.0) -> RunningPrometheus:
+    port = free_port()
+    config_file = workdir / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(config_for_tests(service_address, port)))
+    log = workdir / "prometheus.log"
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config_file}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    running = RunningPrometheus(process, f"http://127.0.0.1:{port}", log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"prometheus exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{running.url}/-/ready", timeout=2).status_code == 200:
+                return running
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    running.stop()
+    raise TimeoutError(f"prometheus not ready in {timeout} s:\n{log.read_text()}")
