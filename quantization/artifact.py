@@ -142,6 +142,8 @@ def write_artifact(
     for name, qweight in state.quantized.items():
         tensors.update(qweight.to_storage(f"{name}.weight"))
     save_file(tensors, str(tmp_dir / WEIGHTS), metadata={"format": "qbert", "schema_version": str(SCHEMA_VERSION)})
+    # safetensors writes 0600; an artifact is read by other users (a container's non-root server).
+    (tmp_dir / WEIGHTS).chmod(0o644)
     for file_name in (MODEL_CONFIG, *TOKENIZER_FILES):
         if (source.checkpoint_dir / file_name).exists():
             shutil.copyfile(source.checkpoint_dir / file_name, tmp_dir / file_name)

@@ -254,13 +254,20 @@ def _ops_router() -> APIRouter:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz", summary="Readiness: 200 once every worker has loaded every artifact, else 503")
+    @router.get(
+        "/readyz", summary="Readiness: 200 once every worker has loaded its artifacts and one model at least serves"
+    )
     async def readyz(service: ServiceDep) -> JSONResponse:
         pool = service.pool
-        body: dict[str, Any] = {"ready": pool.ready, "workers": pool.worker_status()}
-        if pool.ready:
+        # Refused artifacts leave the others serving, but a pool that can serve nothing is not ready.
+        serving = pool.ready and bool(pool.models)
+        body: dict[str, Any] = {"ready": serving, "workers": pool.worker_status()}
+        if serving:
             return JSONResponse(body)
-        detail = f"{pool.ready_workers()} of {service.settings.workers} workers ready"
+        if pool.ready:
+            detail = f"no model can serve: all {len(pool.refused)} artifacts were refused (see /models)"
+        else:
+            detail = f"{pool.ready_workers()} of {service.settings.workers} workers ready"
         return JSONResponse({"error": "not_ready", "detail": detail, **body}, status_code=503)
 
     @router.get("/metrics", summary="Prometheus metrics")

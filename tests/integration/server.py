@@ -41,8 +41,8 @@ class RunningServer:
         return self.process.returncode
 
 
-def start_server(artifacts: Path, log: Path, ready_timeout: float = 120.0, **settings: str) -> RunningServer:
-    """Start `qbert serve --no-build` and wait until /readyz says 200; record the statuses seen before."""
+def launch_server(artifacts: Path, log: Path, **settings: str) -> RunningServer:
+    """Start `qbert serve --no-build` on a free loopback port without waiting for it."""
     port = free_port()
     env = os.environ | {
         "QBERT_ARTIFACTS": str(artifacts),
@@ -50,15 +50,20 @@ def start_server(artifacts: Path, log: Path, ready_timeout: float = 120.0, **set
         "QBERT_TORCH_THREADS": "1",
         **{f"QBERT_{k.upper()}": v for k, v in settings.items()},
     }
-    handle = log.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "quantization.cli", "-v", "serve", "--no-build"],
         env=env,
         cwd=REPO_ROOT,
-        stdout=handle,
+        stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
-    server = RunningServer(process, f"http://127.0.0.1:{port}", log)
+    return RunningServer(process, f"http://127.0.0.1:{port}", log)
+
+
+def start_server(artifacts: Path, log: Path, ready_timeout: float = 120.0, **settings: str) -> RunningServer:
+    """Start `qbert serve --no-build` and wait until /readyz says 200; record the statuses seen before."""
+    server = launch_server(artifacts, log, **settings)
+    process = server.process
     deadline = time.monotonic() + ready_timeout
     with httpx.Client(base_url=server.url, timeout=5) as client:
         while time.monotonic() < deadline:

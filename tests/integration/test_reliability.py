@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from service.loadtest import LoadPlan
 from service.soak import run_soak
-from tests.integration.server import RunningServer, start_server
+from tests.integration.server import RunningServer, launch_server, start_server
 
 logger = logging.getLogger(__name__)
 LONG_CONTEXT = "john smith lives in paris . he works at acme corp . " * 1900  # ~99k characters
@@ -285,6 +285,35 @@ def test_graceful_shutdown_finishes_in_flight_requests(tiny_artifacts: Path, tmp
 
 
 # ----- tampered artifacts ------------------------------------------------------------------------
+
+
+def test_a_pool_whose_every_artifact_is_refused_is_not_ready(tiny_artifacts: Path, tmp_path: Path) -> None:
+    """Seen in a container: artifacts unreadable by its user were all refused, yet /readyz said 200."""
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts / "sst2" / "fp32", artifacts / "sst2" / "fp32")
+    (artifacts / "sst2" / "fp32" / "vocab.txt").write_text("tampered\n")
+    running = launch_server(artifacts, tmp_path / "serve.log")
+    try:
+        with httpx.Client(base_url=running.url, timeout=10) as client:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    models = client.get("/models").json()["models"]
+                except (httpx.TransportError, KeyError, json.JSONDecodeError):
+                    models = []
+                if models and all(m["status"] == "refused" for m in models):
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError(f"the artifact was never refused:\n{running.log.read_text()}")
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            body = _error_shape(ready)
+            assert body["error"] == "not_ready"
+            assert "refused" in body["detail"]
+            assert ready.json()["workers"][0]["ready"] is True  # the worker is up; it has nothing to serve
+    finally:
+        running.stop()
 
 
 def test_a_tampered_artifact_is_refused_and_the_others_still_serve(tiny_artifacts: Path, tmp_path: Path) -> None:

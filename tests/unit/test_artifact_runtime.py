@@ -88,6 +88,10 @@ def test_manifest_records_sizes_hashes_and_tensors(tmp_path: Path, tiny_checkpoi
     assert "bert.encoder.layer.0.attention.self.query.weight" not in tensors
     assert not list(artifact.glob("*.bin"))
     assert not list(artifact.glob("*.pt"))
+    # Readable by other users: a container's non-root server reads artifacts built by another user.
+    assert all(path.stat().st_mode & 0o044 == 0o044 for path in artifact.iterdir()), [
+        (path.name, oct(path.stat().st_mode)) for path in artifact.iterdir()
+    ]
 
 
 def test_loaded_model_reports_its_costs(tmp_path: Path, tiny_checkpoints: dict) -> None:
