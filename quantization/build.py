@@ -128,13 +128,15 @@ def evaluate_artifact(
     latency_samples: int = 30,
     batch_size: int = 32,
     on_batch: Callable[[int, int], None] | None = None,
+    backend: str = "eager",
 ) -> list[dict[str, Any]]:
     """Evaluate an artifact on `data` (default: the catalog's split) and record the results.
 
-    Results are written into the manifest only for the catalog's default split.
+    Results are written into the manifest only for the catalog's default split on the reference (eager)
+    backend; other backends are measured against it.
     """
     task = get_task(entry.task)
-    loaded = load_model(artifact_dir)
+    loaded = load_model(artifact_dir, backend)
     path = data or entry.data
     options = entry.read_options() if data is None else {}
     examples = task.read_examples(path, **options)
@@ -152,10 +154,11 @@ def evaluate_artifact(
             "latency_b1_ms": round(latency, 3),
             "eval_seconds": round(result.seconds, 2),
             "torch_threads": torch.get_num_threads(),
+            "backend": backend,
         }
         for metric in task.metrics
     ]
-    if data is None:
+    if data is None and backend == "eager":
         record_evaluation(artifact_dir, rows)
     logger.info("%s %s: %s", entry.task, loaded.precision, {r["metric"]: round(r["value"], 4) for r in rows})
     return rows

@@ -11,6 +11,12 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+# How a built model executes. "compiled": torch.compile (Inductor, dynamic shapes) fuses each Linear's
+# per-token quantization and int8 epilogue, GELU, LayerNorm and the residual adds into C++ kernels around
+# the int8 matmuls; the first call at a new kind of shape compiles (seconds, cached on disk), later ones
+# reuse it, across model instances too. "eager": op by op, no compilation; the reference.
+BACKENDS = ("eager", "compiled")
+
 SUPPORTED_WEIGHT_BITS = (2, 3, 4, 8)
 _PRECISION_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
 

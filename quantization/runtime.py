@@ -16,6 +16,8 @@ sub-8-bit codes are a storage format (torch's 4-bit CPU kernels are slower than 
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -25,27 +27,72 @@ from typing import Any
 import torch
 import transformers
 from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.bert.modeling_bert import BertSelfAttention, eager_attention_forward
 
 from quantization.artifact import Artifact, read_artifact
+from quantization.config import BACKENDS
 from quantization.qtensor import QDATA, SCALE, ZERO_POINT, QuantizedWeight
 
+logger = logging.getLogger(__name__)
 _ARCHITECTURE = re.compile(r"^\w+For(SequenceClassification|TokenClassification|QuestionAnswering)$")
 
 
 class Int8Linear(nn.Module):
     """A Linear layer running int8 x int8 -> int32 matmuls, per-row weight and per-token activation scales."""
 
-    def __init__(self, qweight: QuantizedWeight, bias: torch.Tensor | None) -> None:
+    def __init__(
+        self,
+        weight_int8: torch.Tensor,
+        row_scale: torch.Tensor,
+        row_zero: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        bits: int,
+    ) -> None:
         super().__init__()
-        self.out_features, self.in_features = qweight.shape
-        self.bits = qweight.bits
-        shift = 128 if qweight.bits == 8 else 0  # 8-bit codes [0, 255] -> int8 [-128, 127]
-        self.register_buffer("weight_int8", (qweight.codes.to(torch.int16) - shift).to(torch.int8).contiguous())
-        self.register_buffer("row_scale", qweight.row_scale().to(torch.float32))
-        zero = qweight.row_zero_point().to(torch.int32) - shift
-        self.register_buffer("row_zero", zero if bool(zero.any()) else None)
-        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).contiguous())
+        self.out_features, self.in_features = weight_int8.shape
+        self.bits = bits
+        self.register_buffer("weight_int8", weight_int8)
+        self.register_buffer("row_scale", row_scale)
+        self.register_buffer("row_zero", row_zero if row_zero is not None and bool(row_zero.any()) else None)
+        self.register_buffer("bias", bias)
         self.runtime_nbytes = sum(b.numel() * b.element_size() for b in self.buffers())
+
+    @classmethod
+    def from_quantized(cls, qweight: QuantizedWeight, bias: torch.Tensor | None) -> Int8Linear:
+        """Takes over `qweight.codes` (freshly unpacked, owned by nobody else) as the int8 weight matrix."""
+        shift = 128 if qweight.bits == 8 else 0  # 8-bit codes [0, 255] -> int8 [-128, 127]
+        return cls(
+            _codes_as_int8(qweight.codes, shift),
+            qweight.row_scale().to(torch.float32),
+            qweight.row_zero_point().to(torch.int32) - shift,
+            None if bias is None else bias.detach().to(torch.float32).clone(),  # a copy: not the file's memory
+            qweight.bits,
+        )
+
+    @classmethod
+    def stacked(cls, layers: list[Int8Linear]) -> Int8Linear:
+        """One layer computing several that read the same input (rows stacked): exactly their outputs, joined.
+
+        Each token is quantized once instead of once per layer, and one wide matmul replaces narrow ones.
+        """
+        if len({(layer.in_features, layer.bits) for layer in layers}) != 1:
+            raise ValueError("stacked layers need one input width and one bit width")
+        zeros = [
+            layer.row_zero if layer.row_zero is not None else torch.zeros(layer.out_features, dtype=torch.int32)
+            for layer in layers
+        ]
+        biases = [
+            layer.bias if layer.bias is not None else torch.zeros(layer.out_features, dtype=torch.float32)
+            for layer in layers
+        ]
+        return cls(
+            torch.cat([layer.weight_int8 for layer in layers]),
+            torch.cat([layer.row_scale for layer in layers]),
+            torch.cat(zeros),
+            torch.cat(biases),
+            layers[0].bits,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
@@ -63,6 +110,17 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits} (int8 kernel)"
 
 
+def _codes_as_int8(codes: torch.Tensor, shift: int) -> torch.Tensor:
+    """Unsigned codes as int8, in place (no temporary: load-time peaks fragment the heap for good).
+
+    c - 128 is c XOR 0x80 read as two's complement; codes below 128 are already the same bits.
+    """
+    codes = codes.contiguous()
+    if shift:
+        codes.bitwise_xor_(0x80)
+    return codes.view(torch.int8)
+
+
 class QuantizedEmbedding(nn.Module):
     """An embedding table of unsigned codes with one (scale, zero point) per row, dequantized on lookup."""
 
@@ -71,7 +129,7 @@ class QuantizedEmbedding(nn.Module):
         self.num_embeddings, self.embedding_dim = qweight.shape
         self.padding_idx = padding_idx
         self.bits = qweight.bits
-        self.register_buffer("codes", qweight.codes.contiguous())
+        self.register_buffer("codes", qweight.codes.contiguous())  # freshly unpacked: not the weights file's memory
         self.register_buffer("row_scale", qweight.row_scale().to(torch.float32))
         self.register_buffer("row_zero", qweight.row_zero_point().to(torch.float32))
         self.runtime_nbytes = self.codes.numel() + self.num_embeddings * 8
@@ -79,6 +137,55 @@ class QuantizedEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         codes = self.codes[ids].to(torch.float32)
         return (codes - self.row_zero[ids].unsqueeze(-1)) * self.row_scale[ids].unsqueeze(-1)
+
+
+class StackedQKVSelfAttention(nn.Module):
+    """BERT self-attention whose quantized Q, K and V projections run as one stacked `Int8Linear`.
+
+    Same inputs, outputs and attention kernel as the module it replaces (transformers' BertSelfAttention,
+    encoder use), so results are unchanged; the hidden states are quantized once, not three times.
+    """
+
+    def __init__(self, original: nn.Module) -> None:
+        super().__init__()
+        self.config = original.config
+        self.num_attention_heads = original.num_attention_heads
+        self.attention_head_size = original.attention_head_size
+        self.scaling = original.scaling
+        self.is_causal = original.is_causal
+        self.is_decoder = original.is_decoder
+        self.layer_idx = original.layer_idx
+        self.qkv = Int8Linear.stacked([original.query, original.key, original.value])
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if past_key_values is not None:
+            raise ValueError("StackedQKVSelfAttention serves encoders: no key/value cache")
+        input_shape = hidden_states.shape[:-1]
+        qkv = self.qkv(hidden_states).view(*input_shape, 3, self.num_attention_heads, self.attention_head_size)
+        query, key, value = (qkv.select(-3, i).transpose(1, 2) for i in range(3))
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        output, weights = attention(
+            self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling, **kwargs
+        )
+        return output.reshape(*input_shape, -1).contiguous(), weights
+
+
+def _stack_attention_projections(model: nn.Module) -> None:
+    """Replace every encoder BertSelfAttention whose Q, K and V are all `Int8Linear` by the stacked form."""
+    for name, module in list(model.named_modules()):
+        if (
+            type(module) is BertSelfAttention
+            and not module.is_decoder
+            and all(isinstance(getattr(module, p), Int8Linear) for p in ("query", "key", "value"))
+            and module.query.bits == module.key.bits == module.value.bits
+        ):
+            _set_submodule(model, name, StackedQKVSelfAttention(module))
 
 
 @dataclass
@@ -92,6 +199,7 @@ class LoadedModel:
     load_seconds: float
     packed_bytes: int
     runtime_bytes: int
+    backend: str = "eager"
 
     @property
     def task(self) -> str:
@@ -133,8 +241,11 @@ def _materialize_buffers(model: nn.Module) -> None:
             module.register_buffer(name, value, persistent=False)
 
 
-def build_model(artifact: Artifact) -> tuple[nn.Module, int]:
-    """The inference model of an artifact and its runtime weight bytes."""
+def build_model(artifact: Artifact, stack_qkv: bool = True) -> tuple[nn.Module, int]:
+    """The inference model of an artifact and its runtime weight bytes.
+
+    `stack_qkv`: run each attention block's quantized Q, K and V as one matmul (same results, faster).
+    """
     config = transformers.AutoConfig.from_pretrained(artifact.path, local_files_only=True)
     config._attn_implementation = "sdpa"
     with torch.device("meta"):
@@ -153,12 +264,13 @@ def build_model(artifact: Artifact) -> tuple[nn.Module, int]:
             replacement: nn.Module = QuantizedEmbedding(qweight, original.padding_idx)
         elif isinstance(original, nn.Linear):
             bias = tensors.pop(f"{module_name}.bias", None)
-            replacement = Int8Linear(qweight, bias)
+            replacement = Int8Linear.from_quantized(qweight, bias)
         else:
             raise ValueError(f"{module_name} is a {type(original).__name__}; only Linear/Embedding quantize")
         runtime_bytes += replacement.runtime_nbytes
         _set_submodule(model, module_name, replacement)
-    result = model.load_state_dict(tensors, strict=False, assign=True)
+    # Copies, so that no model tensor keeps the memory-mapped weights file (and its pages) alive.
+    result = model.load_state_dict({k: v.clone() for k, v in tensors.items()}, strict=False, assign=True)
     if result.unexpected_keys:
         raise ValueError(f"artifact has tensors the model does not: {result.unexpected_keys[:5]}")
     _materialize_buffers(model)
@@ -166,15 +278,45 @@ def build_model(artifact: Artifact) -> tuple[nn.Module, int]:
     if still_meta:
         raise ValueError(f"artifact lacks tensors the model needs: {still_meta[:5]}")
     runtime_bytes += sum(p.numel() * p.element_size() for p in model.parameters())
+    if stack_qkv:
+        _stack_attention_projections(model)
     model.eval()
     return model, runtime_bytes
 
 
-def load_model(artifact_dir: Path) -> LoadedModel:
+def compile_model(model: nn.Module) -> nn.Module:
+    """The model under torch.compile with dynamic shapes (batch and sequence vary from call to call)."""
+    return torch.compile(model, dynamic=True)
+
+
+def warm_up(loaded: LoadedModel) -> LoadedModel:
+    """Compile now rather than on a request: one call at batch 1 and one above (Dynamo specializes 1).
+
+    Where compiling fails (no C++ compiler, an unsupported op), the model falls back to eager, logged.
+    """
+    if loaded.backend != "compiled":
+        return loaded
+    vocab = loaded.model.config.vocab_size
+    try:
+        with torch.inference_mode():
+            for batch in (1, 2):
+                ids = torch.randint(min(1000, vocab // 2), vocab, (batch, 8))
+                loaded.model(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids))
+    except Exception:  # Inductor raises many types; serving eager beats not serving
+        logger.exception("compiling %s failed; it runs eager", loaded.path)
+        return dataclasses.replace(loaded, model=loaded.model._orig_mod, backend="eager")
+    return loaded
+
+
+def load_model(artifact_dir: Path, backend: str = "eager") -> LoadedModel:
     """Verify, load and build an artifact's inference model with its tokenizer."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; known: {list(BACKENDS)}")
     started = time.perf_counter()
     artifact = read_artifact(Path(artifact_dir))
     model, runtime_bytes = build_model(artifact)
+    if backend == "compiled":
+        model = compile_model(model)
     tokenizer = transformers.AutoTokenizer.from_pretrained(artifact.path, local_files_only=True)
     return LoadedModel(
         model=model,
@@ -184,4 +326,5 @@ def load_model(artifact_dir: Path) -> LoadedModel:
         load_seconds=time.perf_counter() - started,
         packed_bytes=artifact.manifest["summary"]["total_packed_bytes"],
         runtime_bytes=runtime_bytes,
+        backend=backend,
     )

@@ -7,7 +7,7 @@ import torch
 from quantization.artifact import WEIGHTS, ArtifactError, read_artifact
 from quantization.build import load_checkpoint, quantize_checkpoint
 from quantization.catalog import load_catalog
-from quantization.runtime import Int8Linear, QuantizedEmbedding, load_model
+from quantization.runtime import Int8Linear, QuantizedEmbedding, StackedQKVSelfAttention, build_model, load_model
 from quantization.tasks import get_task, pad_features
 
 CATALOG = load_catalog()
@@ -40,7 +40,8 @@ def test_int8_runtime_matches_the_dequantized_model(tmp_path: Path, tiny_checkpo
     artifact = _build(tmp_path, tiny_checkpoints["sst2"], "sst2", precision)
     loaded = load_model(artifact)
     linears = [m for m in loaded.model.modules() if isinstance(m, Int8Linear)]
-    assert len(linears) == 12
+    assert len(linears) == 8  # per layer: stacked Q/K/V, attention output, FFN in, FFN out
+    assert sum(isinstance(m, StackedQKVSelfAttention) for m in loaded.model.modules()) == 2
     assert not any(isinstance(m, torch.nn.Linear) for m in loaded.model.bert.encoder.modules())
     assert sum(isinstance(m, QuantizedEmbedding) for m in loaded.model.modules()) == 3
     batch = _batch(loaded.tokenizer, ["a good movie", "john smith lives in paris and plays"])
@@ -139,4 +140,39 @@ def test_schema_mismatch_and_bad_manifest_are_refused(tmp_path: Path, tiny_check
 @pytest.mark.parametrize("task", ["ner", "qa"])
 def test_token_and_span_heads_load_quantized(tmp_path: Path, tiny_checkpoints: dict, task: str) -> None:
     loaded = load_model(_build(tmp_path, tiny_checkpoints[task], task, "w3g128"))
-    assert sum(isinstance(m, Int8Linear) for m in loaded.model.modules()) == 12
+    assert sum(isinstance(m, Int8Linear) for m in loaded.model.modules()) == 8
+
+
+@pytest.mark.parametrize("precision", ["w8", "w2g128"])
+def test_stacked_qkv_gives_exactly_the_separate_projections_results(
+    tmp_path: Path, tiny_checkpoints: dict, precision: str
+) -> None:
+    artifact = read_artifact(_build(tmp_path, tiny_checkpoints["qa"], "qa", precision))
+    separate, _ = build_model(artifact, stack_qkv=False)
+    stacked, _ = build_model(read_artifact(artifact.path), stack_qkv=True)
+    assert not any(isinstance(m, StackedQKVSelfAttention) for m in separate.modules())
+    ids = torch.randint(5, 100, (3, 19))
+    mask = torch.ones_like(ids)
+    mask[1, 11:] = 0  # padding goes through the attention mask
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    with torch.inference_mode():
+        for a, b in zip(separate(**batch).values(), stacked(**batch).values(), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_the_compiled_backend_computes_what_eager_does(tmp_path: Path, tiny_checkpoints: dict) -> None:
+    from quantization.runtime import warm_up
+
+    artifact = _build(tmp_path, tiny_checkpoints["ner"], "ner", "w4g128")
+    eager = load_model(artifact)
+    compiled = warm_up(load_model(artifact, backend="compiled"))
+    assert compiled.backend == "compiled"  # compiled at warm-up, not fallen back to eager
+    for shape in ((1, 5), (3, 17)):  # batch 1 and above, lengths never seen at warm-up
+        ids = torch.randint(5, 100, shape)
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+        with torch.inference_mode():
+            torch.testing.assert_close(
+                compiled.model(**batch).logits, eager.model(**batch).logits, atol=1e-3, rtol=1e-3
+            )
+    with pytest.raises(ValueError, match="backend"):
+        load_model(artifact, backend="tensorrt")
