@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from quantization.artifact import read_manifest
 from quantization.catalog import Catalog, TaskEntry, artifacts_dir, load_catalog, repo_root
+from quantization.config import BACKENDS
 
 logger = logging.getLogger("qbert")
 DEFAULT_MIX = "sst2:w8,ner:w8,qa:w8"  # load generators: the default precision of each task
@@ -30,7 +31,9 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _eval_with_progress(artifact: Path, entry: TaskEntry, data: Path | None, batch_size: int) -> list[dict]:
+def _eval_with_progress(
+    artifact: Path, entry: TaskEntry, data: Path | None, batch_size: int, backend: str = "eager"
+) -> list[dict]:
     from quantization.build import evaluate_artifact
 
     with tqdm(desc=f"eval {entry.task}/{artifact.name}", unit="seq", leave=False, disable=None) as bar:
@@ -39,7 +42,7 @@ def _eval_with_progress(artifact: Path, entry: TaskEntry, data: Path | None, bat
             bar.total = total
             bar.update(done)
 
-        return evaluate_artifact(artifact, entry, data=data, batch_size=batch_size, on_batch=advance)
+        return evaluate_artifact(artifact, entry, data=data, batch_size=batch_size, on_batch=advance, backend=backend)
 
 
 def _build_one(catalog: Catalog, entry: TaskEntry, precision: str, force: bool, batch_size: int, cache: dict) -> str:
@@ -103,10 +106,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     manifest = read_manifest(artifact)
     entry = load_catalog().task(manifest["task"])
     data = Path(args.data) if args.data else None
-    for row in _eval_with_progress(artifact, entry, data, args.batch_size):
+    for row in _eval_with_progress(artifact, entry, data, args.batch_size, args.backend):
         _emit(
             f"{manifest['task']} {manifest['precision']['name']} {row['metric']}: {row['value']:.4f} "
-            f"on {row['split']} (n={row['n']}), b1 latency {row['latency_b1_ms']:.1f} ms"
+            f"on {row['split']} (n={row['n']}), b1 latency {row['latency_b1_ms']:.1f} ms ({args.backend})"
         )
     return 0
 
@@ -242,6 +245,27 @@ def cmd_soak(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from quantization.bench import FULL, QUICK, format_table, prepare_candidates, run_bench
+
+    plan = QUICK if args.quick else FULL
+    changes = {"threads": args.threads or plan.threads, "memory": not args.no_memory}
+    if args.rounds:
+        changes["rounds"] = args.rounds
+    if args.model:
+        changes["models"] = tuple(args.model)
+    plan = dataclasses.replace(plan, **changes)
+    cache = Path(args.cache) if args.cache else repo_root() / "models" / "cache" / "bench"
+    candidates = prepare_candidates(plan, load_catalog(), cache)
+    result = run_bench(plan, candidates, progress=lambda line: logger.warning("bench: %s", line))
+    _emit(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def _add_load_options(parser: argparse.ArgumentParser, concurrency: int) -> None:
     """Options shared by the load generators (`loadtest`, `soak`)."""
     parser.add_argument("--url", default="http://127.0.0.1:8000")
@@ -270,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact")
     p.add_argument("--data", help="a file in the task's standard format (default: the catalog's split)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--backend", choices=BACKENDS, default="eager", help="results are recorded for eager only")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("build", help="build and evaluate every catalog artifact whose inputs changed")
@@ -299,6 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-raw", action="store_true", help="also measure the bare models in process first")
     p.add_argument("--raw-seconds", type=float, default=10.0)
     p.set_defaults(func=cmd_loadtest)
+
+    p = sub.add_parser("bench", help="our runtime beside PyTorch and ONNX Runtime, interleaved, same inputs")
+    p.add_argument("--quick", action="store_true", help="bert-base shape + SST-2, b1×128 and b8×128 (< 5 min)")
+    p.add_argument("--json", help="write the rows as JSON here")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 5)")
+    p.add_argument("--model", action="append", help="bert-base-random or a catalog task (repeatable)")
+    p.add_argument("--no-memory", action="store_true", help="skip the fresh-process RSS and load-time readings")
+    p.add_argument("--cache", help="exports and quantized copies (default models/cache/bench)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("soak", help="steady load while sampling resident memory from /metrics")
     _add_load_options(p, concurrency=8)

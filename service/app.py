@@ -233,6 +233,7 @@ def _predict_router() -> APIRouter:
                         runtime_bytes=info.runtime_bytes,
                         fp32_bytes=info.fp32_bytes,
                         load_seconds=info.load_seconds,
+                        backend=info.backend,
                         accuracy=list(info.accuracy),
                     )
                 )

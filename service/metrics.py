@@ -4,12 +4,11 @@ anything taken from request text)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
+from quantization.system import resident_bytes
 from service.protocol import ModelInfo
 
 # Seconds: from sub-millisecond tiny models to multi-second long QA contexts under load.
@@ -109,12 +108,3 @@ class ServiceMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def resident_bytes(pid: int) -> int | None:
-    """Resident set size of a process from /proc (None where unavailable or the process is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/statm").read_text().split()
-    except OSError:
-        return None
-    return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")

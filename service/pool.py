@@ -129,6 +129,7 @@ class WorkerPool:
             artifacts=tuple(self.artifacts),
             max_tokens=self.settings.max_tokens,
             max_batch_size=self.settings.max_batch_size,
+            backend=self.settings.backend,
         )
         process = self._context.Process(
             target=worker_main, args=(spec, parent_inbox, child_outbox), name=f"qbert-worker-{slot.index}", daemon=True

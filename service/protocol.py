@@ -25,6 +25,7 @@ class WorkerSpec:
     artifacts: tuple[ArtifactRef, ...]
     max_tokens: int
     max_batch_size: int
+    backend: str = "eager"
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class ModelInfo:
     load_seconds: float
     labels: tuple[str, ...]
     accuracy: tuple[dict[str, Any], ...]
+    backend: str = "eager"
 
 
 @dataclass(frozen=True)

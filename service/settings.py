@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -44,6 +44,9 @@ class ServiceSettings(BaseSettings):
 
     workers: int = Field(1, ge=1, le=64, description="worker processes, each loading every artifact")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per worker (default: cores / workers)")
+    backend: Literal["compiled", "eager"] = Field(
+        "compiled", description="compiled: torch.compile, ~1.6× faster, compiles at start (cached on disk)"
+    )
     worker_start_timeout_s: float = Field(300.0, gt=0)
 
     max_batch_size: int = Field(16, ge=1, le=256, description="inputs per batch of one (task, precision)")

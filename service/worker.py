@@ -18,7 +18,7 @@ from typing import Any
 
 from quantization.artifact import ArtifactError
 from quantization.evaluate import finish, max_length_for, prepare, run_features
-from quantization.runtime import LoadedModel, load_model
+from quantization.runtime import LoadedModel, load_model, warm_up
 from quantization.tasks import Feature, Task, get_task
 from quantization.tasks.ner import NerInput
 from quantization.tasks.qa import QAInput
@@ -56,6 +56,7 @@ def model_info(ref: ArtifactRef, loaded: LoadedModel) -> ModelInfo:
         load_seconds=round(loaded.load_seconds, 3),
         labels=tuple(loaded.labels),
         accuracy=accuracy,
+        backend=loaded.backend,
     )
 
 
@@ -87,7 +88,7 @@ class InferenceWorker:
         infos, failures = [], []
         for ref in self.spec.artifacts:
             try:
-                loaded = load_model(ref.path)
+                loaded = warm_up(load_model(ref.path, self.spec.backend))
             except (ArtifactError, OSError, ValueError) as exc:  # refuse this one, serve the others
                 logger.error("worker %d refused %s/%s: %s", self.spec.index, ref.task, ref.precision, exc)
                 failures.append(ModelFailure(ref.task, ref.precision, str(exc)))

@@ -48,6 +48,7 @@ def launch_server(artifacts: Path, log: Path, **settings: str) -> RunningServer:
         "QBERT_ARTIFACTS": str(artifacts),
         "QBERT_PORT": str(port),
         "QBERT_TORCH_THREADS": "1",
+        "QBERT_BACKEND": "eager",  # compiling costs seconds per start; test_service runs the compiled one
         **{f"QBERT_{k.upper()}": v for k, v in settings.items()},
     }
     process = subprocess.Popen(

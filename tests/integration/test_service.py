@@ -267,3 +267,30 @@ def test_a_killed_worker_is_restarted_and_readiness_follows(server: RunningServe
     restarts = _metrics(client)["qbert_worker_restarts"].samples
     assert [s.value for s in restarts if s.name == "qbert_worker_restarts_total"] == [1.0]
     assert client.post("/predict/sst2", json={"text": "good"}).status_code == 200
+
+
+def test_the_compiled_backend_serves_the_evaluated_answers(tiny_artifacts: Path, tmp_path: Path) -> None:
+    """The default backend (torch.compile) compiles before readiness and answers as the eager reference does."""
+    running = start_server(tiny_artifacts, tmp_path / "serve.log", backend="compiled", tasks="sst2,qa", precisions="w8")
+    try:
+        with httpx.Client(base_url=running.url, timeout=30) as client:
+            models = client.get("/models").json()["models"]
+            assert {m["backend"] for m in models} == {"compiled"}
+            texts = ["john plays very good", "a terrible film", "what a bad movie !"]
+            served = client.post("/predict/sst2", json={"texts": texts}).json()["results"]
+            loaded = load_model(tiny_artifacts / "sst2" / "w8")
+            expected = predict(loaded, get_task("sst2"), texts, batch_size=1)
+            for got, want in zip(served, expected, strict=True):
+                assert got["label"] == want.label
+                assert got["score"] == pytest.approx(want.score, abs=1e-3)  # fused kernels round differently
+            qa = client.post("/qa", json={"question": "where does john live ?", "context": QA_CONTEXT})
+            assert qa.status_code == 200
+            (want,) = predict(
+                load_model(tiny_artifacts / "qa" / "w8"),
+                get_task("qa"),
+                [QAInput("where does john live ?", QA_CONTEXT)],
+                batch_size=1,
+            )
+            assert (qa.json()["start"], qa.json()["end"]) == (want.start, want.end)
+    finally:
+        running.stop()

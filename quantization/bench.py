@@ -1,0 +1,412 @@
+"""`qbert bench`: our int8 runtime beside its CPU peers, in one run, interleaved, on the same inputs.
+
+Each round times every (model, runtime, precision) at every shape once (A B C … A B C …), so drifts of the
+machine (thermal, other load) spread over all candidates; a sample is the median call time over a short
+window. Rows report the median and min–max of the per-round samples. Before any timing, every candidate's
+output is compared with PyTorch FP32 on the same inputs (`max_abs_diff`). Memory and load time come from a
+fresh process per candidate (RSS after load, and its increase over the same process before loading).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import shutil
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+
+from quantization import peers
+from quantization.artifact import TOKENIZER_FILES
+from quantization.catalog import Catalog, artifacts_dir
+from quantization.config import BACKENDS
+from quantization.system import resident_bytes
+
+logger = logging.getLogger(__name__)
+
+PEERS = ("torch-fp32", "torch-dynamic-int8", "ort-fp32", "ort-int8")
+RUNTIMES = (*PEERS, "qbert")
+BERT_BASE = "bert-base-random"  # bert-base shape (12 × 768), random weights: speed does not depend on them
+VOCAB_SOURCE_TASK = "sst2"  # MiniLM's uncased WordPiece vocabulary is bert-base-uncased's (30,522 tokens)
+
+
+@dataclass(frozen=True)
+class Shape:
+    batch: int
+    seq: int
+
+    def __post_init__(self) -> None:
+        if self.batch < 1 or self.seq < 2:
+            raise ValueError(f"shape needs batch ≥ 1 and seq ≥ 2, got {self.batch}×{self.seq}")
+
+    @property
+    def label(self) -> str:
+        return f"b{self.batch}x{self.seq}"
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """What to measure. `models`: catalog tasks' checkpoints by task name, or `bert-base-random`."""
+
+    models: tuple[str, ...]
+    shapes: tuple[Shape, ...]
+    precisions: tuple[str, ...] = ("w8", "w4g128", "w3g128", "w2g128")
+    runtimes: tuple[str, ...] = RUNTIMES
+    backends: tuple[str, ...] = BACKENDS  # of our runtime
+    rounds: int = 5
+    sample_seconds: float = 0.25
+    threads: int = 2
+    memory: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.runtimes) - set(RUNTIMES))
+        if unknown:
+            raise ValueError(f"unknown runtimes {unknown}; known: {list(RUNTIMES)}")
+        if "torch-fp32" not in self.runtimes:
+            raise ValueError("torch-fp32 is the reference every output and ratio is checked against")
+        if not set(self.backends) <= set(BACKENDS):
+            raise ValueError(f"unknown backends {sorted(set(self.backends) - set(BACKENDS))}; known: {BACKENDS}")
+        if self.rounds < 1 or self.sample_seconds <= 0 or self.threads < 1:
+            raise ValueError("rounds ≥ 1, sample_seconds > 0 and threads ≥ 1 are required")
+        if not self.models or not self.shapes:
+            raise ValueError("at least one model and one shape")
+
+
+FULL_SHAPES = (Shape(1, 32), Shape(1, 128), Shape(1, 384), Shape(8, 128))
+FULL = BenchPlan(models=(BERT_BASE, "sst2", "ner", "qa"), shapes=FULL_SHAPES)
+QUICK = BenchPlan(
+    models=(BERT_BASE, "sst2"),
+    shapes=(Shape(1, 128), Shape(8, 128)),
+    precisions=("w8", "w4g128"),
+    sample_seconds=0.15,
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    model: str  # display name: checkpoint folder name, or bert-base-random
+    task: str
+    runtime: str
+    precision: str  # fp32 for torch-fp32 / ort-fp32, int8 for the peers' int8, ours by catalog name
+    path: Path  # what loading reads: checkpoint folder, .onnx file or artifact folder
+    artifact_bytes: int
+    vocab_size: int
+    backend: str = ""  # ours: eager or compiled
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.model, self.runtime, self.precision, self.backend)
+
+
+@dataclass
+class Row:
+    model: str
+    runtime: str
+    precision: str
+    backend: str
+    batch: int
+    seq: int
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    rss_mb: float | None
+    rss_model_mb: float | None = None
+    rss_after_run_mb: float | None = None  # compiled: includes what compiling the first shape kept
+    load_s: float | None = None
+    artifact_bytes: int = 0
+    max_abs_diff: float = 0.0
+    vs_torch_fp32: float | None = None
+    vs_ort_int8: float | None = None
+    samples_ms: list[float] = field(default_factory=list)
+
+
+# ----- loading ---------------------------------------------------------------------------------------
+
+
+def load_runner(candidate: Candidate, threads: int) -> peers.Runner:
+    from quantization.artifact import read_artifact
+    from quantization.build import load_checkpoint
+    from quantization.runtime import build_model, compile_model
+
+    if candidate.runtime in ("torch-fp32", "torch-dynamic-int8"):
+        model = load_checkpoint(str(candidate.path), candidate.task).model
+        if candidate.runtime == "torch-dynamic-int8":
+            model = peers.torch_dynamic_int8(model)
+        return peers.torch_runner(model)
+    if candidate.runtime in ("ort-fp32", "ort-int8"):
+        return peers.ort_runner(candidate.path, threads)
+    model, _ = build_model(read_artifact(candidate.path))  # the model only: peers load no tokenizer either
+    return peers.torch_runner(compile_model(model) if candidate.backend == "compiled" else model)
+
+
+def make_inputs(shape: Shape, vocab_size: int, seed: int = 0) -> peers.Inputs:
+    """Random ordinary word pieces (ids past the specials), no padding: every runtime sees the same tokens."""
+    generator = torch.Generator().manual_seed(seed + 1000 * shape.batch + shape.seq)
+    ids = torch.randint(min(1000, vocab_size // 2), vocab_size, (shape.batch, shape.seq), generator=generator)
+    ids[:, 0], ids[:, -1] = 101, 102  # [CLS] … [SEP]
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+
+
+# ----- timing ----------------------------------------------------------------------------------------
+
+
+def sample_ms(call: Callable[[], Any], seconds: float, min_calls: int = 3) -> float:
+    """Median milliseconds per call over a window of at least `seconds` and `min_calls` calls."""
+    times = []
+    window_end = time.perf_counter() + seconds
+    while len(times) < min_calls or time.perf_counter() < window_end:
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def interleaved_samples(
+    calls: dict[Any, Callable[[], Any]], rounds: int, seconds: float, warmup: int = 2
+) -> dict[Any, list[float]]:
+    """`rounds` samples per key, taken A B C … A B C … after `warmup` unrecorded calls each."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    samples: dict[Any, list[float]] = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, call in calls.items():
+            samples[key].append(sample_ms(call, seconds))
+    return samples
+
+
+# ----- memory in a fresh process ---------------------------------------------------------------------
+
+
+def _load_in_child(candidate: Candidate, threads: int, results: Any) -> None:
+    torch.set_num_threads(threads)
+    # The code of every runtime is imported before the baseline reading, so the increase is the model's own
+    # (importing transformers' BERT modelling alone costs ~87 MB, once per process however many models).
+    import onnxruntime  # noqa: F401
+    from transformers.models.bert import modeling_bert  # noqa: F401
+
+    import quantization.build  # noqa: F401
+    import quantization.runtime  # noqa: F401
+
+    before = resident_bytes()
+    started = time.perf_counter()
+    runner = load_runner(candidate, threads)
+    load_s = time.perf_counter() - started
+    after_load = resident_bytes()
+    runner(make_inputs(Shape(1, 16), candidate.vocab_size))
+    reading = {"rss_before": before, "rss_after_load": after_load, "rss_after_run": resident_bytes()}
+    results.put(reading | {"load_s": load_s})
+
+
+def memory_in_fresh_process(candidate: Candidate, threads: int) -> dict[str, float]:
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    process = context.Process(target=_load_in_child, args=(candidate, threads, results))
+    process.start()
+    try:
+        reading = results.get(timeout=600)
+    finally:
+        process.join(60)
+    mb = 1024 * 1024
+    return {
+        "rss_mb": round(reading["rss_after_load"] / mb, 1),
+        "rss_model_mb": round((reading["rss_after_load"] - reading["rss_before"]) / mb, 1),
+        "rss_after_run_mb": round(reading["rss_after_run"] / mb, 1),
+        "load_s": round(reading["load_s"], 3),
+    }
+
+
+# ----- preparing the candidates (files in a cache folder) --------------------------------------------
+
+
+def bert_base_checkpoint(cache: Path, catalog: Catalog) -> Path:
+    """A random bert-base-shaped sequence classifier saved as a normal Hugging Face folder (seeded)."""
+    out = cache / BERT_BASE
+    if (out / "model.safetensors").exists():
+        return out
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(transformers.BertConfig(num_labels=2)).eval()
+    model.config.id2label, model.config.label2id = {0: "negative", 1: "positive"}, {"negative": 0, "positive": 1}
+    model.save_pretrained(out)
+    vocab_source = Path(catalog.task(VOCAB_SOURCE_TASK).checkpoint_location())
+    for name in TOKENIZER_FILES:
+        if (vocab_source / name).exists():
+            shutil.copyfile(vocab_source / name, out / name)
+    return out
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.iterdir() if p.suffix in {".safetensors", ".onnx", ".data"})
+
+
+def prepare_candidates(plan: BenchPlan, catalog: Catalog, cache: Path) -> list[Candidate]:
+    """Checkpoints, ONNX exports and our artifacts for every candidate of the plan (reused when present)."""
+    from quantization.build import inputs_sha256, is_up_to_date, load_checkpoint, quantize_checkpoint
+
+    candidates = []
+    for name in plan.models:
+        if name == BERT_BASE:
+            task, directory = "sst2", bert_base_checkpoint(cache, catalog)
+        else:
+            task, directory = name, Path(catalog.task(name).checkpoint_location())
+        checkpoint = load_checkpoint(str(directory), task)
+        model_name = directory.name
+        vocab = checkpoint.model.config.vocab_size
+        work = cache / model_name / checkpoint.sha256[:12]
+        work.mkdir(parents=True, exist_ok=True)
+        weights = _size(directory)
+        add = candidates.append
+        for runtime in ("torch-fp32", "torch-dynamic-int8"):
+            if runtime in plan.runtimes:
+                label = "fp32" if runtime == "torch-fp32" else "int8"
+                add(Candidate(model_name, task, runtime, label, directory, weights, vocab))
+        if {"ort-fp32", "ort-int8"} & set(plan.runtimes):
+            fp32_file = work / "model.onnx"
+            if not fp32_file.exists():
+                logger.info("exporting %s to ONNX", model_name)
+                peers.export_onnx(checkpoint.model, fp32_file, make_inputs(Shape(2, 16), vocab))
+            int8_file = work / "model.int8.onnx"
+            if "ort-int8" in plan.runtimes and not int8_file.exists():
+                logger.info("quantizing %s with onnxruntime", model_name)
+                peers.quantize_onnx_int8(fp32_file, int8_file)
+            if "ort-fp32" in plan.runtimes:
+                add(Candidate(model_name, task, "ort-fp32", "fp32", fp32_file, _size(fp32_file), vocab))
+            if "ort-int8" in plan.runtimes:
+                add(Candidate(model_name, task, "ort-int8", "int8", int8_file, _size(int8_file), vocab))
+        if "qbert" in plan.runtimes:
+            for precision_name in plan.precisions:
+                precision = catalog.precision(precision_name)
+                expected = inputs_sha256(checkpoint.sha256, precision, task)
+                artifact = artifacts_dir() / task / precision_name if name != BERT_BASE else work / precision_name
+                if not is_up_to_date(artifact, expected):
+                    artifact = work / precision_name
+                    if not is_up_to_date(artifact, expected):
+                        logger.info("quantizing %s at %s", model_name, precision_name)
+                        quantize_checkpoint(checkpoint, task, precision, artifact)
+                packed = _size(artifact / "weights.safetensors")
+                for backend in plan.backends:
+                    add(Candidate(model_name, task, "qbert", precision_name, artifact, packed, vocab, backend))
+    return candidates
+
+
+# ----- the run -----------------------------------------------------------------------------------------
+
+
+def run_bench(plan: BenchPlan, candidates: Sequence[Candidate], progress: Callable[[str], None] = logger.info) -> dict:
+    torch.set_num_threads(plan.threads)
+    memory = {}
+    if plan.memory:
+        for candidate in candidates:
+            progress(f"memory: {'/'.join(candidate.key)} in a fresh process")
+            memory[candidate.key] = memory_in_fresh_process(candidate, plan.threads)
+    progress("loading every candidate")
+    runners = {c.key: load_runner(c, plan.threads) for c in candidates}
+    by_key = {c.key: c for c in candidates}
+    diffs, calls = {}, {}
+    vocab = {c.model: c.vocab_size for c in candidates}
+    for shape in plan.shapes:
+        for model in vocab:
+            inputs = make_inputs(shape, vocab[model])
+            reference = runners[(model, "torch-fp32", "fp32", "")](inputs)
+            for key, runner in runners.items():
+                if key[0] == model:
+                    diffs[(key, shape)] = float(np.max(np.abs(runner(inputs) - reference)))
+                    calls[(key, shape)] = _bind(runner, inputs)
+    progress(f"timing {len(calls)} configurations × {plan.rounds} interleaved rounds")
+    samples = interleaved_samples(calls, plan.rounds, plan.sample_seconds)
+    rows = []
+    for (key, shape), values in samples.items():
+        candidate = by_key[key]
+        rows.append(
+            Row(
+                model=candidate.model,
+                runtime=candidate.runtime,
+                precision=candidate.precision,
+                backend=candidate.backend,
+                batch=shape.batch,
+                seq=shape.seq,
+                median_ms=round(statistics.median(values), 3),
+                min_ms=round(min(values), 3),
+                max_ms=round(max(values), 3),
+                rss_mb=memory.get(key, {}).get("rss_mb"),
+                rss_model_mb=memory.get(key, {}).get("rss_model_mb"),
+                rss_after_run_mb=memory.get(key, {}).get("rss_after_run_mb"),
+                load_s=memory.get(key, {}).get("load_s"),
+                artifact_bytes=candidate.artifact_bytes,
+                max_abs_diff=round(diffs[(key, shape)], 6),
+                samples_ms=[round(v, 3) for v in values],
+            )
+        )
+    add_ratios(rows)
+    return {"plan": _plan_dict(plan), "torch": torch.__version__, "rows": [asdict(r) for r in rows]}
+
+
+def _bind(runner: peers.Runner, inputs: peers.Inputs) -> Callable[[], Any]:
+    return lambda: runner(inputs)
+
+
+def add_ratios(rows: Iterable[Row]) -> None:
+    """Speed-ups (throughput ratios) against PyTorch FP32 and ONNX Runtime int8 at the same model and shape."""
+    rows = list(rows)
+    median = {(r.model, r.runtime, r.batch, r.seq): r.median_ms for r in rows if r.runtime in PEERS}
+    for row in rows:
+        for attribute, runtime in (("vs_torch_fp32", "torch-fp32"), ("vs_ort_int8", "ort-int8")):
+            base = median.get((row.model, runtime, row.batch, row.seq))
+            setattr(row, attribute, round(base / row.median_ms, 3) if base else None)
+
+
+def _plan_dict(plan: BenchPlan) -> dict:
+    out = asdict(plan)
+    out["shapes"] = [s.label for s in plan.shapes]
+    return out
+
+
+def format_table(result: dict) -> str:
+    """Markdown: one table per model; a column group per shape (median ms, ×torch FP32, ×ORT int8)."""
+    rows = result["rows"]
+    shapes = list(dict.fromkeys((r["batch"], r["seq"]) for r in rows))
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        header = ["runtime", "precision"]
+        for batch, seq in shapes:
+            header += [f"b{batch}×{seq} ms", "× torch fp32", "× ORT int8"]
+        header += ["RSS MB (model)", "load s", "weights MB", "max |Δ| vs fp32"]
+        lines += [f"**{model}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for runtime, precision, backend in dict.fromkeys((r["runtime"], r["precision"], r["backend"]) for r in mine):
+            cells = [f"{runtime} ({backend})" if backend else runtime, precision]
+            same = [r for r in mine if (r["runtime"], r["precision"], r["backend"]) == (runtime, precision, backend)]
+            for batch, seq in shapes:
+                row = next((r for r in same if (r["batch"], r["seq"]) == (batch, seq)), None)
+                if row is None:
+                    cells += ["", "", ""]
+                    continue
+                cells += [
+                    f"{row['median_ms']:.1f} ({row['min_ms']:.1f}–{row['max_ms']:.1f})",
+                    _ratio(row["vs_torch_fp32"]),
+                    _ratio(row["vs_ort_int8"]),
+                ]
+            first = same[0]
+            rss = f"{first['rss_mb']:.0f} ({first['rss_model_mb']:.0f})" if first["rss_mb"] is not None else ""
+            cells += [
+                rss,
+                f"{first['load_s']:.2f}" if first["load_s"] is not None else "",
+                f"{first['artifact_bytes'] / 1e6:.1f}",
+                f"{max(r['max_abs_diff'] for r in same):.2g}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _ratio(value: float | None) -> str:
+    return f"{value:.2f}×" if value else ""

@@ -1,0 +1,93 @@
+"""The runtimes we are measured against: PyTorch FP32, PyTorch `quantize_dynamic` int8, and ONNX Runtime FP32
+and dynamic int8 (`onnxruntime.quantization.quantize_dynamic` on the FP32 export: what users of that peer ship).
+
+Every runner takes the same inputs (`input_ids`, `attention_mask`, `token_type_ids` as int64 tensors) and
+returns the first output (logits) as a NumPy array, so the benchmark can check they agree before it times them.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+Inputs = dict[str, torch.Tensor]
+Runner = Callable[[Inputs], np.ndarray]
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+ONNX_OPSET = 17
+
+
+class _FirstOutput(nn.Module):
+    """A Hugging Face model as a function of positional tensors to its first output (what ONNX export needs)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return out[0] if isinstance(out, tuple) else next(iter(out.values()))
+
+
+def torch_runner(model: nn.Module) -> Runner:
+    wrapped = _FirstOutput(model).eval()
+
+    def run(inputs: Inputs) -> np.ndarray:
+        with torch.inference_mode():
+            return wrapped(*(inputs[name] for name in INPUT_NAMES)).numpy()
+
+    return run
+
+
+def torch_dynamic_int8(model: nn.Module) -> nn.Module:
+    """PyTorch's own dynamic quantization: int8 Linear weights, per-tensor dynamic activations (fbgemm)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+
+def export_onnx(model: nn.Module, out_file: Path, sample: Inputs) -> Path:
+    """FP32 ONNX export with dynamic batch and sequence axes (TorchScript exporter: seconds, not minutes)."""
+    axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _FirstOutput(model).eval(),
+            tuple(sample[name] for name in INPUT_NAMES),
+            str(out_file),
+            input_names=list(INPUT_NAMES),
+            output_names=["output"],
+            dynamic_axes=axes,
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+    return out_file
+
+
+def quantize_onnx_int8(fp32_file: Path, out_file: Path) -> Path:
+    """ONNX Runtime's dynamic int8 quantization with its defaults (int8 weights, dynamic uint8 activations)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger("root").setLevel(logging.ERROR)  # its "consider pre-processing" notice
+    quantize_dynamic(str(fp32_file), str(out_file), weight_type=QuantType.QInt8)
+    return out_file
+
+
+def ort_runner(model_file: Path, threads: int) -> Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+
+    def run(inputs: Inputs) -> np.ndarray:
+        return session.run(None, {name: inputs[name].numpy() for name in INPUT_NAMES})[0]
+
+    return run

@@ -1,0 +1,123 @@
+"""`qbert bench`: interleaving, ratios, the table, and a whole run on a tiny model against real peers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from quantization.bench import (
+    BenchPlan,
+    Row,
+    Shape,
+    add_ratios,
+    format_table,
+    interleaved_samples,
+    memory_in_fresh_process,
+    prepare_candidates,
+    run_bench,
+)
+from quantization.catalog import load_catalog
+
+ISSUE_KEYS = {"model", "runtime", "precision", "batch", "seq", "median_ms", "min_ms", "max_ms", "rss_mb"}
+
+
+def test_plan_and_shape_are_validated() -> None:
+    with pytest.raises(ValueError, match="batch"):
+        Shape(0, 128)
+    with pytest.raises(ValueError, match="unknown runtimes"):
+        BenchPlan(models=("sst2",), shapes=(Shape(1, 8),), runtimes=("torch-fp32", "tvm"))
+    with pytest.raises(ValueError, match="reference"):
+        BenchPlan(models=("sst2",), shapes=(Shape(1, 8),), runtimes=("ort-int8",))
+    with pytest.raises(ValueError, match="backends"):
+        BenchPlan(models=("sst2",), shapes=(Shape(1, 8),), backends=("tensorrt",))
+    with pytest.raises(ValueError, match="rounds"):
+        BenchPlan(models=("sst2",), shapes=(Shape(1, 8),), rounds=0)
+
+
+def test_rounds_interleave_every_candidate() -> None:
+    order: list[str] = []
+    calls = {name: (lambda name=name: order.append(name)) for name in "ABC"}
+    samples = interleaved_samples(calls, rounds=3, seconds=0.0, warmup=1)
+    assert {k: len(v) for k, v in samples.items()} == {"A": 3, "B": 3, "C": 3}
+    timed = order[3:]  # after one warm-up call each
+    assert timed == [name for _ in range(3) for name in "ABC" for _ in range(3)]  # ≥ 3 calls per sample
+
+
+def _row(runtime: str, median: float, seq: int = 128) -> Row:
+    return Row("m", runtime, "x", "", 1, seq, median, median, median, None)
+
+
+def test_ratios_are_against_the_same_model_and_shape() -> None:
+    rows = [_row("torch-fp32", 120.0), _row("ort-int8", 48.0), _row("qbert", 40.0), _row("torch-fp32", 30.0, seq=32)]
+    add_ratios(rows)
+    assert [r.vs_torch_fp32 for r in rows] == [1.0, 2.5, 3.0, 1.0]
+    assert [r.vs_ort_int8 for r in rows] == [0.4, 1.0, 1.2, None]
+
+
+@pytest.fixture(scope="module")
+def tiny_bench(tiny_checkpoints: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple[BenchPlan, list, dict]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QBERT_CHECKPOINTS", str(tiny_checkpoints["sst2"].parent))
+        patch.setenv("QBERT_ARTIFACTS", str(tmp_path_factory.mktemp("no-artifacts")))
+        plan = BenchPlan(
+            models=("sst2",),
+            shapes=(Shape(1, 8), Shape(2, 16)),
+            precisions=("w8", "w2g128"),
+            backends=("eager",),
+            rounds=2,
+            sample_seconds=0.01,
+            threads=1,
+            memory=False,
+        )
+        cache = tmp_path_factory.mktemp("bench-cache")
+        candidates = prepare_candidates(plan, load_catalog(), cache)
+        assert prepare_candidates(plan, load_catalog(), cache) == candidates  # reused, not rebuilt
+        return plan, candidates, run_bench(plan, candidates)
+
+
+def test_a_tiny_run_measures_every_runtime_at_every_shape(tiny_bench: tuple) -> None:
+    plan, candidates, result = tiny_bench
+    rows = result["rows"]
+    assert {(r["runtime"], r["precision"]) for r in rows} == {
+        ("torch-fp32", "fp32"),
+        ("torch-dynamic-int8", "int8"),
+        ("ort-fp32", "fp32"),
+        ("ort-int8", "int8"),
+        ("qbert", "w8"),
+        ("qbert", "w2g128"),
+    }
+    assert len(rows) == len(candidates) * len(plan.shapes)
+    for row in rows:
+        assert set(row) >= ISSUE_KEYS
+        assert row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+        assert len(row["samples_ms"]) == plan.rounds
+        assert row["artifact_bytes"] > 0
+        assert row["vs_torch_fp32"] > 0
+        assert row["vs_ort_int8"] > 0
+    by = {(r["runtime"], r["precision"], r["seq"]): r for r in rows}
+    assert by[("torch-fp32", "fp32", 8)]["vs_torch_fp32"] == 1.0
+    # Every runtime computes the same function: FP32 exactly, int8 within quantization error.
+    assert by[("ort-fp32", "fp32", 16)]["max_abs_diff"] < 1e-4
+    for key in (("ort-int8", "int8", 16), ("qbert", "w8", 16), ("torch-dynamic-int8", "int8", 16)):
+        assert by[key]["max_abs_diff"] < 0.1, by[key]
+    packed = {r["precision"]: r["artifact_bytes"] for r in rows if r["runtime"] == "qbert"}
+    assert packed["w2g128"] < packed["w8"]
+    table = format_table(result)
+    assert "| qbert (eager) | w2g128 |" in table
+    assert "× ORT int8" in table
+
+
+def test_memory_and_load_time_come_from_a_fresh_process(tiny_bench: tuple) -> None:
+    _, candidates, _ = tiny_bench
+    qbert = next(c for c in candidates if c.runtime == "qbert")
+    reading = memory_in_fresh_process(dataclasses.replace(qbert), threads=1)
+    assert reading["rss_mb"] > 50  # python + torch at least
+    assert 0 <= reading["rss_model_mb"] < reading["rss_mb"]
+    assert reading["load_s"] > 0
+
+
+def test_bench_cache_is_ignored_by_git() -> None:
+    from tests.conftest import REPO_ROOT
+
+    assert "models/cache/" in (REPO_ROOT / ".gitignore").read_text().splitlines()
