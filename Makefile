@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint build report
+.PHONY: install serve test lint build report bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,4 +32,9 @@ build: $(STAMP)
 	$(BIN)/qbert build
 
 report: build
+	$(BIN)/qbert report
+
+# Our runtime beside PyTorch and ONNX Runtime (≈20 min on 2 cores; `qbert bench --quick` < 5 min), then the report.
+bench: build
+	$(BIN)/qbert --threads 2 bench --json models/bench.json
 	$(BIN)/qbert report

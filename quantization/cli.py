@@ -124,7 +124,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 1
     write_results_json(rows, out_dir / "results.json")
     plot_results(rows, out_dir / "results.png")
-    (out_dir / "RESULTS.md").write_text(results_markdown(rows, "results.png"))
+    markdown = results_markdown(rows, "results.png")
+    bench_file = out_dir / "bench.json"
+    if bench_file.exists():  # written by `qbert bench --json models/bench.json` (`make bench`)
+        from quantization.bench import bench_markdown
+
+        markdown += "\n" + bench_markdown(json.loads(bench_file.read_text()))
+    (out_dir / "RESULTS.md").write_text(markdown)
     _emit(f"wrote {out_dir / 'results.json'}, {out_dir / 'RESULTS.md'}, {out_dir / 'results.png'} ({len(rows)} rows)")
     return 0
 
@@ -248,7 +254,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from quantization.bench import FULL, QUICK, format_table, prepare_candidates, run_bench
+    from quantization.bench import FULL, QUICK, format_table, headline, prepare_candidates, run_bench
 
     plan = QUICK if args.quick else FULL
     changes = {"threads": args.threads or plan.threads, "memory": not args.no_memory}
@@ -259,8 +265,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     plan = dataclasses.replace(plan, **changes)
     cache = Path(args.cache) if args.cache else repo_root() / "models" / "cache" / "bench"
     candidates = prepare_candidates(plan, load_catalog(), cache)
-    result = run_bench(plan, candidates, progress=lambda line: logger.warning("bench: %s", line))
+    result = run_bench(plan, candidates, progress=lambda line: tqdm.write(f"bench: {line}", file=sys.stderr))
     _emit(format_table(result))
+    for line in headline(result):
+        _emit(line)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

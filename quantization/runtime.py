@@ -284,8 +284,16 @@ def build_model(artifact: Artifact, stack_qkv: bool = True) -> tuple[nn.Module, 
     return model, runtime_bytes
 
 
+# Every BERT model shares transformers' forward wrapper, so Dynamo keeps all their compiled variants (one
+# per architecture and per batch of 1 or more) on that one code object; past its default limit of 8 it
+# would run the rest eager. The 21 served models need about 12.
+COMPILED_VARIANTS_LIMIT = 64
+
+
 def compile_model(model: nn.Module) -> nn.Module:
     """The model under torch.compile with dynamic shapes (batch and sequence vary from call to call)."""
+    dynamo = torch._dynamo.config
+    dynamo.recompile_limit = max(dynamo.recompile_limit, COMPILED_VARIANTS_LIMIT)
     return torch.compile(model, dynamic=True)
 
 
@@ -297,6 +305,8 @@ def warm_up(loaded: LoadedModel) -> LoadedModel:
     if loaded.backend != "compiled":
         return loaded
     vocab = loaded.model.config.vocab_size
+    frames = torch._dynamo.utils.counters["frames"]
+    seen, compiled = frames["total"], frames["ok"]
     try:
         with torch.inference_mode():
             for batch in (1, 2):
@@ -304,6 +314,9 @@ def warm_up(loaded: LoadedModel) -> LoadedModel:
                 loaded.model(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids))
     except Exception:  # Inductor raises many types; serving eager beats not serving
         logger.exception("compiling %s failed; it runs eager", loaded.path)
+        return dataclasses.replace(loaded, model=loaded.model._orig_mod, backend="eager")
+    if frames["total"] - seen > frames["ok"] - compiled:  # Dynamo gave up on a frame (it logged why): eager
+        logger.error("torch.compile did not compile %s; it runs eager", loaded.path)
         return dataclasses.replace(loaded, model=loaded.model._orig_mod, backend="eager")
     return loaded
 

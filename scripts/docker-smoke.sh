@@ -22,7 +22,8 @@ docker info >/dev/null
 if ! docker image inspect "$BASE" >/dev/null 2>&1 && ! docker pull "$BASE" >/dev/null 2>&1; then
   log "making $BASE locally with debootstrap (no registry)"
   rootfs="$WORK/rootfs"
-  [ -x "$rootfs/usr/bin/python3" ] || debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+  [ -e "$rootfs/usr/include/python3.11/Python.h" ] || rm -rf "$rootfs"
+  [ -d "$rootfs" ] || debootstrap --variant=minbase --include=python3,python3-venv,python3-dev,ca-certificates \
       bookworm "$rootfs" http://deb.debian.org/debian >"$WORK/debootstrap.log"
   ln -sf python3 "$rootfs/usr/bin/python"
   # This host reaches package registries through a proxy with its own CA: the base trusts what the host trusts.
@@ -65,7 +66,8 @@ done
 log "HEALTHCHECK: $health"
 [ "$health" = healthy ]
 curl -sf "127.0.0.1:$PORT/readyz"; echo
-curl -sf "127.0.0.1:$PORT/models" | python3 -c 'import json,sys; m=json.load(sys.stdin); print(len(m["models"]), "models")'
+curl -sf "127.0.0.1:$PORT/models" | python3 -c 'import json,sys; m=json.load(sys.stdin)["models"]; print(len(m), "models, backends", sorted({x["backend"] for x in m}))'
+docker logs qbert-smoke 2>&1 | grep -m3 -A3 "runs eager" || true
 curl -sf "127.0.0.1:$PORT/predict/sst2" -H 'content-type: application/json' -d '{"text": "a gripping, beautifully acted film"}'; echo
 curl -sf "127.0.0.1:$PORT/predict/ner?precision=w4g128" -H 'content-type: application/json' -d '{"text": "John Smith works for Acme Corp in Paris."}'; echo
 curl -sf "127.0.0.1:$PORT/qa?precision=w2g128" -H 'content-type: application/json' \

@@ -176,3 +176,16 @@ def test_the_compiled_backend_computes_what_eager_does(tmp_path: Path, tiny_chec
             )
     with pytest.raises(ValueError, match="backend"):
         load_model(artifact, backend="tensorrt")
+
+
+def test_compiled_models_of_every_task_and_kind_all_stay_compiled(tmp_path: Path, tiny_checkpoints: dict) -> None:
+    """Models share one compiled frame (transformers' forward wrapper): 3 tasks × FP32/int8 × batch 1/more
+    is 12 variants, over Dynamo's default limit of 8, after which it would silently run eager."""
+    from quantization.runtime import warm_up
+
+    loaded = [
+        warm_up(load_model(_build(tmp_path / task, tiny_checkpoints[task], task, precision), backend="compiled"))
+        for task in ("sst2", "ner", "qa")
+        for precision in ("fp32", "w8")
+    ]
+    assert [m.backend for m in loaded] == ["compiled"] * 6

@@ -11,7 +11,9 @@ from quantization.bench import (
     Row,
     Shape,
     add_ratios,
+    bench_markdown,
     format_table,
+    headline,
     interleaved_samples,
     memory_in_fresh_process,
     prepare_candidates,
@@ -106,6 +108,11 @@ def test_a_tiny_run_measures_every_runtime_at_every_shape(tiny_bench: tuple) -> 
     table = format_table(result)
     assert "| qbert (eager) | w2g128 |" in table
     assert "× ORT int8" in table
+    (model,) = {r["model"] for r in rows}
+    lines = headline(result, model)
+    assert len(lines) == len(plan.shapes)  # no memory readings in this run: no RSS line
+    assert all("× ONNX Runtime int8" in line for line in lines)
+    assert bench_markdown(result).startswith("## Speed and memory")
 
 
 def test_memory_and_load_time_come_from_a_fresh_process(tiny_bench: tuple) -> None:
