@@ -24,7 +24,7 @@ import torch
 import transformers
 
 from quantization import peers
-from quantization.artifact import TOKENIZER_FILES
+from quantization.artifact import TOKENIZER_FILES, WEIGHTS
 from quantization.catalog import Catalog, artifacts_dir
 from quantization.config import BACKENDS
 from quantization.system import resident_bytes
@@ -117,7 +117,7 @@ class Row:
     median_ms: float
     min_ms: float
     max_ms: float
-    rss_mb: float | None
+    rss_mb: float | None = None  # the memory readings: absent when the run takes none
     rss_model_mb: float | None = None
     rss_after_run_mb: float | None = None  # compiled: includes what compiling the first shape kept
     load_s: float | None = None
@@ -149,10 +149,12 @@ def load_runner(candidate: Candidate, threads: int) -> peers.Runner:
 
 def make_inputs(shape: Shape, vocab_size: int, seed: int = 0) -> peers.Inputs:
     """Random ordinary word pieces (ids past the specials), no padding: every runtime sees the same tokens."""
+    from quantization.runtime import random_inputs
+
     generator = torch.Generator().manual_seed(seed + 1000 * shape.batch + shape.seq)
-    ids = torch.randint(min(1000, vocab_size // 2), vocab_size, (shape.batch, shape.seq), generator=generator)
-    ids[:, 0], ids[:, -1] = 101, 102  # [CLS] … [SEP]
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    inputs = random_inputs(shape.batch, shape.seq, vocab_size, generator)
+    inputs["input_ids"][:, 0], inputs["input_ids"][:, -1] = 101, 102  # [CLS] … [SEP]
+    return inputs
 
 
 # ----- timing ----------------------------------------------------------------------------------------
@@ -287,13 +289,13 @@ def prepare_candidates(plan: BenchPlan, catalog: Catalog, cache: Path) -> list[C
             for precision_name in plan.precisions:
                 precision = catalog.precision(precision_name)
                 expected = inputs_sha256(checkpoint.sha256, precision, task)
-                artifact = artifacts_dir() / task / precision_name if name != BERT_BASE else work / precision_name
-                if not is_up_to_date(artifact, expected):
-                    artifact = work / precision_name
-                    if not is_up_to_date(artifact, expected):
-                        logger.info("quantizing %s at %s", model_name, precision_name)
-                        quantize_checkpoint(checkpoint, task, precision, artifact)
-                packed = _size(artifact / "weights.safetensors")
+                # The catalog's built artifact when it is of this very checkpoint and precision, else our own copy.
+                built, own = artifacts_dir() / task / precision_name, work / precision_name
+                artifact = built if name != BERT_BASE and is_up_to_date(built, expected) else own
+                if artifact is own and not is_up_to_date(own, expected):
+                    logger.info("quantizing %s at %s", model_name, precision_name)
+                    quantize_checkpoint(checkpoint, task, precision, own)
+                packed = _size(artifact / WEIGHTS)
                 for backend in plan.backends:
                     add(Candidate(model_name, task, "qbert", precision_name, artifact, packed, vocab, backend))
     return candidates
@@ -338,10 +340,7 @@ def run_bench(plan: BenchPlan, candidates: Sequence[Candidate], progress: Callab
                 median_ms=round(statistics.median(values), 3),
                 min_ms=round(min(values), 3),
                 max_ms=round(max(values), 3),
-                rss_mb=memory.get(key, {}).get("rss_mb"),
-                rss_model_mb=memory.get(key, {}).get("rss_model_mb"),
-                rss_after_run_mb=memory.get(key, {}).get("rss_after_run_mb"),
-                load_s=memory.get(key, {}).get("load_s"),
+                **memory.get(key, {}),  # rss_mb, rss_model_mb, rss_after_run_mb, load_s
                 artifact_bytes=candidate.artifact_bytes,
                 max_abs_diff=round(diffs[(key, shape)], 6),
                 samples_ms=[round(v, 3) for v in values],

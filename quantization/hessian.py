@@ -122,7 +122,10 @@ def _normalized(vectors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 def top_eigenvalue(loss_fn: LossFn, params: Sequence[torch.Tensor], config: PowerIterationConfig) -> EigenResult:
     """The eigenvalue of largest magnitude by power iteration from a seeded random unit vector."""
-    hvp = HessianVectorProduct(loss_fn, params)
+    return _power_iteration(HessianVectorProduct(loss_fn, params), config)
+
+
+def _power_iteration(hvp: HessianVectorProduct, config: PowerIterationConfig) -> EigenResult:
     generator = torch.Generator().manual_seed(config.seed)
     v = _normalized([torch.randn(p.shape, generator=generator).to(p) for p in hvp.params])
     eigenvalue = None
@@ -138,7 +141,10 @@ def top_eigenvalue(loss_fn: LossFn, params: Sequence[torch.Tensor], config: Powe
 
 def hutchinson_trace(loss_fn: LossFn, params: Sequence[torch.Tensor], config: HutchinsonConfig) -> TraceResult:
     """tr(H) ≈ mean of vᵀHv over Rademacher vectors v; each parameter's vᵢᵀ(Hv)ᵢ estimates its own block's trace."""
-    hvp = HessianVectorProduct(loss_fn, params)
+    return _hutchinson(HessianVectorProduct(loss_fn, params), config)
+
+
+def _hutchinson(hvp: HessianVectorProduct, config: HutchinsonConfig) -> TraceResult:
     generator = torch.Generator().manual_seed(config.seed)
     totals: list[float] = []
     per_parameter = [0.0] * len(hvp.params)
@@ -182,10 +188,10 @@ def block_sensitivities(
         params = list(weights.values())
         eigenvalues, traces, weight_traces = [], [], {name: [] for name in weights}
         for batch, loss_fn in enumerate(loss_fns):
-            seeded = dataclasses.replace(power, seed=power.seed + batch)
-            eigenvalues.append(top_eigenvalue(loss_fn, params, seeded).value)
+            hvp = HessianVectorProduct(loss_fn, params)  # one gradient graph for both estimates
+            eigenvalues.append(_power_iteration(hvp, dataclasses.replace(power, seed=power.seed + batch)).value)
             if trace is not None:
-                result = hutchinson_trace(loss_fn, params, dataclasses.replace(trace, seed=trace.seed + batch))
+                result = _hutchinson(hvp, dataclasses.replace(trace, seed=trace.seed + batch))
                 traces.append(result.value)
                 for name, value in zip(weights, result.per_parameter, strict=True):
                     weight_traces[name].append(value)

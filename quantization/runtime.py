@@ -297,6 +297,18 @@ def compile_model(model: nn.Module) -> nn.Module:
     return torch.compile(model, dynamic=True)
 
 
+def random_inputs(
+    batch: int, seq: int, vocab_size: int, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    """Unpadded model inputs of ordinary word pieces (ids past the special tokens) for warm-ups and benchmarks."""
+    ids = torch.randint(min(1000, vocab_size // 2), vocab_size, (batch, seq), generator=generator)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+
+
+def _as_eager(loaded: LoadedModel) -> LoadedModel:
+    return dataclasses.replace(loaded, model=loaded.model._orig_mod, backend="eager")
+
+
 def warm_up(loaded: LoadedModel) -> LoadedModel:
     """Compile now rather than on a request: one call at batch 1 and one above (Dynamo specializes 1).
 
@@ -310,14 +322,13 @@ def warm_up(loaded: LoadedModel) -> LoadedModel:
     try:
         with torch.inference_mode():
             for batch in (1, 2):
-                ids = torch.randint(min(1000, vocab // 2), vocab, (batch, 8))
-                loaded.model(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids))
+                loaded.model(**random_inputs(batch, 8, vocab))
     except Exception:  # Inductor raises many types; serving eager beats not serving
         logger.exception("compiling %s failed; it runs eager", loaded.path)
-        return dataclasses.replace(loaded, model=loaded.model._orig_mod, backend="eager")
+        return _as_eager(loaded)
     if frames["total"] - seen > frames["ok"] - compiled:  # Dynamo gave up on a frame (it logged why): eager
         logger.error("torch.compile did not compile %s; it runs eager", loaded.path)
-        return dataclasses.replace(loaded, model=loaded.model._orig_mod, backend="eager")
+        return _as_eager(loaded)
     return loaded
 
 
