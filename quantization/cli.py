@@ -216,7 +216,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     if args.compare_raw:  # before the HTTP load, so the two never share the CPU
         for task, precision in dict.fromkeys(plan.mix):
             artifact = artifacts_dir() / task / precision
-            raw.append(raw_throughput(artifact, payloads[task], args.concurrency, args.raw_seconds))
+            raw.append(raw_throughput(artifact, payloads[task], args.concurrency, args.raw_seconds, args.raw_backend))
     result = asyncio.run(run_load(plan, payloads))
     if raw:
         result["raw"] = raw
@@ -331,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=20, help="unrecorded requests first")
     p.add_argument("--compare-raw", action="store_true", help="also measure the bare models in process first")
     p.add_argument("--raw-seconds", type=float, default=10.0)
+    p.add_argument(
+        "--raw-backend", choices=BACKENDS, default="compiled", help="as the server's QBERT_BACKEND (default compiled)"
+    )
     p.set_defaults(func=cmd_loadtest)
 
     p = sub.add_parser("bench", help="our runtime beside PyTorch and ONNX Runtime, interleaved, same inputs")

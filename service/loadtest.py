@@ -158,14 +158,19 @@ async def run_load(plan: LoadPlan, payloads: dict[str, list[Any]]) -> dict[str, 
     }
 
 
-def raw_throughput(artifact: Path, payloads: list[Any], batch_size: int, seconds: float) -> dict[str, Any]:
-    """Inputs per second of the bare model (prepare, forward, finish) in this process at `batch_size`."""
+def raw_throughput(
+    artifact: Path, payloads: list[Any], batch_size: int, seconds: float, backend: str = "eager"
+) -> dict[str, Any]:
+    """Inputs per second of the bare model (prepare, forward, finish) in this process at `batch_size`.
+
+    `backend` should be the server's, so that served and raw run the same kernels.
+    """
     from quantization.evaluate import predict
-    from quantization.runtime import load_model
+    from quantization.runtime import load_model, warm_up
     from quantization.tasks import get_task
     from service.worker import task_input
 
-    loaded = load_model(artifact)
+    loaded = warm_up(load_model(artifact, backend))
     task = get_task(loaded.task)
     inputs = [task_input(task.name, p) for p in payloads]
     inputs = inputs * -(-batch_size // len(inputs))  # at least one full batch
@@ -181,6 +186,7 @@ def raw_throughput(artifact: Path, payloads: list[Any], batch_size: int, seconds
         "task": task.name,
         "precision": loaded.precision,
         "batch": batch_size,
+        "backend": loaded.backend,
         "throughput_ips": round(done / elapsed, 2),
     }
 
