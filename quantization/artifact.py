@@ -50,6 +50,8 @@ def precision_to_dict(precision: PrecisionConfig) -> dict[str, Any]:
         "embeddings": precision.embeddings.to_dict() if precision.embeddings else None,
         "activations": asdict(precision.activations) if precision.activations else None,
         "layer_bits": dict(precision.layer_bits),
+        # Only where set, so the inputs hash (and `qbert build`'s up-to-date check) of PTQ artifacts is unchanged.
+        **({"qat": asdict(precision.qat)} if precision.qat else {}),
     }
 
 

@@ -70,14 +70,18 @@ def checkpoint_sha256(directory: Path) -> str:
     return hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
 
 
-def load_checkpoint(location: str, task: str) -> Checkpoint:
-    """An FP32 task model from a local folder or, where a hub is reachable, a hub id."""
+def load_checkpoint(location: str, task: str, attn_implementation: str | None = None) -> Checkpoint:
+    """An FP32 task model from a local folder or, where a hub is reachable, a hub id.
+
+    `attn_implementation="eager"` for second-order work: SDPA's CPU kernels have no double backward.
+    """
     directory = Path(location)
     if not directory.is_dir():
         from huggingface_hub import snapshot_download  # only for hub ids, never in tests here
 
         directory = Path(snapshot_download(location, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
-    model = _auto_class(task).from_pretrained(directory, local_files_only=True, use_safetensors=True)
+    options = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = _auto_class(task).from_pretrained(directory, local_files_only=True, use_safetensors=True, **options)
     model = model.to(torch.float32).eval()
     return Checkpoint(model, directory, location, checkpoint_sha256(directory))
 
@@ -102,11 +106,55 @@ def is_up_to_date(out_dir: Path, expected_inputs: str) -> bool:
     return manifest.get("inputs_sha256") == expected_inputs
 
 
+def qat_finetune(
+    checkpoint: Checkpoint,
+    entry: TaskEntry,
+    precision: PrecisionConfig,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A copy of the checkpoint fine-tuned with `precision`'s fake quantizers (QAT) on the task's training split,
+    the FP32 checkpoint as distillation teacher; returns the trained FP32 model and the manifest's `qat` record."""
+    import copy
+
+    from quantization.qat import prepare_qat, train_qat, training_record
+    from quantization.train_data import encode_training_set, subsample, training_batches
+
+    config = precision.qat
+    if config is None:
+        raise ValueError(f"precision {precision.name!r} has no QAT recipe")
+    task = get_task(entry.task)
+    assert entry.train_data is not None, entry.train_split()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint.directory, local_files_only=True)
+    examples = subsample(
+        task.read_training_examples(entry.train_data, **entry.train_options()), config.max_examples, config.seed
+    )
+    label2id = {label: i for i, label in enumerate(checkpoint.labels)}
+    features = encode_training_set(task, tokenizer, examples, config.max_length, label2id)
+    student = copy.deepcopy(checkpoint.model)
+    prepared = prepare_qat(student, precision, config)
+    batches = training_batches(features, config.batch_size, config.seed, tokenizer.pad_token_id or 0)
+    log = train_qat(prepared, batches, config, teacher=checkpoint.model, on_step=on_step)
+    logger.info(
+        "%s %s QAT: loss %.4f -> %.4f in %.0f s",
+        entry.task,
+        precision.name,
+        log.first_loss,
+        log.final_loss,
+        log.seconds,
+    )
+    return prepared.strip(), training_record(config, log, entry.train_split(), len(examples))
+
+
 def quantize_checkpoint(
-    checkpoint: Checkpoint, task: str, precision: PrecisionConfig, out_dir: Path, extra: dict | None = None
+    checkpoint: Checkpoint,
+    task: str,
+    precision: PrecisionConfig,
+    out_dir: Path,
+    extra: dict | None = None,
+    model: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Quantize one checkpoint at one precision and write the artifact; returns its manifest."""
-    model = checkpoint.model
+    """Quantize one checkpoint (or `model`, trained from it) at one precision and write the artifact."""
+    model = checkpoint.model if model is None else model
     state = quantize_model(model, precision)
     source = ArtifactSource(
         task=task,

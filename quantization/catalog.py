@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quantization.config import ActivationQuantConfig, PrecisionConfig, WeightQuantConfig
+from quantization.config import ActivationQuantConfig, PrecisionConfig, QATConfig, WeightQuantConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +27,11 @@ def data_dir() -> Path:
     return Path(os.environ.get("QBERT_DATA", repo_root() / ".." / "shared" / "data")).resolve()
 
 
+def plans_dir() -> Path:
+    """Bit-allocation plans, `<task>/<name>.json`, written by `qbert allocate` (committed: they are small)."""
+    return Path(os.environ.get("QBERT_PLANS", repo_root() / "models" / "plans")).resolve()
+
+
 def artifacts_dir() -> Path:
     return Path(os.environ.get("QBERT_ARTIFACTS", repo_root() / "models" / "artifacts")).resolve()
 
@@ -36,6 +43,11 @@ class TaskEntry:
     data: Path
     precisions: tuple[str, ...]
     articles: tuple[int, int] | None = None
+    # The reproduction study (QAT, mixed precision, ablations): built by `qbert build --study`, never by `serve`.
+    study: tuple[str, ...] = ()
+    train_data: Path | None = None
+    train_articles: tuple[int, int] | None = None
+    qat: dict[str, Any] = dataclasses.field(default_factory=dict)  # this task's QATConfig overrides
 
     def checkpoint_location(self) -> str:
         """A local folder where one exists, else the string itself (a hub id)."""
@@ -47,16 +59,38 @@ class TaskEntry:
     def read_options(self) -> dict[str, Any]:
         return {"articles": self.articles} if self.articles else {}
 
+    def train_options(self) -> dict[str, Any]:
+        return {"articles": self.train_articles} if self.train_articles else {}
+
+    def train_split(self) -> str:
+        if self.train_data is None:
+            raise ValueError(f"task {self.task!r} has no training data in the catalog (`train_data`)")
+        articles = f" articles [{self.train_articles[0]}, {self.train_articles[1]})" if self.train_articles else ""
+        return f"{self.train_data.name}{articles}"
+
 
 @dataclass(frozen=True)
 class Catalog:
     tasks: dict[str, TaskEntry]
     precisions: dict[str, PrecisionConfig]
+    plans: dict[str, str] = dataclasses.field(default_factory=dict)  # precision -> plan name (per task)
 
     def precision(self, name: str) -> PrecisionConfig:
         if name not in self.precisions:
             raise ValueError(f"unknown precision {name!r}; the catalog has {sorted(self.precisions)}")
         return self.precisions[name]
+
+    def precision_for(self, task: str, name: str) -> PrecisionConfig:
+        """The precision as built for `task`: its plan's layer bits read in, the task's QAT overrides applied."""
+        precision = self.precision(name)
+        entry = self.task(task)
+        changes: dict[str, Any] = {}
+        plan = self.plans.get(name)
+        if plan is not None:
+            changes["layer_bits"] = {**read_plan(plans_dir() / task / f"{plan}.json"), **precision.layer_bits}
+        if precision.qat is not None and entry.qat:
+            changes["qat"] = dataclasses.replace(precision.qat, **entry.qat)
+        return dataclasses.replace(precision, **changes) if changes else precision
 
     def task(self, name: str) -> TaskEntry:
         if name not in self.tasks:
@@ -74,24 +108,46 @@ def precision_from_dict(name: str, data: dict[str, Any]) -> PrecisionConfig:
         embeddings=WeightQuantConfig(**embeddings) if embeddings else None,
         activations=ActivationQuantConfig(**activations) if activations else None,
         layer_bits=dict(data.get("layer_bits", {})),
+        qat=QATConfig(**data["qat"]) if "qat" in data else None,
     )
+
+
+def read_plan(path: Path) -> dict[str, int]:
+    """The `layer_bits` of a plan file written by `qbert allocate`."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no such plan; make it with `qbert hessian --task T` then `qbert allocate` (README: reproduction)"
+        )
+    data = json.loads(path.read_text())
+    if not isinstance(data.get("layer_bits"), dict):
+        raise ValueError(f"{path}: a plan holds a `layer_bits` object (module name -> bits)")
+    return {str(k): int(v) for k, v in data["layer_bits"].items()}
 
 
 def load_catalog(path: Path | None = None) -> Catalog:
     path = path or repo_root() / "models" / "catalog.toml"
     raw = tomllib.loads(Path(path).read_text())
-    precisions = {name: precision_from_dict(name, spec) for name, spec in raw.get("precisions", {}).items()}
+    specs = raw.get("precisions", {})
+    precisions = {
+        name: precision_from_dict(name, {k: v for k, v in spec.items() if k != "plan"}) for name, spec in specs.items()
+    }
+    plans = {name: spec["plan"] for name, spec in specs.items() if "plan" in spec}
     tasks = {}
     for name, spec in raw.get("tasks", {}).items():
-        missing = [p for p in spec["precisions"] if p not in precisions]
+        missing = [p for p in (*spec["precisions"], *spec.get("study", [])) if p not in precisions]
         if missing:
             raise ValueError(f"{path}: task {name!r} lists undefined precisions {missing}")
-        articles = spec.get("articles")
+        articles, training = spec.get("articles"), spec.get("training", {})
+        QATConfig(**training.get("qat", {}))  # overrides are checked here, not at the first build
         tasks[name] = TaskEntry(
             task=name,
             checkpoint=spec["checkpoint"],
             data=data_dir() / spec["data"],
             precisions=tuple(spec["precisions"]),
             articles=tuple(articles) if articles else None,
+            study=tuple(p for p in spec.get("study", []) if p not in spec["precisions"]),
+            train_data=data_dir() / training["data"] if "data" in training else None,
+            train_articles=tuple(training["articles"]) if "articles" in training else None,
+            qat=dict(training.get("qat", {})),
         )
-    return Catalog(tasks, precisions)
+    return Catalog(tasks, precisions, plans)

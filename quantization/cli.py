@@ -8,12 +8,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
 from quantization.artifact import read_manifest
 from quantization.catalog import Catalog, TaskEntry, artifacts_dir, load_catalog, repo_root
-from quantization.config import BACKENDS
+from quantization.config import BACKENDS, PrecisionConfig
 
 logger = logging.getLogger("qbert")
 DEFAULT_MIX = "sst2:w8,ner:w8,qa:w8"  # load generators: the default precision of each task
@@ -45,37 +46,57 @@ def _eval_with_progress(
         return evaluate_artifact(artifact, entry, data=data, batch_size=batch_size, on_batch=advance, backend=backend)
 
 
+def _write_artifact(checkpoint: Any, entry: TaskEntry, precision: PrecisionConfig, out: Path) -> dict:
+    """Quantize (after QAT where the precision has a recipe) and write one artifact; returns its manifest."""
+    from quantization.build import qat_finetune, quantize_checkpoint
+
+    if precision.qat is None:
+        return quantize_checkpoint(checkpoint, entry.task, precision, out)
+    with tqdm(
+        total=precision.qat.steps, desc=f"QAT {entry.task}/{precision.name}", unit="step", leave=False, disable=None
+    ) as bar:
+
+        def advance(step: int, loss: float) -> None:
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{loss:.4f}")
+
+        model, record = qat_finetune(checkpoint, entry, precision, on_step=advance)
+    return quantize_checkpoint(checkpoint, entry.task, precision, out, {"qat": True, "training": record}, model=model)
+
+
 def _build_one(catalog: Catalog, entry: TaskEntry, precision: str, force: bool, batch_size: int, cache: dict) -> str:
-    from quantization.build import inputs_sha256, is_up_to_date, load_checkpoint, quantize_checkpoint
+    from quantization.build import inputs_sha256, is_up_to_date, load_checkpoint
 
     out = artifacts_dir() / entry.task / precision
     if entry.task not in cache:
         cache[entry.task] = load_checkpoint(entry.checkpoint_location(), entry.task)
     checkpoint = cache[entry.task]
-    config = catalog.precision(precision)
+    config = catalog.precision_for(entry.task, precision)
     expected = inputs_sha256(checkpoint.sha256, config, entry.task)
     if not force and is_up_to_date(out, expected) and read_manifest(out)["evaluation"]:
         return "up to date"
-    quantize_checkpoint(checkpoint, entry.task, config, out)
+    _write_artifact(checkpoint, entry, config, out)
     rows = _eval_with_progress(out, entry, None, batch_size)
     return ", ".join(f"{r['metric']}={r['value']:.4f}" for r in rows)
 
 
 def _catalog_jobs(
-    catalog: Catalog, tasks: Sequence[str] | None, precisions: Sequence[str] | None
+    catalog: Catalog, tasks: Sequence[str] | None, precisions: Sequence[str] | None, study: bool = False
 ) -> list[tuple[TaskEntry, str]]:
-    """(task entry, precision) for every catalog artifact of `tasks` at `precisions` (None: all)."""
+    """(task entry, precision) for every catalog artifact of `tasks` at `precisions` (None: all), and of the
+    reproduction study where `study` is set."""
     return [
         (catalog.task(t), p)
         for t in (list(catalog.tasks) if tasks is None else tasks)
-        for p in catalog.task(t).precisions
+        for p in (*catalog.task(t).precisions, *(catalog.task(t).study if study else ()))
         if precisions is None or p in precisions
     ]
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     catalog = load_catalog()
-    jobs = _catalog_jobs(catalog, args.task, args.precision)
+    jobs = _catalog_jobs(catalog, args.task, args.precision, study=args.study)
     cache: dict = {}
     with tqdm(jobs, desc="build", unit="artifact", disable=None) as bar:
         for entry, precision in bar:
@@ -86,14 +107,33 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from quantization.build import load_checkpoint, quantize_checkpoint
+    import dataclasses
+
+    from quantization.build import load_checkpoint
+    from quantization.catalog import read_plan
+    from quantization.config import QATConfig
 
     catalog = load_catalog()
     entry = catalog.task(args.task)
-    location = args.checkpoint or entry.checkpoint_location()
-    out = Path(args.out) if args.out else artifacts_dir() / args.task / args.precision
-    checkpoint = load_checkpoint(location, args.task)
-    manifest = quantize_checkpoint(checkpoint, args.task, catalog.precision(args.precision), out)
+    precision = catalog.precision_for(args.task, args.precision)
+    changes: dict[str, Any] = {}
+    if args.plan:
+        changes["layer_bits"] = read_plan(Path(args.plan))
+    if args.qat and precision.qat is None:
+        changes["qat"] = dataclasses.replace(QATConfig(), **entry.qat)
+    if args.qat_steps:
+        changes["qat"] = dataclasses.replace(changes.get("qat", precision.qat or QATConfig()), steps=args.qat_steps)
+    if changes:
+        default_name = f"{args.precision}-qat" if "qat" in changes and precision.qat is None else args.precision
+        changes["name"] = args.name or default_name
+        precision = dataclasses.replace(precision, **changes)
+    out = Path(args.out) if args.out else artifacts_dir() / args.task / precision.name
+    checkpoint = load_checkpoint(args.checkpoint or entry.checkpoint_location(), args.task)
+    if args.plan:
+        from quantization.plan import check_full_plan
+
+        check_full_plan(checkpoint.model, precision.layer_bits)
+    manifest = _write_artifact(checkpoint, entry, precision, out)
     _emit(f"wrote {out}: {json.dumps(manifest['summary'])}")
     if not args.no_eval:
         for row in _eval_with_progress(out, entry, None, args.batch_size):
@@ -114,8 +154,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hessian_tables(out_dir: Path) -> dict[str, tuple[str, str | None]]:
+    """Per task with a `qbert hessian` result under models/hessian: its table and figure (relative to `out_dir`)."""
+    from quantization.sensitivity import sensitivities_from_dict, sensitivity_table
+
+    tables = {}
+    for path in sorted((repo_root() / "models" / "hessian").glob("*.json")):
+        data = json.loads(path.read_text())
+        figure = path.with_suffix(".png")
+        relative = Path(figure).resolve().relative_to(out_dir.resolve()) if figure.is_relative_to(out_dir) else None
+        caption = f"{data['batches']} batches of {data['batch_size']} from {data['split']}, {data['seconds']:.0f} s\n\n"
+        tables[data["task"]] = (
+            caption + sensitivity_table(sensitivities_from_dict(data)),
+            str(relative) if relative else None,
+        )
+    return tables
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from quantization.report import collect_results, plot_results, results_markdown, write_results_json
+    from quantization.reproduction import reproduction_markdown
 
     out_dir = Path(args.out) if args.out else repo_root() / "models"
     rows = collect_results(load_catalog(), artifacts_dir())
@@ -125,6 +183,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     write_results_json(rows, out_dir / "results.json")
     plot_results(rows, out_dir / "results.png")
     markdown = results_markdown(rows, "results.png")
+    markdown += "\n" + reproduction_markdown(rows, _hessian_tables(out_dir))
     bench_file = out_dir / "bench.json"
     if bench_file.exists():  # written by `qbert bench --json models/bench.json` (`make bench`)
         from quantization.bench import bench_markdown
@@ -274,6 +333,125 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hessian(args: argparse.Namespace) -> int:
+    import time
+
+    import transformers
+
+    from quantization.build import load_checkpoint
+    from quantization.hessian import HutchinsonConfig, PowerIterationConfig, block_sensitivities
+    from quantization.sensitivity import batch_losses, plot_sensitivity, sensitivities_to_dict, sensitivity_table
+    from quantization.tasks import get_task
+    from quantization.tasks.base import collate_training
+    from quantization.train_data import encode_training_set, subsample
+
+    entry = load_catalog().task(args.task)
+    task = get_task(args.task)
+    checkpoint = load_checkpoint(entry.checkpoint_location(), args.task, attn_implementation="eager")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint.directory, local_files_only=True)
+    label2id = {label: i for i, label in enumerate(checkpoint.labels)}
+    wanted = args.batches * args.batch_size
+    examples = subsample(task.read_training_examples(entry.train_data, **entry.train_options()), wanted, args.seed)
+    features = encode_training_set(task, tokenizer, examples, args.max_length, label2id)[:wanted]
+    if len(features) < wanted:
+        raise SystemExit(f"{entry.train_split()} gives {len(features)} features; {wanted} are needed")
+    pad = tokenizer.pad_token_id or 0
+    batches = [collate_training(features[i : i + args.batch_size], pad) for i in range(0, wanted, args.batch_size)]
+    power = PowerIterationConfig(max_iterations=args.max_iterations, tolerance=args.tolerance, seed=args.seed)
+    trace = None
+    if args.trace_samples:
+        floor = min(HutchinsonConfig.min_samples, args.trace_samples)
+        trace = HutchinsonConfig(max_samples=args.trace_samples, min_samples=floor, seed=args.seed)
+    started = time.perf_counter()
+    with tqdm(desc=f"hessian {args.task}", unit="block", disable=None) as bar:
+        results = block_sensitivities(
+            checkpoint.model.eval(),
+            batch_losses(checkpoint.model, batches),
+            power,
+            trace,
+            on_block=lambda _: bar.update(),
+        )
+    seconds = time.perf_counter() - started
+    out_dir = Path(args.out) if args.out else repo_root() / "models" / "hessian"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "task": args.task,
+        "checkpoint_sha256": checkpoint.sha256,
+        "split": entry.train_split(),
+        "batches": args.batches,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "power_iteration": {"max_iterations": power.max_iterations, "tolerance": power.tolerance},
+        "hutchinson": {"max_samples": trace.max_samples, "tolerance": trace.tolerance} if trace else None,
+        "seed": args.seed,
+        "seconds": round(seconds, 1),
+    }
+    (out_dir / f"{args.task}.json").write_text(json.dumps(sensitivities_to_dict(results, meta), indent=2) + "\n")
+    title = (
+        f"{args.task}: top Hessian eigenvalue per block ({args.batches} batches of {args.batch_size}, {meta['split']})"
+    )
+    plot_sensitivity(results, out_dir / f"{args.task}.png", title)
+    _emit(sensitivity_table(results))
+    _emit(f"{seconds:.0f} s; wrote {out_dir / f'{args.task}.json'} and {out_dir / f'{args.task}.png'}")
+    return 0
+
+
+def cmd_allocate(args: argparse.Namespace) -> int:
+    from quantization.allocation import (
+        allocate_under_budget,
+        block_bits_to_layer_bits,
+        layer_options,
+        plan_size,
+        qbert_block_bits,
+    )
+    from quantization.build import load_checkpoint
+    from quantization.catalog import plans_dir, read_plan
+    from quantization.plan import check_full_plan
+    from quantization.sensitivity import module_traces, sensitivities_from_dict
+
+    catalog = load_catalog()
+    entry = catalog.task(args.task)
+    hessian_file = Path(args.hessian) if args.hessian else repo_root() / "models" / "hessian" / f"{args.task}.json"
+    hessian = json.loads(hessian_file.read_text())
+    sensitivities = sensitivities_from_dict(hessian)
+    checkpoint = load_checkpoint(entry.checkpoint_location(), args.task)
+    if hessian["checkpoint_sha256"] != checkpoint.sha256:
+        raise SystemExit(f"{hessian_file} was computed on another checkpoint; run `qbert hessian --task {args.task}`")
+    weights = catalog.precision(args.base).weights
+    if weights is None:
+        raise SystemExit(f"--base {args.base} quantizes no weights")
+    bits = sorted(int(b) for b in args.bits.split(","))
+    record: dict[str, Any] = {"task": args.task, "rule": args.rule, "bits": bits, "base": args.base}
+    if args.rule in ("qbert", "reversed"):
+        if len(bits) != 2:
+            raise SystemExit("the Q-BERT rule mixes two widths: --bits LOW,HIGH")
+        block_bits = qbert_block_bits(sensitivities, bits[0], bits[1], reverse=args.rule == "reversed")
+        layer_bits = block_bits_to_layer_bits(checkpoint.model, block_bits)
+        record["block_bits"] = block_bits
+        record["omega"] = {s.block: s.omega for s in sensitivities}
+    options = layer_options(checkpoint.model, weights, bits, module_traces(sensitivities))
+    if args.rule == "budget":
+        if args.budget_mb:
+            budget = int(args.budget_mb * 1_000_000)
+        elif args.budget_as:
+            budget, _ = plan_size(options, read_plan(plans_dir() / args.task / f"{args.budget_as}.json"))
+            record["budget_as"] = args.budget_as
+        else:
+            raise SystemExit("--rule budget needs --budget-mb or --budget-as PLAN")
+        allocation = allocate_under_budget(options, budget)
+        layer_bits = allocation.layer_bits
+        record["budget_bytes"] = budget
+    check_full_plan(checkpoint.model, layer_bits)
+    size, cost = plan_size(options, layer_bits)
+    record.update(packed_bytes=size, second_order_cost=cost, hessian=hessian_file.name, layer_bits=layer_bits)
+    out = plans_dir() / args.task / f"{args.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    counts = {b: sum(1 for v in layer_bits.values() if v == b) for b in bits}
+    _emit(f"{out}: {counts} layers per width, {size / 1e6:.3f} MB packed, second-order cost {cost:.4g}")
+    return 0
+
+
 def _add_load_options(parser: argparse.ArgumentParser, concurrency: int) -> None:
     """Options shared by the load generators (`loadtest`, `soak`)."""
     parser.add_argument("--url", default="http://127.0.0.1:8000")
@@ -296,6 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="artifact folder (default: models/artifacts/TASK/PRECISION)")
     p.add_argument("--no-eval", action="store_true", help="skip evaluation on the catalog's split")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--qat", action="store_true", help="quantization-aware fine-tuning first (the task's recipe)")
+    p.add_argument("--qat-steps", type=int, help="training steps (implies --qat)")
+    p.add_argument("--plan", help="a bit-allocation plan JSON (`qbert allocate`): bits for every encoder Linear")
+    p.add_argument("--name", help="precision name of the artifact (default: PRECISION, or PRECISION-qat)")
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("eval", help="evaluate an artifact")
@@ -310,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", action="append", help="only this precision (repeatable)")
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--study", action="store_true", help="also the reproduction study (QAT, mixed precision, ablations)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("report", help="write models/results.json, models/RESULTS.md and the plot")
@@ -344,6 +527,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-memory", action="store_true", help="skip the fresh-process RSS and load-time readings")
     p.add_argument("--cache", help="exports and quantized copies (default models/cache/bench)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("hessian", help="per-block Hessian sensitivity (top eigenvalue, trace) on training batches")
+    p.add_argument("--task", required=True)
+    p.add_argument("--batches", type=int, default=10, help="independent mini-batches (Q-BERT: ≥ 10)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-iterations", type=int, default=100)
+    p.add_argument("--tolerance", type=float, default=1e-3, help="relative eigenvalue change that stops the iteration")
+    p.add_argument("--trace-samples", type=int, default=0, help="Hutchinson samples at most per batch (0: no trace)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="folder for TASK.json and TASK.png (default models/hessian)")
+    p.set_defaults(func=cmd_hessian)
+
+    p = sub.add_parser("allocate", help="a bit-allocation plan from `qbert hessian` results")
+    p.add_argument("--task", required=True)
+    p.add_argument("--name", required=True, help="plan name: writes models/plans/TASK/NAME.json")
+    p.add_argument("--rule", choices=("qbert", "reversed", "budget"), default="qbert")
+    p.add_argument("--bits", default="2,3", help="widths to choose from (qbert/reversed: LOW,HIGH)")
+    p.add_argument("--base", default="w2g128", help="catalog precision whose weight quantizer is used")
+    p.add_argument("--budget-mb", type=float, help="budget: packed encoder weights at most this many MB")
+    p.add_argument("--budget-as", help="budget: the packed size of this plan of the task")
+    p.add_argument("--hessian", help="the `qbert hessian` result (default models/hessian/TASK.json)")
+    p.set_defaults(func=cmd_allocate)
 
     p = sub.add_parser("soak", help="steady load while sampling resident memory from /metrics")
     _add_load_options(p, concurrency=8)

@@ -104,13 +104,52 @@ class ActivationQuantConfig:
             raise ValueError(f"only per-token activation scales are supported, got {self.granularity!r}")
 
 
+ACTIVATION_RANGES = ("dynamic", "ema")
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """Quantization-aware fine-tuning (Q8BERT / Q-BERT): fake-quantized weights with a straight-through estimator.
+
+    `activation_ranges`: "dynamic" simulates what the runtime does (each token's own 8-bit scale); "ema" is
+    Q8BERT's simulation (one range per Linear input, an exponential moving average of max |x| in training).
+    `distill_weight`: the share of the loss that is KL divergence to the FP32 model's outputs (0: task loss only).
+    `qparams_every`: steps between re-choosing each weight group's (scale, zero point); the search is costly.
+    """
+
+    steps: int = 600
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.0
+    max_length: int = 128
+    max_examples: int | None = None  # a seeded random subset of the training split
+    distill_weight: float = 0.5
+    activation_ranges: str = "dynamic"
+    ema_decay: float = 0.9
+    qparams_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.max_length < 8 or self.qparams_every < 1:
+            raise ValueError("steps, batch_size, qparams_every ≥ 1 and max_length ≥ 8 are required")
+        if not self.learning_rate > 0 or not 0 <= self.warmup_fraction < 1 or self.weight_decay < 0:
+            raise ValueError("learning_rate > 0, 0 ≤ warmup_fraction < 1 and weight_decay ≥ 0 are required")
+        if not 0 <= self.distill_weight <= 1 or not 0 < self.ema_decay < 1:
+            raise ValueError("0 ≤ distill_weight ≤ 1 and 0 < ema_decay < 1 are required")
+        if self.activation_ranges not in ACTIVATION_RANGES:
+            raise ValueError(f"activation_ranges must be one of {ACTIVATION_RANGES}, got {self.activation_ranges!r}")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ValueError(f"max_examples must be ≥ 1, got {self.max_examples}")
+
+
 @dataclass(frozen=True)
 class PrecisionConfig:
     """A named recipe: how encoder weights, embeddings and activations are quantized.
 
     `weights is None` means the FP32 baseline. `layer_bits` overrides the bit width of single
-    encoder Linear modules by fully qualified name (mixed precision plans); it is checked strictly
-    against the model when the plan is built.
+    encoder Linear modules or embeddings by fully qualified name (mixed precision plans); it is checked
+    strictly against the model when the plan is built. `qat`: quantization-aware fine-tuning before packing.
     """
 
     name: str
@@ -118,12 +157,13 @@ class PrecisionConfig:
     embeddings: WeightQuantConfig | None = None
     activations: ActivationQuantConfig | None = None
     layer_bits: dict[str, int] = field(default_factory=dict)
+    qat: QATConfig | None = None
 
     def __post_init__(self) -> None:
         if not _PRECISION_NAME.match(self.name):
             raise ValueError(f"precision name must match {_PRECISION_NAME.pattern}, got {self.name!r}")
-        if self.weights is None and (self.embeddings or self.activations or self.layer_bits):
-            raise ValueError(f"precision {self.name!r}: embeddings/activations/layer_bits need weights")
+        if self.weights is None and (self.embeddings or self.activations or self.layer_bits or self.qat):
+            raise ValueError(f"precision {self.name!r}: embeddings/activations/layer_bits/qat need weights")
         if self.weights is not None and self.activations is None:
             raise ValueError(f"precision {self.name!r}: quantized weights run with 8-bit activations")
         for module, bits in self.layer_bits.items():

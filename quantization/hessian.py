@@ -68,6 +68,8 @@ class BlockSensitivity:
     eigenvalues: tuple[float, ...]  # one per mini-batch
     traces: tuple[float, ...]
     weight_traces: dict[str, float] = field(default_factory=dict)  # mean over batches, per weight name
+    iterations: tuple[int, ...] = ()  # power iterations per mini-batch
+    converged: tuple[bool, ...] = ()
 
     @property
     def mean(self) -> float:
@@ -174,6 +176,7 @@ def block_sensitivities(
     loss_fns: Sequence[LossFn],
     power: PowerIterationConfig | None = None,
     trace: HutchinsonConfig | None = None,
+    on_block: Callable[[BlockSensitivity], None] | None = None,
 ) -> list[BlockSensitivity]:
     """Per encoder block: top eigenvalue on each mini-batch (and, when `trace` is given, Hutchinson traces).
 
@@ -186,21 +189,25 @@ def block_sensitivities(
     for block in encoder_blocks(model):
         weights = block_weights(block.module)
         params = list(weights.values())
-        eigenvalues, traces, weight_traces = [], [], {name: [] for name in weights}
+        eigen: list[EigenResult] = []
+        traces, weight_traces = [], {name: [] for name in weights}
         for batch, loss_fn in enumerate(loss_fns):
             hvp = HessianVectorProduct(loss_fn, params)  # one gradient graph for both estimates
-            eigenvalues.append(_power_iteration(hvp, dataclasses.replace(power, seed=power.seed + batch)).value)
+            eigen.append(_power_iteration(hvp, dataclasses.replace(power, seed=power.seed + batch)))
             if trace is not None:
-                result = _hutchinson(hvp, dataclasses.replace(trace, seed=trace.seed + batch))
-                traces.append(result.value)
-                for name, value in zip(weights, result.per_parameter, strict=True):
+                estimate = _hutchinson(hvp, dataclasses.replace(trace, seed=trace.seed + batch))
+                traces.append(estimate.value)
+                for name, value in zip(weights, estimate.per_parameter, strict=True):
                     weight_traces[name].append(value)
-        results.append(
-            BlockSensitivity(
-                block=block.name,
-                eigenvalues=tuple(eigenvalues),
-                traces=tuple(traces),
-                weight_traces={name: statistics.fmean(v) for name, v in weight_traces.items() if v},
-            )
+        sensitivity = BlockSensitivity(
+            block=block.name,
+            eigenvalues=tuple(e.value for e in eigen),
+            traces=tuple(traces),
+            weight_traces={name: statistics.fmean(v) for name, v in weight_traces.items() if v},
+            iterations=tuple(e.iterations for e in eigen),
+            converged=tuple(e.converged for e in eigen),
         )
+        results.append(sensitivity)
+        if on_block:
+            on_block(sensitivity)
     return results

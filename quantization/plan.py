@@ -16,28 +16,45 @@ class PlannedWeight:
     config: WeightQuantConfig
 
 
+def _check_names(named: set[str], known: set[str], what: str) -> None:
+    unknown = sorted(named - known)
+    if unknown:
+        raise ValueError(
+            f"{what} names modules that are not quantizable layers of this model: "
+            f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''} (known e.g. {sorted(known)[:3]})"
+        )
+
+
 def build_plan(model: nn.Module, precision: PrecisionConfig) -> dict[str, PlannedWeight]:
     """Which weight gets which config under `precision`, in model order.
 
-    `precision.layer_bits` must name encoder Linear modules of this model exactly: an unknown
-    name is an error, never a silent partial application.
+    `precision.layer_bits` must name encoder Linear modules or (when embeddings are quantized) embeddings
+    of this model exactly: an unknown name is an error, never a silent partial application.
     """
     if precision.is_fp32:
         return {}
     assert precision.weights is not None
     linears = linear_targets(model)
-    known = {t.name for t in linears}
-    unknown = sorted(set(precision.layer_bits) - known)
-    if unknown:
-        raise ValueError(
-            f"precision {precision.name!r} names modules that are not encoder Linear layers of this "
-            f"model: {unknown[:5]}{' ...' if len(unknown) > 5 else ''} (known e.g. {sorted(known)[:3]})"
-        )
+    embeddings = embedding_targets(model) if precision.embeddings is not None else []
+    _check_names(set(precision.layer_bits), {t.name for t in [*linears, *embeddings]}, f"precision {precision.name!r}")
     plan = {}
     for target in linears:
         bits = precision.layer_bits.get(target.name, precision.weights.bits)
         plan[target.name] = PlannedWeight(target, precision.weights.with_bits(bits))
     if precision.embeddings is not None:
-        for target in embedding_targets(model):
-            plan[target.name] = PlannedWeight(target, precision.embeddings)
+        for target in embeddings:
+            bits = precision.layer_bits.get(target.name, precision.embeddings.bits)
+            plan[target.name] = PlannedWeight(target, precision.embeddings.with_bits(bits))
     return plan
+
+
+def check_full_plan(model: nn.Module, layer_bits: dict[str, int]) -> None:
+    """A bit-allocation plan gives bits to exactly the model's encoder Linear layers: none unknown, none left out."""
+    known = {t.name for t in linear_targets(model)}
+    _check_names(set(layer_bits), known, "the plan")
+    missing = sorted(known - set(layer_bits))
+    if missing:
+        raise ValueError(
+            f"the plan leaves out {len(missing)} encoder Linear layers of this model, "
+            f"e.g. {missing[:3]}: a plan must cover every one"
+        )

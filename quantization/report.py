@@ -17,7 +17,7 @@ def collect_results(catalog: Catalog, artifacts: Path) -> list[dict[str, Any]]:
     rows = []
     for task_name, entry in catalog.tasks.items():
         manifests = {}
-        for precision in entry.precisions:
+        for precision in (*entry.precisions, *entry.study):
             try:
                 manifests[precision] = read_manifest(artifacts / task_name / precision)
             except ArtifactError:
@@ -40,6 +40,9 @@ def collect_results(catalog: Catalog, artifacts: Path) -> list[dict[str, Any]]:
                         "fp32_bytes": summary["encoder_fp32_bytes"],
                         "qat": bool(manifest.get("qat", False)),
                         "embedding_bits": summary["avg_bits_embeddings"],
+                        "activation_bits": 8 if manifest["precision"]["activations"] else 32,
+                        "embedding_packed_bytes": summary["embedding_packed_bytes"],
+                        "training": _training_summary(manifest.get("training")),
                         "total_packed_bytes": summary["total_packed_bytes"],
                         "total_fp32_bytes": summary["total_fp32_bytes"],
                         "latency_b1_ms": evaluation.get("latency_b1_ms"),
@@ -48,6 +51,22 @@ def collect_results(catalog: Catalog, artifacts: Path) -> list[dict[str, Any]]:
                     }
                 )
     return rows
+
+
+def _training_summary(training: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the results say of an artifact's QAT: enough to compare runs, not the whole recipe."""
+    if not training:
+        return None
+    config = training["config"]
+    return {
+        "split": training["split"],
+        "steps": training["steps"],
+        "batch_size": config["batch_size"],
+        "learning_rate": config["learning_rate"],
+        "distill_weight": config["distill_weight"],
+        "activation_ranges": config["activation_ranges"],
+        "seconds": training["seconds"],
+    }
 
 
 def write_results_json(rows: list[dict[str, Any]], path: Path) -> None:

@@ -121,10 +121,12 @@ def write_tiny_data(root: Path) -> Path:
     sentences = ["a good movie", "a terrible film", "john plays very good", "what a bad movie !"] * 3
     rows = "".join(f"{s}\t{i % 2}\n" for i, s in enumerate(sentences))
     (root / "sst2" / "dev.tsv").write_text("sentence\tlabel\n" + rows)
+    (root / "sst2" / "train.tsv").write_text("sentence\tlabel\n" + rows * 4)
     (root / "conll2003").mkdir(exist_ok=True)
     conll = "-DOCSTART- -X- -X- O\n\nJohn NNP B-NP I-PER\nSmith NNP I-NP I-PER\nlives VBZ B-VP O\nin IN B-PP O\n"
     conll += "Paris NNP B-NP I-LOC\n. . O O\n\nAcme NNP B-NP I-ORG\ncorp NNP I-NP I-ORG\n. . O O\n"
     (root / "conll2003" / "eng.testa").write_text(conll)
+    (root / "conll2003" / "eng.train").write_text(conll * 20)
     (root / "squad").mkdir(exist_ok=True)
     context = "john smith lives in paris . he works at acme corp . " * 3
     squad = {

@@ -89,3 +89,33 @@ class Task(ABC, Generic[InputT, PredictionT]):
 
     def split_name(self, path: Path, n: int) -> str:
         return f"{path.name} ({n} examples)"
+
+    def read_training_examples(self, path: Path, **options: Any) -> list[Example[InputT]]:
+        """Examples with what training needs in `gold` (by default what evaluation reads)."""
+        return self.read_examples(path, **options)
+
+    @abstractmethod
+    def training_features(
+        self, tokenizer: Any, example: Example[InputT], max_length: int, label2id: dict[str, int]
+    ) -> list[Feature]:
+        """Features whose `meta["targets"]` hold the model's training targets by keyword (e.g. `labels`):
+        an int per sequence, or a list with one int per token (-100 where no loss is taken)."""
+
+
+IGNORE_INDEX = -100  # positions no loss is taken on (transformers' convention)
+
+
+def collate_training(features: Sequence[Feature], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """Padded model inputs plus the targets of `training_features`, per-token targets padded with -100."""
+    batch = pad_features(features, pad_token_id)
+    longest = batch["input_ids"].shape[1]
+    for key in features[0].meta["targets"]:
+        values = [f.meta["targets"][key] for f in features]
+        if isinstance(values[0], list):
+            padded = torch.full((len(values), longest), IGNORE_INDEX, dtype=torch.long)
+            for row, value in enumerate(values):
+                padded[row, : len(value)] = torch.tensor(value, dtype=torch.long)
+            batch[key] = padded
+        else:
+            batch[key] = torch.tensor(values, dtype=torch.long)
+    return batch

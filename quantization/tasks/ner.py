@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from quantization.tasks.base import Example, Feature, Task
+from quantization.tasks.base import IGNORE_INDEX, Example, Feature, Task
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -148,6 +148,24 @@ class NERTask(Task[NerInput, NerPrediction]):
             return [Feature([tokenizer.cls_token_id, tokenizer.sep_token_id], [0, 0], {"word_ids": [None, None]})]
         encoded = tokenizer(item.words, is_split_into_words=True, truncation=True, max_length=max_length)
         return [Feature(encoded["input_ids"], encoded["token_type_ids"], {"word_ids": encoded.word_ids()})]
+
+    def training_features(
+        self, tokenizer: Any, example: Example[NerInput], max_length: int, label2id: dict[str, int]
+    ) -> list[Feature]:
+        """The word's tag on its first sub-token (what `postprocess` reads), no loss elsewhere."""
+        (feature,) = self.preprocess(tokenizer, example.input, max_length)
+        unknown = sorted(set(example.gold) - set(label2id))
+        if unknown:
+            raise ValueError(f"tags {unknown} are not labels of the model ({sorted(label2id)})")
+        targets, seen = [], set()
+        for word in feature.meta["word_ids"]:
+            if word is None or word in seen:
+                targets.append(IGNORE_INDEX)
+            else:
+                seen.add(word)
+                targets.append(label2id[example.gold[word]])
+        feature.meta["targets"] = {"labels": targets}
+        return [feature]
 
     def untruncated_length(self, tokenizer: Any, item: NerInput) -> int:
         if not item.words:

@@ -70,6 +70,33 @@ def read_squad(path: Path, articles: tuple[int, int] | None = None) -> list[Exam
     ]
 
 
+@dataclass(frozen=True)
+class AnswerSpan:
+    text: str
+    start: int  # character offset into the context
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.text)
+
+
+def read_squad_answers(path: Path, articles: tuple[int, int] | None = None) -> list[Example[QAInput]]:
+    """Questions with their first gold answer's character span (`AnswerSpan`), for training."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    chosen = data["data"] if articles is None else data["data"][articles[0] : articles[1]]
+    examples = []
+    for article in chosen:
+        for paragraph in article["paragraphs"]:
+            context = paragraph["context"]
+            for qa in paragraph["qas"]:
+                answer = qa["answers"][0]
+                span = AnswerSpan(answer["text"], int(answer["answer_start"]))
+                if context[span.start : span.end] != span.text:
+                    raise ValueError(f"{path}: question {qa.get('id')}: answer_start does not point at the answer")
+                examples.append(Example(QAInput(qa["question"], context), span))
+    return examples
+
+
 class QATask(Task[QAInput, QAPrediction]):
     name = "qa"
     metrics = ("exact_match", "f1")
@@ -101,6 +128,24 @@ class QATask(Task[QAInput, QAPrediction]):
             features.append(
                 Feature(encoded["input_ids"][window], encoded["token_type_ids"][window], {"offsets": offsets})
             )
+        return features
+
+    def read_training_examples(self, path: Path, **options: Any) -> list[Example[QAInput]]:
+        return read_squad_answers(path, options.get("articles"))
+
+    def training_features(
+        self, tokenizer: Any, example: Example[QAInput], max_length: int, label2id: dict[str, int]
+    ) -> list[Feature]:
+        """Every window; the answer's first and last token where the window holds all of it, else [CLS] (0)."""
+        span: AnswerSpan = example.gold
+        features = self.preprocess(tokenizer, example.input, max_length)
+        for feature in features:
+            start = end = 0
+            tokens = [(i, o) for i, o in enumerate(feature.meta["offsets"]) if o is not None]
+            if tokens and tokens[0][1][0] <= span.start and span.end <= tokens[-1][1][1]:
+                start = next(i for i, (s, e) in tokens if e > span.start)
+                end = next(i for i, (s, e) in reversed(tokens) if s < span.end)
+            feature.meta["targets"] = {"start_positions": start, "end_positions": end}
         return features
 
     def split_outputs(self, outputs: Any, features: Sequence[Feature]) -> list[Any]:

@@ -36,6 +36,13 @@ class SST2Task(Task[str, ClassPrediction]):
         encoded = tokenizer(item, truncation=True, max_length=max_length)
         return [Feature(encoded["input_ids"], encoded["token_type_ids"])]
 
+    def training_features(
+        self, tokenizer: Any, example: Example[str], max_length: int, label2id: dict[str, int]
+    ) -> list[Feature]:
+        (feature,) = self.preprocess(tokenizer, example.input, max_length)
+        feature.meta["targets"] = {"labels": int(example.gold)}  # GLUE labels index the model's labels
+        return [feature]
+
     def untruncated_length(self, tokenizer: Any, item: str) -> int:
         return len(tokenizer(item)["input_ids"])
 

@@ -90,3 +90,52 @@ def test_a_tampered_artifact_fails_eval_with_a_clear_message(env: dict[str, str]
     assert result.returncode != 0
     assert "weights.safetensors: sha256" in result.stderr
     assert "tampered" in result.stderr
+
+
+def test_hessian_allocate_and_a_qat_mixed_precision_artifact(env: dict[str, str], tmp_path: Path) -> None:
+    """The reproduction pipeline end to end on a tiny model: sensitivity, plans, QAT into a normal artifact."""
+    env = env | {"QBERT_PLANS": str(tmp_path / "plans")}
+    hessian = _qbert(
+        env, "hessian", "--task", "sst2", "--batches", "3", "--batch-size", "4", "--max-length", "32",
+        "--trace-samples", "4", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert hessian.returncode == 0, hessian.stderr
+    result = json.loads((tmp_path / "sst2.json").read_text())
+    assert [b["block"] for b in result["blocks"]] == ["bert.encoder.layer.0", "bert.encoder.layer.1"]
+    assert all(len(b["eigenvalues"]) == 3 and b["weight_traces"] for b in result["blocks"])
+    assert "| bert.encoder.layer.1 |" in hessian.stdout
+    assert (tmp_path / "sst2.png").stat().st_size > 5_000
+
+    hessian_file = str(tmp_path / "sst2.json")
+    for args in (
+        ("--name", "mp23", "--rule", "qbert", "--bits", "2,3"),
+        ("--name", "mp23-reversed", "--rule", "reversed", "--bits", "2,3"),
+        ("--name", "budget", "--rule", "budget", "--bits", "2,3,4,8", "--budget-as", "mp23"),
+    ):
+        allocated = _qbert(env, "allocate", "--task", "sst2", "--hessian", hessian_file, *args)
+        assert allocated.returncode == 0, allocated.stderr
+    plans = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "plans" / "sst2").glob("*.json")}
+    assert sorted(plans["mp23"]["block_bits"].values()) == [2, 3]
+    assert plans["mp23"]["block_bits"] != plans["mp23-reversed"]["block_bits"]
+    assert plans["budget"]["packed_bytes"] <= plans["mp23"]["packed_bytes"]
+    assert plans["budget"]["second_order_cost"] <= plans["mp23"]["second_order_cost"] + 1e-12
+
+    built = _qbert(env, "quantize", "--task", "sst2", "--precision", "mp23", "--qat-steps", "4")
+    assert built.returncode == 0, built.stderr
+    manifest = json.loads((Path(env["QBERT_ARTIFACTS"]) / "sst2" / "mp23" / "manifest.json").read_text())
+    assert manifest["qat"] is True
+    assert manifest["training"]["steps"] == 4
+    assert manifest["precision"]["layer_bits"] == plans["mp23"]["layer_bits"]
+    assert manifest["evaluation"], "the QAT artifact is evaluated like any other"
+    bits = {t.get("module"): t["bits"] for t in manifest["tensors"] if t.get("module") in plans["mp23"]["layer_bits"]}
+    assert bits == plans["mp23"]["layer_bits"]
+
+
+def test_a_plan_file_leaving_out_a_layer_is_refused(env: dict[str, str], tmp_path: Path) -> None:
+    plan = {"layer_bits": {"bert.encoder.layer.0.attention.self.query": 3}}
+    (tmp_path / "partial.json").write_text(json.dumps(plan))
+    result = _qbert(
+        env, "quantize", "--task", "sst2", "--precision", "w2g128", "--plan", str(tmp_path / "partial.json")
+    )
+    assert result.returncode != 0
+    assert "leaves out 11 encoder Linear layers" in result.stderr

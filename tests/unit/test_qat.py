@@ -1,0 +1,153 @@
+"""Quantization-aware training: straight-through fake quantizers that pack exactly, and a loss that goes down."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from quantization.build import load_checkpoint, quantize_checkpoint
+from quantization.config import ActivationQuantConfig, PrecisionConfig, QATConfig, WeightQuantConfig
+from quantization.qat import ActivationFakeQuant, WeightFakeQuant, distillation_loss, prepare_qat, train_qat
+from quantization.qtensor import QuantizedWeight
+from quantization.runtime import load_model
+from tests.conftest import VOCAB, tiny_config
+
+
+def _model(task: str = "sst2", seed: int = 0) -> transformers.PreTrainedModel:
+    torch.manual_seed(seed)
+    config = tiny_config(task, layers=2)
+    return getattr(transformers, config.architectures[0])(config).eval()
+
+
+def _precision(bits: int = 3, qat: QATConfig | None = None) -> PrecisionConfig:
+    return PrecisionConfig(
+        name="w-qat",
+        weights=WeightQuantConfig(bits=bits, num_groups=8, range_method="mse"),
+        embeddings=WeightQuantConfig(bits=8, granularity="per_channel"),
+        activations=ActivationQuantConfig(),
+        qat=qat or QATConfig(steps=60, batch_size=8, learning_rate=1e-3, distill_weight=0.0),
+    )
+
+
+def test_qat_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="activation_ranges"):
+        QATConfig(activation_ranges="minmax")
+    with pytest.raises(ValueError, match="distill_weight"):
+        QATConfig(distill_weight=1.5)
+    with pytest.raises(ValueError, match="qat need weights"):
+        PrecisionConfig(name="fp32", qat=QATConfig())
+
+
+def test_weight_fake_quant_equals_the_packed_quantizer_with_identity_gradient() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(24, 16, requires_grad=True)
+    config = WeightQuantConfig(bits=2, num_groups=6, range_method="mse")
+    fake = WeightFakeQuant(config, rows=24, head_rows=12, refresh_every=1)
+    out = fake(weight)
+    packed = QuantizedWeight.from_float(weight, config, head_rows=12).dequantize()
+    assert torch.allclose(out.detach(), packed, atol=1e-6, rtol=0)  # w + (ŵ - w): ŵ up to float rounding
+    out.backward(torch.arange(24 * 16, dtype=torch.float32).reshape(24, 16))
+    assert torch.equal(weight.grad, torch.arange(24 * 16, dtype=torch.float32).reshape(24, 16))  # straight through
+
+
+def test_dynamic_activation_fake_quant_rounds_each_token_to_8_bits() -> None:
+    x = torch.tensor([[[0.5, -1.0, 0.25], [100.0, 3.0, -50.0]]], requires_grad=True)
+    y = ActivationFakeQuant("dynamic", 0.9)(x)
+    for token in range(2):
+        scale = x[0, token].abs().max() / 127
+        codes = y[0, token] / scale
+        assert torch.allclose(codes, codes.round(), atol=1e-4)
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+
+
+def test_ema_activation_ranges_track_the_running_max_in_training_only() -> None:
+    quantizer = ActivationFakeQuant("ema", 0.5)
+    quantizer.train()
+    quantizer(torch.tensor([2.0, -1.0]))
+    quantizer(torch.tensor([4.0, 1.0]))
+    assert float(quantizer.running_max) == pytest.approx(3.0)  # 2 at first, then 0.5·2 + 0.5·4
+    quantizer.eval()
+    quantizer(torch.tensor([100.0]))
+    assert float(quantizer.running_max) == pytest.approx(3.0)
+    assert float(quantizer(torch.tensor([100.0]))) == pytest.approx(3.0)  # clipped to the learnt range
+
+
+def _batches(model: transformers.PreTrainedModel, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randint(5, model.config.vocab_size, (8, 12), generator=generator)
+    labels = (inputs[:, 1] % 2).long()  # learnable from the first token
+    while True:
+        yield {
+            "input_ids": inputs,
+            "token_type_ids": torch.zeros_like(inputs),
+            "attention_mask": torch.ones_like(inputs),
+            "labels": labels,
+        }
+
+
+def test_training_lowers_the_loss_and_strip_leaves_plain_trained_weights() -> None:
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    precision = _precision()
+    prepared = prepare_qat(model, precision, precision.qat)
+    assert any("parametrizations" in k for k in model.state_dict())
+    log = train_qat(prepared, _batches(model), precision.qat)
+    assert log.final_loss < 0.5 * log.first_loss
+    stripped = prepared.strip()
+    assert set(stripped.state_dict()) == set(before)  # names unchanged, no quantizer left behind
+    assert not torch.equal(
+        stripped.state_dict()["bert.encoder.layer.0.output.dense.weight"],
+        before["bert.encoder.layer.0.output.dense.weight"],
+    )
+    assert not stripped.bert.encoder.layer[0].output.dense._forward_pre_hooks
+
+
+def test_trained_weights_pack_without_further_loss(tmp_path: Path) -> None:
+    """The fake-quantized model (ranges of the final weights) computes what the packed int8 runtime computes."""
+    model = _model("ner", seed=2)
+    precision = _precision(bits=2, qat=QATConfig(steps=5, batch_size=8, learning_rate=1e-3, distill_weight=0.0))
+    prepared = prepare_qat(model, precision, precision.qat)
+    train_qat(prepared, ({**b, "labels": b["input_ids"] % 9} for b in _batches(model)), precision.qat)
+    modules = dict(model.named_modules())
+    for name, quantizer in prepared.weight_quantizers.items():  # the ranges packing will choose
+        quantizer.refresh(modules[name].parametrizations.weight.original)
+    inputs = {k: v for k, v in next(_batches(model, seed=5)).items() if k != "labels"}
+    with torch.no_grad():
+        fake = model(**inputs).logits
+    trained = prepared.strip()
+    trained.save_pretrained(tmp_path / "trained")
+    (tmp_path / "trained" / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    checkpoint = load_checkpoint(str(tmp_path / "trained"), "ner")
+    quantize_checkpoint(checkpoint, "ner", precision, tmp_path / "artifact", {"qat": True})
+    runtime = load_model(tmp_path / "artifact").model
+    with torch.no_grad():
+        real = runtime(**inputs).logits
+    assert torch.allclose(fake, real, atol=1e-4, rtol=1e-3), float((fake - real).abs().max())
+
+
+def test_distillation_loss_is_zero_against_itself_and_ignores_padding() -> None:
+    logits = torch.randn(2, 5, 3)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    same = transformers.modeling_outputs.TokenClassifierOutput(logits=logits)
+    assert float(distillation_loss(same, same, mask)) == pytest.approx(0.0, abs=1e-6)
+    other = logits.clone()
+    other[0, 3:] += 10.0  # differs on padding only
+    assert float(distillation_loss(same, dataclasses.replace(same, logits=other), mask)) == pytest.approx(0.0, abs=1e-6)
+    start = transformers.modeling_outputs.QuestionAnsweringModelOutput(
+        start_logits=logits[..., 0], end_logits=logits[..., 1]
+    )
+    moved = transformers.modeling_outputs.QuestionAnsweringModelOutput(
+        start_logits=-logits[..., 0], end_logits=logits[..., 1]
+    )
+    assert float(distillation_loss(start, moved, mask)) > 0
+
+
+def test_prepare_refuses_a_plan_naming_unknown_modules() -> None:
+    precision = dataclasses.replace(_precision(), layer_bits={"bert.encoder.layer.9.output.dense": 3})
+    with pytest.raises(ValueError, match="layer.9"):
+        prepare_qat(_model(), precision, precision.qat)
