@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint build report bench
+.PHONY: install serve test lint build report bench reproduce
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,3 +38,7 @@ report: build
 bench: build
 	$(BIN)/qbert --threads 2 bench --json models/bench.json
 	$(BIN)/qbert report
+
+# The Q-BERT reproduction (issue 3): Hessian sensitivity, plans, QAT and ablation artifacts, report (≈2 h on 2 cores).
+reproduce: build
+	scripts/reproduce.sh

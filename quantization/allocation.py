@@ -20,7 +20,7 @@ from functools import reduce
 import torch
 from torch import nn
 
-from quantization.config import WeightQuantConfig
+from quantization.config import Rounding, WeightQuantConfig
 from quantization.hessian import BlockSensitivity
 from quantization.qtensor import QuantizedWeight
 from quantization.structure import linear_targets
@@ -82,6 +82,8 @@ def layer_options(
 ) -> dict[str, list[LayerOption]]:
     """For every encoder Linear and width: the packed size and second-order cost of quantizing its weight with
     `config` at that width. `weight_traces`: Hessian trace per module name (from `BlockSensitivity`)."""
+    if config.rounding is not Rounding.NEAREST:
+        raise ValueError("the allocator estimates round-to-nearest error (what QAT trains with); use such a base")
     modules = dict(model.named_modules())
     options: dict[str, list[LayerOption]] = {}
     for target in linear_targets(model):

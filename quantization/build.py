@@ -145,6 +145,31 @@ def qat_finetune(
     return prepared.strip(), training_record(config, log, entry.train_split(), len(examples))
 
 
+CALIBRATION_SEQUENCES = 128
+
+
+def calibrate(
+    checkpoint: Checkpoint, entry: TaskEntry, model: nn.Module, names: list[str], sequences: int = CALIBRATION_SEQUENCES
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Input Hessians of `names` in `model` on a seeded sample of the task's training split (never its evaluation
+    data), and the manifest's record of it."""
+    from quantization.calibration import input_hessians
+    from quantization.tasks.base import collate_training
+    from quantization.train_data import encode_training_set, subsample
+
+    task = get_task(entry.task)
+    max_length = int(entry.qat.get("max_length", 128))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint.directory, local_files_only=True)
+    examples = task.read_training_examples(entry.train_data, **entry.train_options())
+    label2id = {label: i for i, label in enumerate(checkpoint.labels)}
+    features = encode_training_set(task, tokenizer, subsample(examples, sequences, seed=0), max_length, label2id)
+    features = features[:sequences]
+    pad = tokenizer.pad_token_id or 0
+    batches = (collate_training(features[i : i + 16], pad) for i in range(0, len(features), 16))
+    hessians = input_hessians(model.eval(), batches, names)
+    return hessians, {"split": entry.train_split(), "sequences": len(features), "max_length": max_length}
+
+
 def quantize_checkpoint(
     checkpoint: Checkpoint,
     task: str,
@@ -152,10 +177,11 @@ def quantize_checkpoint(
     out_dir: Path,
     extra: dict | None = None,
     model: nn.Module | None = None,
+    input_hessians: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Quantize one checkpoint (or `model`, trained from it) at one precision and write the artifact."""
     model = checkpoint.model if model is None else model
-    state = quantize_model(model, precision)
+    state = quantize_model(model, precision, input_hessians)
     source = ArtifactSource(
         task=task,
         labels=checkpoint.labels,
@@ -210,3 +236,25 @@ def evaluate_artifact(
         record_evaluation(artifact_dir, rows)
     logger.info("%s %s: %s", entry.task, loaded.precision, {r["metric"]: round(r["value"], 4) for r in rows})
     return rows
+
+
+def build_artifact(
+    checkpoint: Checkpoint,
+    entry: TaskEntry,
+    precision: PrecisionConfig,
+    out_dir: Path,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    """One artifact as its precision says: QAT first where it has a recipe, GPTQ calibration on the training split
+    where its rounding needs it, then packing. Returns the manifest (not yet evaluated)."""
+    from quantization.plan import build_plan, needs_calibration
+
+    model, extra = checkpoint.model, {}
+    if precision.qat is not None:
+        model, record = qat_finetune(checkpoint, entry, precision, on_step=on_step)
+        extra = {"qat": True, "training": record}
+    hessians = None
+    calibrated = needs_calibration(build_plan(model, precision))
+    if calibrated:
+        hessians, extra["calibration"] = calibrate(checkpoint, entry, model, calibrated)
+    return quantize_checkpoint(checkpoint, entry.task, precision, out_dir, extra, model=model, input_hessians=hessians)

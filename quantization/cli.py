@@ -47,13 +47,12 @@ def _eval_with_progress(
 
 
 def _write_artifact(checkpoint: Any, entry: TaskEntry, precision: PrecisionConfig, out: Path) -> dict:
-    """Quantize (after QAT where the precision has a recipe) and write one artifact; returns its manifest."""
-    from quantization.build import qat_finetune, quantize_checkpoint
+    """`build.build_artifact` with a progress bar over QAT steps."""
+    from quantization.build import build_artifact
 
-    if precision.qat is None:
-        return quantize_checkpoint(checkpoint, entry.task, precision, out)
+    steps = precision.qat.steps if precision.qat else 0
     with tqdm(
-        total=precision.qat.steps, desc=f"QAT {entry.task}/{precision.name}", unit="step", leave=False, disable=None
+        total=steps, desc=f"QAT {entry.task}/{precision.name}", unit="step", leave=False, disable=not steps or None
     ) as bar:
 
         def advance(step: int, loss: float) -> None:
@@ -61,8 +60,7 @@ def _write_artifact(checkpoint: Any, entry: TaskEntry, precision: PrecisionConfi
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{loss:.4f}")
 
-        model, record = qat_finetune(checkpoint, entry, precision, on_step=advance)
-    return quantize_checkpoint(checkpoint, entry.task, precision, out, {"qat": True, "training": record}, model=model)
+        return build_artifact(checkpoint, entry, precision, out, on_step=advance)
 
 
 def _build_one(catalog: Catalog, entry: TaskEntry, precision: str, force: bool, batch_size: int, cache: dict) -> str:
@@ -545,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="plan name: writes models/plans/TASK/NAME.json")
     p.add_argument("--rule", choices=("qbert", "reversed", "budget"), default="qbert")
     p.add_argument("--bits", default="2,3", help="widths to choose from (qbert/reversed: LOW,HIGH)")
-    p.add_argument("--base", default="w2g128", help="catalog precision whose weight quantizer is used")
+    p.add_argument("--base", default="mp23", help="catalog precision whose weight quantizer is used")
     p.add_argument("--budget-mb", type=float, help="budget: packed encoder weights at most this many MB")
     p.add_argument("--budget-as", help="budget: the packed size of this plan of the task")
     p.add_argument("--hessian", help="the `qbert hessian` result (default models/hessian/TASK.json)")

@@ -36,6 +36,14 @@ class RangeMethod(StrEnum):
     MSE = "mse"  # the clipped range that minimises the group's squared quantization error
 
 
+class Rounding(StrEnum):
+    """How codes are chosen once each group's (scale, zero point) is fixed."""
+
+    NEAREST = "nearest"  # round every weight to its nearest code
+    GPTQ = "gptq"  # GPTQ (Frantar et al.): column by column, pushing each error onto the columns not yet rounded,
+    # weighted by the inverse Hessian of the layer's inputs on calibration data (needs that data at build time)
+
+
 @dataclass(frozen=True)
 class WeightQuantConfig:
     """Uniform quantization of one weight matrix, with scales per row group.
@@ -49,9 +57,11 @@ class WeightQuantConfig:
     num_groups: int = 128
     symmetric: bool = False
     range_method: RangeMethod = RangeMethod.MINMAX
+    rounding: Rounding = Rounding.NEAREST
     version: int = 1
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "rounding", Rounding(self.rounding))
         if self.bits not in SUPPORTED_WEIGHT_BITS:
             raise ValueError(f"bits must be one of {SUPPORTED_WEIGHT_BITS}, got {self.bits}")
         object.__setattr__(self, "granularity", Granularity(self.granularity))
@@ -69,12 +79,16 @@ class WeightQuantConfig:
             num_groups=self.num_groups,
             symmetric=self.symmetric,
             range_method=self.range_method,
+            rounding=self.rounding,
         )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["granularity"] = self.granularity.value
         data["range_method"] = self.range_method.value
+        data["rounding"] = self.rounding.value
+        if self.rounding is Rounding.NEAREST:  # as before the field existed: the inputs hashes stay the same
+            del data["rounding"]
         return data
 
     @classmethod
@@ -166,6 +180,10 @@ class PrecisionConfig:
             raise ValueError(f"precision {self.name!r}: embeddings/activations/layer_bits/qat need weights")
         if self.weights is not None and self.activations is None:
             raise ValueError(f"precision {self.name!r}: quantized weights run with 8-bit activations")
+        if self.embeddings is not None and self.embeddings.rounding is not Rounding.NEAREST:
+            raise ValueError(
+                f"precision {self.name!r}: embeddings are rounded to nearest (GPTQ needs a Linear's inputs)"
+            )
         for module, bits in self.layer_bits.items():
             if bits not in SUPPORTED_WEIGHT_BITS:
                 raise ValueError(f"layer_bits[{module!r}] = {bits} is not one of {SUPPORTED_WEIGHT_BITS}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from quantization.config import PrecisionConfig, WeightQuantConfig
+from quantization.config import PrecisionConfig, Rounding, WeightQuantConfig
 from quantization.structure import QuantTarget, embedding_targets, linear_targets
 
 
@@ -58,3 +58,8 @@ def check_full_plan(model: nn.Module, layer_bits: dict[str, int]) -> None:
             f"the plan leaves out {len(missing)} encoder Linear layers of this model, "
             f"e.g. {missing[:3]}: a plan must cover every one"
         )
+
+
+def needs_calibration(plan: dict[str, PlannedWeight]) -> list[str]:
+    """The planned modules whose rounding (GPTQ) needs the inputs they see on calibration data."""
+    return [name for name, planned in plan.items() if planned.config.rounding is not Rounding.NEAREST]

@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from quantization.config import PrecisionConfig, QATConfig, WeightQuantConfig
-from quantization.plan import build_plan
+from quantization.plan import build_plan, needs_calibration
 from quantization.primitives import choose_qparams, dequantize, group_offsets, quantize, resolve_num_groups
 
 logger = logging.getLogger(__name__)
@@ -131,6 +131,8 @@ def prepare_qat(model: nn.Module, precision: PrecisionConfig, config: QATConfig)
     plan = build_plan(model, precision)
     if not plan:
         raise ValueError(f"precision {precision.name!r} quantizes nothing: there is nothing to train for")
+    if needs_calibration(plan):
+        raise ValueError(f"precision {precision.name!r}: QAT simulates round-to-nearest; GPTQ rounding is PTQ only")
     modules = dict(model.named_modules())
     prepared = QATModel(model, {}, nn.ModuleDict())
     for name, planned in plan.items():

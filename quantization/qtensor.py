@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from quantization.config import WeightQuantConfig
+from quantization.config import Rounding, WeightQuantConfig
+from quantization.gptq import gptq_codes
 from quantization.packing import pack_codes, packed_nbytes, unpack_codes
 from quantization.primitives import (
     choose_qparams,
@@ -36,15 +37,25 @@ class QuantizedWeight:
 
     @classmethod
     def from_float(
-        cls, weight: torch.Tensor, config: WeightQuantConfig, head_rows: int | None = None
+        cls,
+        weight: torch.Tensor,
+        config: WeightQuantConfig,
+        head_rows: int | None = None,
+        input_hessian: torch.Tensor | None = None,
     ) -> QuantizedWeight:
+        """`input_hessian` (in × in, 2·XᵀX of calibration inputs) is what GPTQ rounding needs."""
         if weight.dim() != 2:
             raise ValueError(f"expected a 2-D weight, got shape {tuple(weight.shape)}")
         weight = weight.detach().to(torch.float32)
         offsets = group_offsets(weight.shape[0], resolve_num_groups(config, weight.shape[0]), head_rows)
         scale, zero = choose_qparams(weight, offsets, config.bits, config.symmetric, config.range_method)
         row_group = rows_of_groups(offsets)
-        codes = quantize(weight, scale[row_group], zero[row_group], config.bits)
+        if config.rounding is Rounding.GPTQ:
+            if input_hessian is None:
+                raise ValueError("GPTQ rounding needs the input Hessian of the layer (calibration data)")
+            codes = gptq_codes(weight, input_hessian, scale[row_group], zero[row_group], config.bits)
+        else:
+            codes = quantize(weight, scale[row_group], zero[row_group], config.bits)
         return cls(codes, scale, zero.to(torch.uint8), offsets, config.bits)
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -21,15 +22,21 @@ class QuantizedState:
     fp32: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def quantize_model(model: nn.Module, precision: PrecisionConfig) -> QuantizedState:
+def quantize_model(
+    model: nn.Module, precision: PrecisionConfig, input_hessians: Mapping[str, torch.Tensor] | None = None
+) -> QuantizedState:
     """Quantize every weight the precision's plan names; keep biases, LayerNorm, pooler and head in FP32.
 
+    `input_hessians`: module name -> 2·XᵀX of its calibration inputs, for weights rounded by GPTQ.
     The model is not modified. Tied or aliased tensors are stored once per state-dict name.
     """
     plan = build_plan(model, precision)
     modules = dict(model.named_modules())
+    hessians = input_hessians or {}
     quantized = {
-        name: QuantizedWeight.from_float(modules[name].weight, planned.config, planned.target.head_rows)
+        name: QuantizedWeight.from_float(
+            modules[name].weight, planned.config, planned.target.head_rows, hessians.get(name)
+        )
         for name, planned in plan.items()
     }
     skipped = {f"{name}.weight" for name in quantized}

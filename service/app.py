@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from quantization.catalog import load_catalog
 from service.discovery import discover_artifacts
 from service.errors import (
     InferenceFailedError,
@@ -279,10 +280,21 @@ def _ops_router() -> APIRouter:
     return router
 
 
+def study_precisions() -> frozenset[str]:
+    """The catalog's reproduction-study precisions (served only when QBERT_PRECISIONS names them)."""
+    try:
+        catalog = load_catalog()
+    except FileNotFoundError:  # an image or folder without the catalog serves whatever is there
+        return frozenset()
+    return frozenset(p for entry in catalog.tasks.values() for p in entry.study) - {
+        p for entry in catalog.tasks.values() for p in entry.precisions
+    }
+
+
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """The service app. Its lifespan starts the worker pool (spawned processes) and stops it."""
     settings = settings or ServiceSettings()
-    artifacts = discover_artifacts(settings.artifacts, settings.tasks, settings.precisions)
+    artifacts = discover_artifacts(settings.artifacts, settings.tasks, settings.precisions, study_precisions())
     if not artifacts:
         raise ValueError(f"no artifacts under {settings.artifacts} for tasks {settings.tasks}; run `qbert build`")
     service = Service(settings, artifacts, ServiceMetrics())

@@ -38,7 +38,7 @@ class ServiceSettings(BaseSettings):
     artifacts: Path = Field(default_factory=artifacts_dir, description="folder of <task>/<precision>/ artifacts")
     tasks: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(TASKS))
     precisions: Annotated[list[str] | None, NoDecode] = Field(
-        None, description="precisions to load for every task (default: every artifact found)"
+        None, description="precisions to load for every task (default: every artifact found but the catalog's study)"
     )
     default_precision: str = "w8"
 

@@ -167,21 +167,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
 
 
+def tiny_entry(task: str, checkpoint_dir: Path, data: Path):  # noqa: ANN201 — a catalog TaskEntry
+    """The catalog's entry for `task` (file layout, QA articles, training recipe) over the tiny data and checkpoint."""
+    from quantization.catalog import data_dir, load_catalog
+
+    entry = load_catalog().task(task)
+    return dataclasses.replace(
+        entry,
+        checkpoint=str(checkpoint_dir),
+        data=data / entry.data.relative_to(data_dir()),
+        train_data=data / entry.train_data.relative_to(data_dir()),
+    )
+
+
 def build_tiny_artifacts(
     root: Path, checkpoints: dict[str, Path], data: Path, precisions: tuple[str, ...] = ("fp32", "w8", "w2g128")
 ) -> Path:
     """Quantize and evaluate the tiny checkpoints at `precisions` into `root/<task>/<precision>/`."""
-    from quantization.build import evaluate_artifact, load_checkpoint, quantize_checkpoint
-    from quantization.catalog import data_dir, load_catalog
+    from quantization.build import build_artifact, evaluate_artifact, load_checkpoint
+    from quantization.catalog import load_catalog
 
     catalog = load_catalog()
     for task, directory in checkpoints.items():
         checkpoint = load_checkpoint(str(directory), task)
-        entry = catalog.task(task)  # the catalog's file layout and QA articles, under `data`
-        entry = dataclasses.replace(entry, checkpoint=str(directory), data=data / entry.data.relative_to(data_dir()))
+        entry = tiny_entry(task, directory, data)
         for precision in precisions:
             out = root / task / precision
-            quantize_checkpoint(checkpoint, task, catalog.precision(precision), out)
+            build_artifact(checkpoint, entry, catalog.precision_for(task, precision), out)
             evaluate_artifact(out, entry, latency_samples=2)
     return root
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from quantization.build import evaluate_artifact, load_checkpoint, quantize_checkpoint
+from quantization.build import build_artifact, evaluate_artifact, load_checkpoint
 from quantization.catalog import load_catalog
 from tests.conftest import SHARED_DATA, SHARED_MODELS
 
@@ -34,7 +34,7 @@ def results(tmp_path_factory: pytest.TempPathFactory):
             if task not in checkpoints:
                 checkpoints[task] = load_checkpoint(entry.checkpoint_location(), task)
             out = root / task / precision
-            quantize_checkpoint(checkpoints[task], task, CATALOG.precision(precision), out)
+            build_artifact(checkpoints[task], entry, CATALOG.precision_for(task, precision), out)
             rows = evaluate_artifact(out, entry, latency_samples=5)
             cache[(task, precision)] = {r["metric"]: r["value"] for r in rows}
         return cache[(task, precision)]

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from quantization.artifact import WEIGHTS, ArtifactError, read_artifact
-from quantization.build import load_checkpoint, quantize_checkpoint
+from quantization.build import build_artifact, load_checkpoint
 from quantization.catalog import load_catalog
 from quantization.runtime import Int8Linear, QuantizedEmbedding, StackedQKVSelfAttention, build_model, load_model
 from quantization.tasks import get_task, pad_features
+from tests.conftest import tiny_entry, write_tiny_data
 
 CATALOG = load_catalog()
 
@@ -16,7 +17,8 @@ CATALOG = load_catalog()
 def _build(tmp_path: Path, checkpoint_dir: Path, task: str, precision: str) -> Path:
     checkpoint = load_checkpoint(str(checkpoint_dir), task)
     out = tmp_path / task / precision
-    quantize_checkpoint(checkpoint, task, CATALOG.precision(precision), out)
+    data = write_tiny_data(tmp_path / "data")  # GPTQ precisions calibrate on the training split
+    build_artifact(checkpoint, tiny_entry(task, checkpoint_dir, data), CATALOG.precision_for(task, precision), out)
     return out
 
 

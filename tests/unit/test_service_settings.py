@@ -1,5 +1,7 @@
 """Service settings from `QBERT_*` environment variables."""
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -43,3 +45,15 @@ def test_api_key_is_kept_secret() -> None:
     assert "s3cret" not in repr(settings)
     assert settings.api_key is not None
     assert settings.api_key.get_secret_value() == "s3cret"
+
+
+def test_discovery_leaves_study_artifacts_out_unless_named(tmp_path: Path) -> None:
+    from service.discovery import discover_artifacts
+
+    for precision in ("w8", "mp23", "w2g128-qat"):
+        (tmp_path / "sst2" / precision).mkdir(parents=True)
+        (tmp_path / "sst2" / precision / "manifest.json").write_text("{}")
+    study = frozenset({"mp23", "w2g128-qat"})
+    assert [r.precision for r in discover_artifacts(tmp_path, ["sst2"], None, study)] == ["w8"]
+    named = discover_artifacts(tmp_path, ["sst2"], ["w8", "mp23"], study)
+    assert [r.precision for r in named] == ["w8", "mp23"]
