@@ -48,3 +48,22 @@ def test_catalog_defines_every_precision_the_tasks_name() -> None:
     assert catalog.task("qa").articles == (36, 48)
     with pytest.raises(ValueError, match="unknown precision"):
         catalog.precision("w1")
+
+
+def test_catalog_study_resolves_plans_and_task_training_recipes(tmp_path, monkeypatch) -> None:
+    import json
+
+    catalog = load_catalog()
+    for name in ("w4g128-qat", "w3g128-qat", "w2g128-qat", "mp23", "mp23-reversed", "mp24", "budget"):
+        assert all(name in entry.study for entry in catalog.tasks.values()), name
+    assert catalog.task("qa").train_articles == (0, 36)  # never the evaluation articles [36, 48)
+    assert set(range(*catalog.task("qa").train_articles)).isdisjoint(range(*catalog.task("qa").articles))
+    monkeypatch.setenv("QBERT_PLANS", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="qbert allocate"):
+        catalog.precision_for("qa", "mp23")
+    (tmp_path / "qa").mkdir()
+    (tmp_path / "qa" / "mp23.json").write_text(json.dumps({"layer_bits": {"bert.encoder.layer.0.output.dense": 3}}))
+    resolved = catalog.precision_for("qa", "mp23")
+    assert resolved.layer_bits == {"bert.encoder.layer.0.output.dense": 3}
+    assert resolved.qat.max_length == 256  # the task's recipe over the precision's
+    assert catalog.precision_for("sst2", "w8").qat is None
