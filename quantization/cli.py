@@ -154,12 +154,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _hessian_tables(out_dir: Path) -> dict[str, tuple[str, str | None]]:
     """Per task with a `qbert hessian` result under models/hessian: its table and figure (relative to `out_dir`)."""
-    from quantization.sensitivity import sensitivities_from_dict, sensitivity_table
+    from quantization.sensitivity import figure_title, plot_sensitivity, sensitivities_from_dict, sensitivity_table
 
     tables = {}
     for path in sorted((repo_root() / "models" / "hessian").glob("*.json")):
         data = json.loads(path.read_text())
         figure = path.with_suffix(".png")
+        plot_sensitivity(sensitivities_from_dict(data), figure, figure_title(data))  # drawn anew from the data
         relative = Path(figure).resolve().relative_to(out_dir.resolve()) if figure.is_relative_to(out_dir) else None
         caption = f"{data['batches']} batches of {data['batch_size']} from {data['split']}, {data['seconds']:.0f} s\n\n"
         tables[data["task"]] = (
@@ -338,7 +339,13 @@ def cmd_hessian(args: argparse.Namespace) -> int:
 
     from quantization.build import load_checkpoint
     from quantization.hessian import HutchinsonConfig, PowerIterationConfig, block_sensitivities
-    from quantization.sensitivity import batch_losses, plot_sensitivity, sensitivities_to_dict, sensitivity_table
+    from quantization.sensitivity import (
+        batch_losses,
+        figure_title,
+        plot_sensitivity,
+        sensitivities_to_dict,
+        sensitivity_table,
+    )
     from quantization.tasks import get_task
     from quantization.tasks.base import collate_training
     from quantization.train_data import encode_training_set, subsample
@@ -385,10 +392,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
         "seconds": round(seconds, 1),
     }
     (out_dir / f"{args.task}.json").write_text(json.dumps(sensitivities_to_dict(results, meta), indent=2) + "\n")
-    title = (
-        f"{args.task}: top Hessian eigenvalue per block ({args.batches} batches of {args.batch_size}, {meta['split']})"
-    )
-    plot_sensitivity(results, out_dir / f"{args.task}.png", title)
+    plot_sensitivity(results, out_dir / f"{args.task}.png", figure_title({"task": args.task, **meta}))
     _emit(sensitivity_table(results))
     _emit(f"{seconds:.0f} s; wrote {out_dir / f'{args.task}.json'} and {out_dir / f'{args.task}.png'}")
     return 0

@@ -81,6 +81,13 @@ def sensitivity_table(results: Sequence[BlockSensitivity]) -> str:
     return "\n".join(lines)
 
 
+def figure_title(meta: dict[str, Any]) -> str:
+    return (
+        f"{meta['task']}: top Hessian eigenvalue per block\n"
+        f"{meta['batches']} batches of {meta['batch_size']} from {meta['split']}"
+    )
+
+
 def plot_sensitivity(results: Sequence[BlockSensitivity], path: Path, title: str) -> None:
     """Q-BERT's Figure 2: the top eigenvalue per block, mean with ± one standard deviation."""
     import matplotlib
@@ -88,7 +95,7 @@ def plot_sensitivity(results: Sequence[BlockSensitivity], path: Path, title: str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(results), 3.6))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.55 * len(results)), 3.8))
     positions = range(1, len(results) + 1)
     ax.errorbar(positions, [r.mean for r in results], yerr=[r.std for r in results], fmt="o", capsize=4)
     for x, r in zip(positions, results, strict=True):
