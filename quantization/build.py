@@ -106,6 +106,30 @@ def is_up_to_date(out_dir: Path, expected_inputs: str) -> bool:
     return manifest.get("inputs_sha256") == expected_inputs
 
 
+@dataclass
+class TrainingSet:
+    features: list[Any]  # `tasks.Feature`s with training targets
+    examples: int
+    split: str
+    pad_token_id: int
+
+
+def training_set(
+    checkpoint: Checkpoint, entry: TaskEntry, limit: int | None, max_length: int, seed: int = 0
+) -> TrainingSet:
+    """Encoded training features from a seeded sample of `limit` examples of the task's training split (all of
+    them when None); never its evaluation data."""
+    from quantization.train_data import encode_training_set, subsample
+
+    task = get_task(entry.task)
+    assert entry.train_data is not None, entry.train_split()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint.directory, local_files_only=True)
+    examples = subsample(task.read_training_examples(entry.train_data, **entry.train_options()), limit, seed)
+    label2id = {label: i for i, label in enumerate(checkpoint.labels)}
+    features = encode_training_set(task, tokenizer, examples, max_length, label2id)
+    return TrainingSet(features, len(examples), entry.train_split(), tokenizer.pad_token_id or 0)
+
+
 def qat_finetune(
     checkpoint: Checkpoint,
     entry: TaskEntry,
@@ -117,22 +141,15 @@ def qat_finetune(
     import copy
 
     from quantization.qat import prepare_qat, train_qat, training_record
-    from quantization.train_data import encode_training_set, subsample, training_batches
+    from quantization.train_data import training_batches
 
     config = precision.qat
     if config is None:
         raise ValueError(f"precision {precision.name!r} has no QAT recipe")
-    task = get_task(entry.task)
-    assert entry.train_data is not None, entry.train_split()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint.directory, local_files_only=True)
-    examples = subsample(
-        task.read_training_examples(entry.train_data, **entry.train_options()), config.max_examples, config.seed
-    )
-    label2id = {label: i for i, label in enumerate(checkpoint.labels)}
-    features = encode_training_set(task, tokenizer, examples, config.max_length, label2id)
+    data = training_set(checkpoint, entry, config.max_examples, config.max_length, config.seed)
     student = copy.deepcopy(checkpoint.model)
     prepared = prepare_qat(student, precision, config)
-    batches = training_batches(features, config.batch_size, config.seed, tokenizer.pad_token_id or 0)
+    batches = training_batches(data.features, config.batch_size, config.seed, data.pad_token_id)
     log = train_qat(prepared, batches, config, teacher=checkpoint.model, on_step=on_step)
     logger.info(
         "%s %s QAT: loss %.4f -> %.4f in %.0f s",
@@ -142,7 +159,7 @@ def qat_finetune(
         log.final_loss,
         log.seconds,
     )
-    return prepared.strip(), training_record(config, log, entry.train_split(), len(examples))
+    return prepared.strip(), training_record(config, log, data.split, data.examples)
 
 
 CALIBRATION_SEQUENCES = 128
@@ -155,19 +172,13 @@ def calibrate(
     data), and the manifest's record of it."""
     from quantization.calibration import input_hessians
     from quantization.tasks.base import collate_training
-    from quantization.train_data import encode_training_set, subsample
 
-    task = get_task(entry.task)
     max_length = int(entry.qat.get("max_length", 128))
-    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint.directory, local_files_only=True)
-    examples = task.read_training_examples(entry.train_data, **entry.train_options())
-    label2id = {label: i for i, label in enumerate(checkpoint.labels)}
-    features = encode_training_set(task, tokenizer, subsample(examples, sequences, seed=0), max_length, label2id)
-    features = features[:sequences]
-    pad = tokenizer.pad_token_id or 0
-    batches = (collate_training(features[i : i + 16], pad) for i in range(0, len(features), 16))
+    data = training_set(checkpoint, entry, sequences, max_length)
+    features = data.features[:sequences]
+    batches = (collate_training(features[i : i + 16], data.pad_token_id) for i in range(0, len(features), 16))
     hessians = input_hessians(model.eval(), batches, names)
-    return hessians, {"split": entry.train_split(), "sequences": len(features), "max_length": max_length}
+    return hessians, {"split": data.split, "sequences": len(features), "max_length": max_length}
 
 
 def quantize_checkpoint(

@@ -335,9 +335,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_hessian(args: argparse.Namespace) -> int:
     import time
 
-    import transformers
-
-    from quantization.build import load_checkpoint
+    from quantization.build import load_checkpoint, training_set
     from quantization.hessian import HutchinsonConfig, PowerIterationConfig, block_sensitivities
     from quantization.sensitivity import (
         batch_losses,
@@ -346,22 +344,19 @@ def cmd_hessian(args: argparse.Namespace) -> int:
         sensitivities_to_dict,
         sensitivity_table,
     )
-    from quantization.tasks import get_task
     from quantization.tasks.base import collate_training
-    from quantization.train_data import encode_training_set, subsample
 
     entry = load_catalog().task(args.task)
-    task = get_task(args.task)
     checkpoint = load_checkpoint(entry.checkpoint_location(), args.task, attn_implementation="eager")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint.directory, local_files_only=True)
-    label2id = {label: i for i, label in enumerate(checkpoint.labels)}
     wanted = args.batches * args.batch_size
-    examples = subsample(task.read_training_examples(entry.train_data, **entry.train_options()), wanted, args.seed)
-    features = encode_training_set(task, tokenizer, examples, args.max_length, label2id)[:wanted]
+    data = training_set(checkpoint, entry, wanted, args.max_length, args.seed)
+    features = data.features[:wanted]
     if len(features) < wanted:
-        raise SystemExit(f"{entry.train_split()} gives {len(features)} features; {wanted} are needed")
-    pad = tokenizer.pad_token_id or 0
-    batches = [collate_training(features[i : i + args.batch_size], pad) for i in range(0, wanted, args.batch_size)]
+        raise SystemExit(f"{data.split} gives {len(features)} features; {wanted} are needed")
+    batches = [
+        collate_training(features[i : i + args.batch_size], data.pad_token_id)
+        for i in range(0, wanted, args.batch_size)
+    ]
     power = PowerIterationConfig(max_iterations=args.max_iterations, tolerance=args.tolerance, seed=args.seed)
     trace = None
     if args.trace_samples:
