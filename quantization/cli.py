@@ -162,7 +162,8 @@ def _hessian_tables(out_dir: Path) -> dict[str, tuple[str, str | None]]:
         figure = path.with_suffix(".png")
         plot_sensitivity(sensitivities_from_dict(data), figure, figure_title(data))  # drawn anew from the data
         relative = Path(figure).resolve().relative_to(out_dir.resolve()) if figure.is_relative_to(out_dir) else None
-        caption = f"{data['batches']} batches of {data['batch_size']} from {data['split']}, {data['seconds']:.0f} s\n\n"
+        caption = f"{data['batches']} batches of {data['batch_size']} from {data['split']}; "
+        caption += f"{data['seconds']:.0f} s wall time\n\n"
         tables[data["task"]] = (
             caption + sensitivity_table(sensitivities_from_dict(data)),
             str(relative) if relative else None,

@@ -175,7 +175,7 @@ def reproduction_markdown(rows: Sequence[Mapping[str, Any]], hessian: Mapping[st
                         strict=True,
                     )
                 ]
-                lines += [f"Group-count ablation at {bits} bits (PTQ, MSE ranges):", ""]
+                lines += [f"Group-count ablation at {bits} bits (PTQ: MSE ranges, GPTQ rounding):", ""]
                 lines += [*_list_table(task, index, labelled), ""]
         table, figure = hessian.get(task, ("", None))
         if table:

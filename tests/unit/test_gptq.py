@@ -35,7 +35,7 @@ def test_input_hessian_is_twice_x_transpose_x() -> None:
     hessian = torch.zeros(5, 5, dtype=torch.float64)
     input_hessian_update(hessian, x[:3])
     input_hessian_update(hessian, x[3:])
-    assert torch.allclose(hessian, 2 * (x.T @ x).double(), atol=1e-10)
+    assert torch.allclose(hessian, 2 * (x.double().T @ x.double()), atol=1e-10)
 
 
 def test_gptq_lowers_the_output_error_of_nearest_rounding_on_the_same_grid() -> None:
