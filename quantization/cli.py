@@ -153,20 +153,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _hessian_tables(out_dir: Path) -> dict[str, tuple[str, str | None]]:
-    """Per task with a `qbert hessian` result under models/hessian: its table and figure (relative to `out_dir`)."""
+    """Per task with a `qbert hessian` result under models/hessian: its table, and its figure drawn into
+    `out_dir`/hessian (the path returned is relative to `out_dir`)."""
     from quantization.sensitivity import figure_title, plot_sensitivity, sensitivities_from_dict, sensitivity_table
 
     tables = {}
     for path in sorted((repo_root() / "models" / "hessian").glob("*.json")):
         data = json.loads(path.read_text())
-        figure = path.with_suffix(".png")
+        figure = out_dir / "hessian" / path.with_suffix(".png").name  # models/hessian/ itself for the default out
+        figure.parent.mkdir(parents=True, exist_ok=True)
         plot_sensitivity(sensitivities_from_dict(data), figure, figure_title(data))  # drawn anew from the data
-        relative = Path(figure).resolve().relative_to(out_dir.resolve()) if figure.is_relative_to(out_dir) else None
+        relative = figure.relative_to(out_dir)
         caption = f"{data['batches']} batches of {data['batch_size']} from {data['split']}; "
         caption += f"{data['seconds']:.0f} s wall time\n\n"
         tables[data["task"]] = (
             caption + sensitivity_table(sensitivities_from_dict(data)),
-            str(relative) if relative else None,
+            str(relative),
         )
     return tables
 
