@@ -39,6 +39,6 @@ bench: build
 	$(BIN)/qbert --threads 2 bench --json models/bench.json
 	$(BIN)/qbert report
 
-# The Q-BERT reproduction (issue 3): Hessian sensitivity, plans, QAT and ablation artifacts, report (≈2 h on 2 cores).
+# The Q-BERT reproduction (issue 3): Hessian sensitivity, plans, QAT and ablation artifacts, report (≈2.5 h on 2 cores).
 reproduce: build
 	scripts/reproduce.sh

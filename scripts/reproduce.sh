@@ -2,7 +2,7 @@
 # The Q-BERT reproduction (issue 3), task by task: Hessian sensitivity, bit-allocation plans, the study's
 # artifacts (QAT, mixed precision, ablations), then the report. Work already done is kept: `qbert build` skips
 # artifacts whose inputs did not change, and the Hessian and plans are recomputed only with --hessian.
-# About 25 min for SST-2, 30 for CoNLL-03 and 60 for SQuAD on 2 cores.
+# About 40 min for SST-2, 30 for CoNLL-03 and 90 for SQuAD on 2 cores.
 set -euo pipefail
 QBERT=${QBERT:-.venv/bin/qbert}
 TASKS=${TASKS:-"sst2 ner qa"}
