@@ -27,7 +27,7 @@ from quantization.artifact import (
     write_artifact,
 )
 from quantization.catalog import TaskEntry
-from quantization.config import PrecisionConfig
+from quantization.config import PrecisionConfig, QATConfig
 from quantization.evaluate import evaluate, latency_b1_ms
 from quantization.quantize import quantize_model
 from quantization.runtime import load_model
@@ -171,13 +171,12 @@ def calibrate(
     """Input Hessians of `names` in `model` on a seeded sample of the task's training split (never its evaluation
     data), and the manifest's record of it."""
     from quantization.calibration import input_hessians
-    from quantization.tasks.base import collate_training
+    from quantization.train_data import fixed_batches
 
-    max_length = int(entry.qat.get("max_length", 128))
+    max_length = entry.qat_recipe(QATConfig()).max_length  # the windows the task trains on
     data = training_set(checkpoint, entry, sequences, max_length)
     features = data.features[:sequences]
-    batches = (collate_training(features[i : i + 16], data.pad_token_id) for i in range(0, len(features), 16))
-    hessians = input_hessians(model.eval(), batches, names)
+    hessians = input_hessians(model.eval(), fixed_batches(features, 16, data.pad_token_id), names)
     return hessians, {"split": data.split, "sequences": len(features), "max_length": max_length}
 
 

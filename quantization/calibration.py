@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from quantization.gptq import input_hessian_update
-
-_MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+from quantization.tasks.base import model_inputs
 
 
 def input_hessians(
@@ -36,7 +35,7 @@ def input_hessians(
         with torch.no_grad():
             for batch in batches:
                 current_mask[:] = [batch["attention_mask"]]
-                model(**{k: batch[k] for k in _MODEL_INPUTS if k in batch})
+                model(**model_inputs(batch))
     finally:
         for handle in handles:
             handle.remove()

@@ -27,6 +27,11 @@ def data_dir() -> Path:
     return Path(os.environ.get("QBERT_DATA", repo_root() / ".." / "shared" / "data")).resolve()
 
 
+def hessian_dir() -> Path:
+    """`qbert hessian` results, `<task>.json` and `<task>.png` (committed: the plans are made from them)."""
+    return repo_root() / "models" / "hessian"
+
+
 def plans_dir() -> Path:
     """Bit-allocation plans, `<task>/<name>.json`, written by `qbert allocate` (committed: they are small)."""
     return Path(os.environ.get("QBERT_PLANS", repo_root() / "models" / "plans")).resolve()
@@ -62,6 +67,10 @@ class TaskEntry:
     def train_options(self) -> dict[str, Any]:
         return {"articles": self.train_articles} if self.train_articles else {}
 
+    def qat_recipe(self, base: QATConfig) -> QATConfig:
+        """`base` with this task's overrides (`[tasks.T.training] qat = {...}`)."""
+        return dataclasses.replace(base, **self.qat) if self.qat else base
+
     def train_split(self) -> str:
         if self.train_data is None:
             raise ValueError(f"task {self.task!r} has no training data in the catalog (`train_data`)")
@@ -89,7 +98,7 @@ class Catalog:
         if plan is not None:
             changes["layer_bits"] = {**read_plan(plans_dir() / task / f"{plan}.json"), **precision.layer_bits}
         if precision.qat is not None and entry.qat:
-            changes["qat"] = dataclasses.replace(precision.qat, **entry.qat)
+            changes["qat"] = entry.qat_recipe(precision.qat)
         return dataclasses.replace(precision, **changes) if changes else precision
 
     def task(self, name: str) -> TaskEntry:

@@ -13,7 +13,7 @@ from typing import Any
 from tqdm import tqdm
 
 from quantization.artifact import read_manifest
-from quantization.catalog import Catalog, TaskEntry, artifacts_dir, load_catalog, repo_root
+from quantization.catalog import Catalog, TaskEntry, artifacts_dir, hessian_dir, load_catalog, repo_root
 from quantization.config import BACKENDS, PrecisionConfig
 
 logger = logging.getLogger("qbert")
@@ -118,7 +118,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.plan:
         changes["layer_bits"] = read_plan(Path(args.plan))
     if args.qat and precision.qat is None:
-        changes["qat"] = dataclasses.replace(QATConfig(), **entry.qat)
+        changes["qat"] = entry.qat_recipe(QATConfig())
     if args.qat_steps:
         changes["qat"] = dataclasses.replace(changes.get("qat", precision.qat or QATConfig()), steps=args.qat_steps)
     if changes:
@@ -158,16 +158,17 @@ def _hessian_tables(out_dir: Path) -> dict[str, tuple[str, str | None]]:
     from quantization.sensitivity import figure_title, plot_sensitivity, sensitivities_from_dict, sensitivity_table
 
     tables = {}
-    for path in sorted((repo_root() / "models" / "hessian").glob("*.json")):
+    for path in sorted(hessian_dir().glob("*.json")):
         data = json.loads(path.read_text())
+        results = sensitivities_from_dict(data)
         figure = out_dir / "hessian" / path.with_suffix(".png").name  # models/hessian/ itself for the default out
         figure.parent.mkdir(parents=True, exist_ok=True)
-        plot_sensitivity(sensitivities_from_dict(data), figure, figure_title(data))  # drawn anew from the data
+        plot_sensitivity(results, figure, figure_title(data))  # drawn anew from the data
         relative = figure.relative_to(out_dir)
         caption = f"{data['batches']} batches of {data['batch_size']} from {data['split']}; "
         caption += f"{data['seconds']:.0f} s wall time\n\n"
         tables[data["task"]] = (
-            caption + sensitivity_table(sensitivities_from_dict(data)),
+            caption + sensitivity_table(results),
             str(relative),
         )
     return tables
@@ -347,7 +348,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
         sensitivities_to_dict,
         sensitivity_table,
     )
-    from quantization.tasks.base import collate_training
+    from quantization.train_data import fixed_batches
 
     entry = load_catalog().task(args.task)
     checkpoint = load_checkpoint(entry.checkpoint_location(), args.task, attn_implementation="eager")
@@ -356,10 +357,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     features = data.features[:wanted]
     if len(features) < wanted:
         raise SystemExit(f"{data.split} gives {len(features)} features; {wanted} are needed")
-    batches = [
-        collate_training(features[i : i + args.batch_size], data.pad_token_id)
-        for i in range(0, wanted, args.batch_size)
-    ]
+    batches = fixed_batches(features, args.batch_size, data.pad_token_id)
     power = PowerIterationConfig(max_iterations=args.max_iterations, tolerance=args.tolerance, seed=args.seed)
     trace = None
     if args.trace_samples:
@@ -375,7 +373,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
             on_block=lambda _: bar.update(),
         )
     seconds = time.perf_counter() - started
-    out_dir = Path(args.out) if args.out else repo_root() / "models" / "hessian"
+    out_dir = Path(args.out) if args.out else hessian_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {
         "task": args.task,
@@ -411,7 +409,7 @@ def cmd_allocate(args: argparse.Namespace) -> int:
 
     catalog = load_catalog()
     entry = catalog.task(args.task)
-    hessian_file = Path(args.hessian) if args.hessian else repo_root() / "models" / "hessian" / f"{args.task}.json"
+    hessian_file = Path(args.hessian) if args.hessian else hessian_dir() / f"{args.task}.json"
     hessian = json.loads(hessian_file.read_text())
     sensitivities = sensitivities_from_dict(hessian)
     checkpoint = load_checkpoint(entry.checkpoint_location(), args.task)

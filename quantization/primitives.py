@@ -131,6 +131,14 @@ def choose_qparams(
     return scale, zero
 
 
+ACTIVATION_LEVELS = 127.0  # symmetric int8 activations: codes in [-127, 127]
+
+
+def token_scales(x: torch.Tensor) -> torch.Tensor:
+    """Dynamic per-token activation scales (one per row of the last dimension), as the int8 runtime uses them."""
+    return x.abs().amax(-1, keepdim=True).clamp_min(1e-8) / ACTIVATION_LEVELS
+
+
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     """Signal to quantization noise ratio in dB (torchao's `compute_error`)."""
     noise = (reference - approx).norm()

@@ -27,10 +27,19 @@ from torch.nn.utils import parametrize
 
 from quantization.config import PrecisionConfig, QATConfig, WeightQuantConfig
 from quantization.plan import build_plan, needs_calibration
-from quantization.primitives import choose_qparams, dequantize, group_offsets, quantize, resolve_num_groups
+from quantization.primitives import (
+    ACTIVATION_LEVELS,
+    choose_qparams,
+    dequantize,
+    group_offsets,
+    quantize,
+    resolve_num_groups,
+    rows_of_groups,
+    token_scales,
+)
+from quantization.tasks.base import model_inputs
 
 logger = logging.getLogger(__name__)
-_ACTIVATION_LEVELS = 127.0  # symmetric int8, as Int8Linear
 
 
 def _straight_through(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -50,8 +59,7 @@ class WeightFakeQuant(nn.Module):
         self.config = config
         self.refresh_every = refresh_every
         self.offsets = group_offsets(rows, resolve_num_groups(config, rows), head_rows)
-        sizes = self.offsets[1:] - self.offsets[:-1]
-        self.register_buffer("row_group", torch.repeat_interleave(torch.arange(len(sizes)), sizes), persistent=False)
+        self.register_buffer("row_group", rows_of_groups(self.offsets), persistent=False)
         self.row_scale: torch.Tensor | None = None
         self.row_zero: torch.Tensor | None = None
         self.calls = 0
@@ -88,15 +96,15 @@ class ActivationFakeQuant(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.ranges == "dynamic":
-            scale = x.detach().abs().amax(-1, keepdim=True).clamp_min(1e-8) / _ACTIVATION_LEVELS
+            scale = token_scales(x.detach())
         else:
             if self.training:
                 current = x.detach().abs().max()
                 decay = self.ema_decay if self.seen else 0.0
                 self.running_max.mul_(decay).add_((1 - decay) * current)
                 self.seen = True
-            scale = self.running_max.clamp_min(1e-8) / _ACTIVATION_LEVELS
-        x_hat = torch.round(x.detach() / scale).clamp_(-_ACTIVATION_LEVELS, _ACTIVATION_LEVELS) * scale
+            scale = self.running_max.clamp_min(1e-8) / ACTIVATION_LEVELS
+        x_hat = torch.round(x.detach() / scale).clamp_(-ACTIVATION_LEVELS, ACTIVATION_LEVELS) * scale
         return _straight_through(x, x_hat)
 
 
@@ -187,9 +195,6 @@ def _linear_schedule(config: QATConfig) -> Callable[[int], float]:
     return factor
 
 
-_MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
-
-
 def train_qat(
     prepared: QATModel,
     batches: Iterator[dict[str, torch.Tensor]],
@@ -216,7 +221,7 @@ def train_qat(
         loss = outputs.loss
         if distil:
             with torch.no_grad():
-                reference = teacher(**{k: batch[k] for k in _MODEL_INPUTS if k in batch})
+                reference = teacher(**model_inputs(batch))
             kd = distillation_loss(outputs, reference, batch["attention_mask"])
             loss = (1 - config.distill_weight) * loss + config.distill_weight * kd
         if not torch.isfinite(loss):

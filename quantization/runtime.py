@@ -32,6 +32,7 @@ from transformers.models.bert.modeling_bert import BertSelfAttention, eager_atte
 
 from quantization.artifact import Artifact, read_artifact
 from quantization.config import BACKENDS
+from quantization.primitives import token_scales
 from quantization.qtensor import QDATA, SCALE, ZERO_POINT, QuantizedWeight
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        token_scale = rows.abs().amax(1, keepdim=True).clamp_min_(1e-8) / 127.0
+        token_scale = token_scales(rows)
         xq = torch.round(rows / token_scale).to(torch.int8)
         acc = torch._int_mm(xq, self.weight_int8.t())
         if self.row_zero is not None:

@@ -27,6 +27,12 @@ def encode_training_set(
     return [f for ex in examples for f in task.training_features(tokenizer, ex, max_length, label2id)]
 
 
+def fixed_batches(features: Sequence[Feature], batch_size: int, pad_token_id: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Consecutive batches of `features` in order, with targets, the last one possibly smaller: for statistics
+    (the Hessian's mini-batches, calibration), where every feature counts once and order does not matter."""
+    return [collate_training(features[i : i + batch_size], pad_token_id) for i in range(0, len(features), batch_size)]
+
+
 def training_batches(
     features: Sequence[Feature], batch_size: int, seed: int, pad_token_id: int = 0, pool_batches: int = 50
 ) -> Iterator[dict[str, torch.Tensor]]:

@@ -103,6 +103,12 @@ class Task(ABC, Generic[InputT, PredictionT]):
 
 
 IGNORE_INDEX = -100  # positions no loss is taken on (transformers' convention)
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A training batch without its targets: what a forward pass that computes no loss takes."""
+    return {key: batch[key] for key in MODEL_INPUTS if key in batch}
 
 
 def collate_training(features: Sequence[Feature], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
