@@ -46,6 +46,7 @@ def test_int8_runtime_matches_the_dequantized_model(tmp_path: Path, tiny_checkpo
     assert sum(isinstance(m, StackedQKVSelfAttention) for m in loaded.model.modules()) == 2
     assert not any(isinstance(m, torch.nn.Linear) for m in loaded.model.bert.encoder.modules())
     assert sum(isinstance(m, QuantizedEmbedding) for m in loaded.model.modules()) == 3
+    assert all(m.packed for m in linears) == torch.backends.mkldnn.is_available()
     batch = _batch(loaded.tokenizer, ["a good movie", "john smith lives in paris and plays"])
     reference = _fake_quantized_reference(tiny_checkpoints["sst2"], artifact)
     with torch.inference_mode():
@@ -191,3 +192,34 @@ def test_compiled_models_of_every_task_and_kind_all_stay_compiled(tmp_path: Path
         for precision in ("fp32", "w8")
     ]
     assert [m.backend for m in loaded] == ["compiled"] * 6
+
+
+@pytest.mark.parametrize("asymmetric", [False, True])
+def test_packed_weights_change_the_kernel_not_the_numbers(asymmetric: bool) -> None:
+    """oneDNN's packed int8 GEMM gives what `torch._int_mm` on the row-major matrix gives, and both give
+    x_q · (s_r · (c − z_r))ᵀ computed in float64, row zero points included."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this build of torch has no oneDNN")
+    generator = torch.Generator().manual_seed(0)
+    out_features, in_features = 48, 64
+    codes = torch.randint(0, 8, (out_features, in_features), generator=generator, dtype=torch.int8)
+    row_scale = torch.rand(out_features, generator=generator) / 10 + 0.01
+    row_zero = torch.randint(0, 8, (out_features,), generator=generator, dtype=torch.int32) if asymmetric else None
+    bias = torch.randn(out_features, generator=generator)
+    plain = Int8Linear(codes.clone(), row_scale, row_zero, bias, bits=3)
+    packed = Int8Linear(codes.clone(), row_scale, row_zero, bias, bits=3)
+    packed.pack()
+    assert packed.packed and not plain.packed
+    x = torch.randn(2, 7, in_features, generator=generator)
+    with torch.inference_mode():
+        y_plain, y_packed = plain(x), packed(x)
+    torch.testing.assert_close(y_packed, y_plain, rtol=1e-6, atol=1e-5)
+
+    rows = x.reshape(-1, in_features).double()
+    token_scale = rows.abs().amax(1, keepdim=True) / 127
+    zero = (row_zero if row_zero is not None else torch.zeros(out_features)).double()
+    weight = row_scale.double()[:, None] * (codes.double() - zero[:, None])
+    expected = (torch.round(rows / token_scale) * token_scale) @ weight.T + bias.double()
+    torch.testing.assert_close(y_packed.reshape(-1, out_features).double(), expected, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="before packing"):
+        Int8Linear.stacked([packed, plain])
