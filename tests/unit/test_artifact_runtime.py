@@ -209,7 +209,8 @@ def test_packed_weights_change_the_kernel_not_the_numbers(asymmetric: bool) -> N
     plain = Int8Linear(codes.clone(), row_scale, row_zero, bias, bits=3)
     packed = Int8Linear(codes.clone(), row_scale, row_zero, bias, bits=3)
     packed.pack()
-    assert packed.packed and not plain.packed
+    assert packed.packed
+    assert not plain.packed
     x = torch.randn(2, 7, in_features, generator=generator)
     with torch.inference_mode():
         y_plain, y_packed = plain(x), packed(x)
