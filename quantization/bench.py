@@ -25,9 +25,11 @@ import torch
 import transformers
 
 from quantization import peers
+from quantization.allocation import block_bits_to_layer_bits
 from quantization.artifact import TOKENIZER_FILES, WEIGHTS
-from quantization.catalog import Catalog, artifacts_dir
+from quantization.catalog import Catalog, artifacts_dir, plans_dir, read_plan
 from quantization.config import BACKENDS, PrecisionConfig, Rounding
+from quantization.structure import encoder_blocks
 from quantization.system import resident_bytes
 
 logger = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ class BenchPlan:
 
     models: tuple[str, ...]
     shapes: tuple[Shape, ...]
-    precisions: tuple[str, ...] = ("w8", "w4g128", "w3g128", "w2g128")
+    precisions: tuple[str, ...] = ("w8", "w4g128", "w2g128", "mp23")
     runtimes: tuple[str, ...] = RUNTIMES
     backends: tuple[str, ...] = BACKENDS  # of our runtime
     rounds: int = 5
@@ -85,7 +87,7 @@ FULL = BenchPlan(models=(BERT_BASE, "sst2", "ner", "qa"), shapes=FULL_SHAPES)
 QUICK = BenchPlan(  # the goal's shapes on bert-base and one served model; our fastest backend only
     models=(BERT_BASE, "sst2"),
     shapes=(Shape(1, 128), Shape(8, 128)),
-    precisions=("w8", "w4g128"),
+    precisions=("w8", "w4g128", "mp23"),
     backends=("compiled",),
     sample_seconds=0.15,
 )
@@ -288,15 +290,15 @@ def prepare_candidates(plan: BenchPlan, catalog: Catalog, cache: Path) -> list[C
                 add(Candidate(model_name, task, "ort-int8", "int8", int8_file, _size(int8_file), vocab))
         if "qbert" in plan.runtimes:
             for precision_name in plan.precisions:
-                precision = catalog.precision(precision_name)
-                expected = inputs_sha256(checkpoint.sha256, precision, task)
-                # The catalog's built artifact when it is of this very checkpoint and precision, else our own copy.
+                # The catalog's built artifact when it is of this very checkpoint and precision, else our own.
                 built, own = artifacts_dir() / task / precision_name, work / precision_name
-                artifact = built if name != BERT_BASE and is_up_to_date(built, expected) else own
+                artifact = own
+                if name != BERT_BASE:
+                    precision = catalog.precision_for(task, precision_name)
+                    if is_up_to_date(built, inputs_sha256(checkpoint.sha256, precision, task)):
+                        artifact = built
                 if artifact is own:
-                    # Rounded to nearest: GPTQ needs task data (a random bert-base has none) and speed does not
-                    # depend on which codes a matrix holds.
-                    precision = _rounded_to_nearest(precision)
+                    precision = _own_copy(catalog, precision_name, task, checkpoint.model)
                     if not is_up_to_date(own, inputs_sha256(checkpoint.sha256, precision, task)):
                         logger.info("quantizing %s at %s", model_name, precision_name)
                         quantize_checkpoint(checkpoint, task, precision, own)
@@ -306,10 +308,29 @@ def prepare_candidates(plan: BenchPlan, catalog: Catalog, cache: Path) -> list[C
     return candidates
 
 
-def _rounded_to_nearest(precision: PrecisionConfig) -> PrecisionConfig:
-    if precision.weights is None or precision.weights.rounding is Rounding.NEAREST:
+def _own_copy(catalog: Catalog, name: str, task: str, model: torch.nn.Module) -> PrecisionConfig:
+    """The bench's own copy of a catalog precision: post-training, codes rounded to nearest, since GPTQ and QAT
+    need task data (a random bert-base has none) and speed does not depend on which codes a matrix holds.
+
+    A mixed-precision plan keeps the task's plan's widths, the higher one on the first half of the model's
+    blocks (where our baselines' Hessians found the most sensitive ones): the task's plan names another
+    model's layers when the model is bert-base, and which blocks get which width does not change the speed.
+    """
+    precision = catalog.precision(name)
+    if precision.weights is None:
         return precision
-    return dataclasses.replace(precision, weights=dataclasses.replace(precision.weights, rounding=Rounding.NEAREST))
+    changes: dict[str, Any] = {
+        "weights": dataclasses.replace(precision.weights, rounding=Rounding.NEAREST),
+        "qat": None,
+    }
+    plan = catalog.plans.get(name)
+    if plan is not None:
+        widths = sorted(set(read_plan(plans_dir() / task / f"{plan}.json").values()))
+        blocks = [block.name for block in encoder_blocks(model)]
+        favoured = set(blocks[: len(blocks) // 2])
+        block_bits = {block: widths[-1] if block in favoured else widths[0] for block in blocks}
+        changes["layer_bits"] = block_bits_to_layer_bits(model, block_bits)
+    return dataclasses.replace(precision, **changes)
 
 
 # ----- the run -----------------------------------------------------------------------------------------

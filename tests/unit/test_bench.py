@@ -65,7 +65,7 @@ def tiny_bench(tiny_checkpoints: dict, tmp_path_factory: pytest.TempPathFactory)
         plan = BenchPlan(
             models=("sst2",),
             shapes=(Shape(1, 8), Shape(2, 16)),
-            precisions=("w8", "w2g128"),
+            precisions=("w8", "w2g128", "mp23"),
             backends=("eager",),
             rounds=2,
             sample_seconds=0.01,
@@ -88,6 +88,7 @@ def test_a_tiny_run_measures_every_runtime_at_every_shape(tiny_bench: tuple) -> 
         ("ort-int8", "int8"),
         ("qbert", "w8"),
         ("qbert", "w2g128"),
+        ("qbert", "mp23"),
     }
     assert len(rows) == len(candidates) * len(plan.shapes)
     for row in rows:
@@ -104,7 +105,7 @@ def test_a_tiny_run_measures_every_runtime_at_every_shape(tiny_bench: tuple) -> 
     for key in (("ort-int8", "int8", 16), ("qbert", "w8", 16), ("torch-dynamic-int8", "int8", 16)):
         assert by[key]["max_abs_diff"] < 0.1, by[key]
     packed = {r["precision"]: r["artifact_bytes"] for r in rows if r["runtime"] == "qbert"}
-    assert packed["w2g128"] < packed["w8"]
+    assert packed["w2g128"] < packed["mp23"] < packed["w8"]  # the plan's 2/3 bits, the blocks' halves
     table = format_table(result)
     assert "| qbert (eager) | w2g128 |" in table
     assert "× ORT int8" in table
