@@ -284,12 +284,22 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         result["raw"] = raw
         if len(raw) == 1:
             result["served_vs_raw"] = round(result["throughput_rps"] / raw[0]["throughput_ips"], 3)
+            if "service_cpu_ms_per_request" in result:  # CPU per answer, served versus bare: the client aside
+                result["served_cpu_vs_raw"] = round(
+                    result["service_cpu_ms_per_request"] / raw[0]["cpu_ms_per_input"], 3
+                )
     _emit(format_table(result))
     _emit(f"total: {result['throughput_rps']} requests/s over {result['seconds']} s")
     for row in raw:
         _emit(f"raw model {row['task']}/{row['precision']} at batch {row['batch']}: {row['throughput_ips']} inputs/s")
     if "served_vs_raw" in result:
         _emit(f"served / raw throughput: {result['served_vs_raw']:.3f}")
+    if "service_cpu_ms_per_request" in result:
+        _emit(
+            f"CPU per request: service {result['service_cpu_ms_per_request']} ms "
+            f"(API {result['api_cpu_ms_per_request']} ms), load generator {result['client_cpu_ms_per_request']} ms"
+            + "".join(f"; raw model {row['cpu_ms_per_input']} ms per input" for row in raw)
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -274,7 +274,7 @@ def _ops_router() -> APIRouter:
 
     @router.get("/metrics", summary="Prometheus metrics")
     async def metrics(service: ServiceDep) -> Response:
-        service.metrics.record_worker_memory(service.pool.worker_pids())
+        service.metrics.record_workers(service.pool.worker_pids())
         return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return router

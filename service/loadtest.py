@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 logger = logging.getLogger("qbert.loadtest")
 
 ROUTES = {"sst2": "/predict/sst2", "ner": "/predict/ner", "qa": "/qa"}
-_FALLBACK = {
+BUILT_IN_SAMPLES = {
     "sst2": ["a gripping , beautifully acted film .", "it 's slow -- very , very slow .", "a charming journey ."],
     "ner": ["John Smith works for Acme Corp in Paris .", "EU rejects German call to boycott British lamb ."],
     "qa": [("Where does John live?", "John Smith lives in Paris, where he works for Acme Corp as an engineer.")],
@@ -41,7 +42,7 @@ def sample_payloads(task: str, limit: int = 256) -> list[Any]:
         examples = get_task(task).read_examples(entry.data, **entry.read_options())[:limit]
     except (OSError, ValueError) as exc:
         logger.warning("%s: using built-in samples (%s)", task, exc)
-        return list(_FALLBACK[task])
+        return list(BUILT_IN_SAMPLES[task])
     if task == "ner":
         return [ex.input.text for ex in examples]
     if task == "qa":
@@ -103,6 +104,36 @@ class LoadPlan:
             raise ValueError(f"unknown tasks {unknown}; known: {sorted(ROUTES)}")
 
 
+async def service_cpu_seconds(client: httpx.AsyncClient) -> dict[str, float] | None:
+    """CPU seconds used so far by the API process and by its workers, from the server's /metrics (None if absent)."""
+    try:
+        response = await client.get("/metrics")
+        response.raise_for_status()
+    except httpx.HTTPError:
+        return None
+    totals = {"api": 0.0, "workers": 0.0}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name == "process_cpu_seconds_total":
+                totals["api"] += sample.value
+            elif sample.name == "qbert_worker_cpu_seconds_total":
+                totals["workers"] += sample.value
+    return totals
+
+
+def cpu_per_request(before: dict[str, float] | None, after: dict[str, float] | None, requests: int) -> dict[str, Any]:
+    """The service's CPU milliseconds per request over a run: API process, workers, both (empty if unmeasured)."""
+    if before is None or after is None or requests == 0:
+        return {}
+    api, workers = after["api"] - before["api"], after["workers"] - before["workers"]
+    return {
+        "api_cpu_s": round(api, 2),
+        "workers_cpu_s": round(workers, 2),
+        "service_cpu_ms_per_request": round((api + workers) * 1000 / requests, 3),
+        "api_cpu_ms_per_request": round(api * 1000 / requests, 3),
+    }
+
+
 async def run_load(plan: LoadPlan, payloads: dict[str, list[Any]]) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {plan.api_key}"} if plan.api_key else {}
     limits = httpx.Limits(max_connections=plan.concurrency, max_keepalive_connections=plan.concurrency)
@@ -128,6 +159,7 @@ async def run_load(plan: LoadPlan, payloads: dict[str, list[Any]]) -> dict[str, 
 
         for _ in range(plan.warmup):
             await one(record=False)
+        cpu_before = await service_cpu_seconds(client)
         sent = itertools.count()
         started, cpu_started = time.perf_counter(), time.process_time()
         stop_at = started + plan.duration_s if plan.duration_s is not None else None
@@ -143,17 +175,22 @@ async def run_load(plan: LoadPlan, payloads: dict[str, list[Any]]) -> dict[str, 
         await asyncio.gather(*(client_loop() for _ in range(plan.concurrency)))
         elapsed = time.perf_counter() - started
         client_cpu_s = time.process_time() - cpu_started
+        cpu_after = await service_cpu_seconds(client)
     rows = [
         {"task": task, "precision": precision, "concurrency": plan.concurrency, **s.summary(elapsed)}
         for (task, precision), s in sorted(stats.items())
     ]
     total_ok = sum(r["ok"] for r in rows)
+    total = sum(r["requests"] for r in rows)
     return {
         "url": plan.url,
         "seconds": round(elapsed, 2),
         "throughput_rps": round(total_ok / elapsed, 2),
         # The load generator's own CPU: on a small machine it competes with the server it measures.
         "client_cpu_s": round(client_cpu_s, 2),
+        "client_cpu_ms_per_request": round(client_cpu_s * 1000 / total, 3) if total else None,
+        # The server's CPU, wherever its load comes from: what serving costs beside the model (see raw).
+        **cpu_per_request(cpu_before, cpu_after, total),
         "rows": rows,
     }
 
@@ -176,18 +213,19 @@ def raw_throughput(
     inputs = inputs * -(-batch_size // len(inputs))  # at least one full batch
     batches = itertools.cycle([inputs[i : i + batch_size] for i in range(0, len(inputs) - batch_size + 1, batch_size)])
     predict(loaded, task, next(batches), batch_size)  # warm up
-    done, started = 0, time.perf_counter()
+    done, started, cpu_started = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         batch = next(batches)
         predict(loaded, task, batch, batch_size)
         done += len(batch)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     return {
         "task": task.name,
         "precision": loaded.precision,
         "batch": batch_size,
         "backend": loaded.backend,
         "throughput_ips": round(done / elapsed, 2),
+        "cpu_ms_per_input": round(cpu * 1000 / done, 3),
     }
 
 

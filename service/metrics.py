@@ -7,13 +7,33 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
-from quantization.system import resident_bytes
+from quantization.system import cpu_seconds, resident_bytes
 from service.protocol import ModelInfo
 
 # Seconds: from sub-millisecond tiny models to multi-second long QA contexts under load.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+
+
+class WorkerCpuCollector(Collector):
+    """`qbert_worker_cpu_seconds_total`: the workers are other processes, so their CPU time is read from the
+    operating system at each scrape (`ServiceMetrics.record_workers`), like the API's own `process_cpu_*`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "qbert_worker_cpu_seconds",
+            "User + system CPU time of each worker process since it started (all its threads).",
+            labels=["worker"],
+        )
+        for worker, seconds in sorted(self.seconds.items()):
+            family.add_metric([worker], seconds)
+        yield family
 
 
 class ServiceMetrics:
@@ -82,6 +102,8 @@ class ServiceMetrics:
         self.worker_resident_bytes = Gauge(
             "qbert_worker_resident_bytes", "Resident memory of each worker process.", ["worker"], registry=r
         )
+        self.worker_cpu = WorkerCpuCollector()
+        r.register(self.worker_cpu)
         self.queue_depth = Gauge("qbert_queue_depth", "Inputs waiting in the batching queues.", registry=r)
         self.workers_ready = Gauge("qbert_workers_ready", "Worker processes loaded and serving.", registry=r)
         self.workers_configured = Gauge("qbert_workers_configured", "Worker processes configured.", registry=r)
@@ -99,12 +121,16 @@ class ServiceMetrics:
             for row in info.accuracy:
                 self.accuracy.labels(*labels, row["metric"]).set(row["value"])
 
-    def record_worker_memory(self, pids: dict[int, int | None]) -> None:
-        """`pids`: worker index -> pid (None while it restarts)."""
+    def record_workers(self, pids: dict[int, int | None]) -> None:
+        """Memory and CPU time of each worker; `pids`: worker index -> pid (None while it restarts)."""
         for index, pid in pids.items():
-            rss = resident_bytes(pid) if pid else None
+            if not pid:
+                continue
+            rss, cpu = resident_bytes(pid), cpu_seconds(pid)
             if rss is not None:
                 self.worker_resident_bytes.labels(str(index)).set(rss)
+            if cpu is not None:
+                self.worker_cpu.seconds[str(index)] = cpu
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -30,6 +30,7 @@ METRICS = {
     "qbert_model_bits_per_weight": "gauge",
     "qbert_model_accuracy": "gauge",
     "qbert_worker_resident_bytes": "gauge",
+    "qbert_worker_cpu_seconds": "counter",
     "qbert_queue_depth": "gauge",
     "qbert_workers_ready": "gauge",
     "qbert_worker_restarts": "counter",
@@ -190,6 +191,23 @@ def test_concurrent_requests_coalesce_into_batches(server: RunningServer, client
     assert c1 - c0 < 24  # ... and fewer batches than inputs: requests were coalesced
 
 
+def test_loadtest_reports_latency_and_what_serving_costs_in_cpu(server: RunningServer) -> None:
+    from service.loadtest import BUILT_IN_SAMPLES, LoadPlan, run_load
+
+    plan = LoadPlan(url=server.url, mix=(("sst2", "w8"), ("ner", "fp32")), concurrency=4, requests=40, warmup=4)
+    result = asyncio.run(run_load(plan, {task: list(BUILT_IN_SAMPLES[task]) for task in ("sst2", "ner")}))
+    rows = {(r["task"], r["precision"]): r for r in result["rows"]}
+    assert set(rows) == {("sst2", "w8"), ("ner", "fp32")}
+    assert sum(r["ok"] for r in rows.values()) == 40
+    for row in rows.values():
+        assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+    # The server's own CPU per answer, read from its /metrics around the run: API process and worker.
+    assert result["workers_cpu_s"] > 0
+    assert result["api_cpu_s"] > 0
+    assert result["service_cpu_ms_per_request"] > result["api_cpu_ms_per_request"] > 0
+    assert result["client_cpu_ms_per_request"] > 0
+
+
 def test_metrics_parse_and_every_metric_is_present(client: httpx.Client) -> None:
     client.post("/predict/ner", json={"text": "John lives in Paris"})
     families = _metrics(client)
@@ -213,6 +231,9 @@ def test_metrics_parse_and_every_metric_is_present(client: httpx.Client) -> None
     resident = families["qbert_worker_resident_bytes"].samples
     assert resident
     assert resident[0].value > 10_000_000
+    (worker_cpu,) = families["qbert_worker_cpu_seconds"].samples
+    assert worker_cpu.name == "qbert_worker_cpu_seconds_total"
+    assert worker_cpu.value > 0.5  # loading and warming up the models, at least
     assert families["qbert_workers_ready"].samples[0].value == 1
     labels = {key for family in families.values() for s in family.samples for key in s.labels}
     assert labels <= {"task", "precision", "outcome", "kind", "metric", "worker", "le"}

@@ -1,0 +1,29 @@
+import subprocess
+import sys
+import time
+
+from quantization.system import cpu_seconds, resident_bytes
+
+SPIN_IN_TWO_THREADS = """
+import threading
+def spin():
+    while True:
+        pass
+threading.Thread(target=spin, daemon=True).start()
+spin()
+"""
+
+
+def test_cpu_seconds_and_memory_of_another_process() -> None:
+    child = subprocess.Popen([sys.executable, "-c", SPIN_IN_TWO_THREADS])
+    try:
+        time.sleep(1.0)
+        used = cpu_seconds(child.pid)
+        assert used is not None
+        assert 0.3 < used < 3.0  # two threads (sharing the GIL) for about a second
+        assert resident_bytes(child.pid) > 1_000_000
+    finally:
+        child.kill()
+        child.wait()
+    assert cpu_seconds(child.pid) is None  # gone
+    assert resident_bytes(child.pid) is None
