@@ -46,6 +46,11 @@ def _index(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str,
     return by_key
 
 
+def _studied(task: str, index: Mapping[tuple[str, str], Any], precisions: Sequence[str], reference: str) -> bool:
+    """Whether a study's own rows (not its reference row, which every task serves) were built for `task`."""
+    return any((task, p) in index for p in precisions if p != reference)
+
+
 def _points(row: Mapping[str, Any]) -> str:
     delta = "" if row["fp32_value"] is None else f" ({(row['value'] - row['fp32_value']) * 100:+.2f})"
     return f"{row['value'] * 100:.2f}{delta}"
@@ -163,9 +168,11 @@ def reproduction_markdown(rows: Sequence[Mapping[str, Any]], hessian: Mapping[st
             "",
             *_pairs_table(task, index, PTQ_VERSUS_QAT, ("PTQ", "QAT")),
         ]
-        lines += ["", "Embeddings at 4 bits (row-wise; weights 8-bit, PTQ):", ""]
-        lines += [*_list_table(task, index, EMBEDDING_STUDY), ""]
-        if any((task, p) in index for group in GROUP_ABLATION.values() for p in group):
+        lines += [""]
+        if _studied(task, index, [p for _, p in EMBEDDING_STUDY], reference="w8"):
+            lines += ["Embeddings at 4 bits (row-wise; weights 8-bit, PTQ):", ""]
+            lines += [*_list_table(task, index, EMBEDDING_STUDY), ""]
+        if any(_studied(task, index, group, reference=f"w{bits}g128") for bits, group in GROUP_ABLATION.items()):
             for bits, precisions in GROUP_ABLATION.items():
                 labelled = [
                     (label, p)
