@@ -113,6 +113,7 @@ class Int8Linear(nn.Module):
             logger.warning("oneDNN cannot pack int8 weights (%s); using torch._int_mm", exc)
             return
         self.weight_int8 = packed
+        self.register_buffer("packed_zero_points", torch.zeros(self.out_features, dtype=torch.int64), persistent=False)
         self.packed = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,7 +121,7 @@ class Int8Linear(nn.Module):
         token_scale = token_scales(rows)
         xq = torch.round(rows / token_scale).to(torch.int8)
         if self.packed:
-            acc = packed_int8_matmul(xq, self.weight_int8, self.row_scale)  # already times s_r
+            acc = packed_int8_matmul(xq, self.weight_int8, self.row_scale, self.packed_zero_points)  # times s_r
         else:
             acc = torch._int_mm(xq, self.weight_int8.t()).to(torch.float32).mul_(self.row_scale)
         if self.row_zero is not None:
@@ -148,16 +149,22 @@ def _codes_as_int8(codes: torch.Tensor, shift: int) -> torch.Tensor:
 # oneDNN's int8 GEMM on weights packed by `onednn.qlinear_prepack`, as an opaque op: called directly, Inductor
 # would lower it only for weights frozen into one graph per model, and every model would compile on its own.
 @torch.library.custom_op("qbert::packed_int8_matmul", mutates_args=())
-def packed_int8_matmul(xq: torch.Tensor, packed_weight: torch.Tensor, row_scale: torch.Tensor) -> torch.Tensor:
-    """s_r · Σ_k xq[t, k] · c[r, k] in float32 (the sum is exact: int32 accumulation) for int8 `xq` [tokens, in]."""
-    no_zero_point = torch.zeros(row_scale.shape[0], dtype=torch.int64)
+def packed_int8_matmul(
+    xq: torch.Tensor, packed_weight: torch.Tensor, row_scale: torch.Tensor, zero_points: torch.Tensor
+) -> torch.Tensor:
+    """s_r · Σ_k xq[t, k] · c[r, k] in float32 (the sum is exact: int32 accumulation) for int8 `xq` [tokens, in].
+
+    `zero_points`: int64 zeros, one per row (oneDNN takes symmetric weights only; passed in, not allocated per call).
+    """
     return torch.ops.onednn.qlinear_pointwise(
-        xq, 1.0, 0, packed_weight, row_scale, no_zero_point, None, 1.0, 0, torch.float32, "none", [], ""
+        xq, 1.0, 0, packed_weight, row_scale, zero_points, None, 1.0, 0, torch.float32, "none", [], ""
     )
 
 
 @packed_int8_matmul.register_fake
-def _(xq: torch.Tensor, packed_weight: torch.Tensor, row_scale: torch.Tensor) -> torch.Tensor:
+def _(
+    xq: torch.Tensor, packed_weight: torch.Tensor, row_scale: torch.Tensor, zero_points: torch.Tensor
+) -> torch.Tensor:
     return xq.new_empty((xq.shape[0], row_scale.shape[0]), dtype=torch.float32)
 
 
