@@ -2,7 +2,7 @@
 # Serving latency and throughput figures (issue #4): for each task at fp32, w8 and w2g128, closed-loop
 # load at concurrency 1 and 16 against `qbert serve`, and the raw model's in-process throughput at
 # batch 16 measured in the same run (before the HTTP load, so they never share the CPU).
-#   scripts/serving-figures.sh [OUT_DIR] [SECONDS]      env: QBERT_WORKERS, QBERT_MAX_WAIT_MS, PORT
+#   scripts/serving-figures.sh [OUT_DIR] [SECONDS]      env: QBERT_WORKERS, QBERT_MAX_WAIT_MS, PORT, TASKS
 set -euo pipefail
 out=${1:-serving-figures}
 seconds=${2:-15}
@@ -13,7 +13,7 @@ QBERT_PORT=$port QBERT_PRECISIONS=fp32,w8,w2g128 "$bin/qbert" serve --no-build >
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
 until curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; do sleep 0.5; done
-for task in sst2 ner qa; do
+for task in ${TASKS:-sst2 ner qa}; do
   for precision in fp32 w8 w2g128; do
     "$bin/qbert" loadtest --url "http://127.0.0.1:$port" --mix "$task:$precision" --concurrency 1 \
       --duration "$seconds" --json "$out/$task-$precision-c1.json" >/dev/null
@@ -22,17 +22,21 @@ for task in sst2 ner qa; do
   done
 done
 curl -s "http://127.0.0.1:$port/metrics" >"$out/metrics.txt"
-"$bin/python" - "$out" <<'PY'
+"$bin/python" - "$out" "${TASKS:-sst2 ner qa}" <<'PY'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-print("| task | precision | c1 p50 ms | c1 p95 ms | c16 p50 ms | c16 p95 ms | c16 req/s | raw b16 inputs/s | served / raw | client CPU s |")
-print("|---|---|---|---|---|---|---|---|---|---|")
-for task in ("sst2", "ner", "qa"):
+print("| task | precision | c1 p50 ms | c1 p95 ms | c16 p50 ms | c16 p95 ms | c16 req/s | raw b16 inputs/s "
+      "| served / raw | CPU ms per answer: raw, served (API), load generator | served / raw CPU |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for task in sys.argv[2].split():
     for precision in ("fp32", "w8", "w2g128"):
         c1 = json.loads((out / f"{task}-{precision}-c1.json").read_text())
         c16 = json.loads((out / f"{task}-{precision}-c16.json").read_text())
-        a, b = c1["rows"][0], c16["rows"][0]
+        a, b, raw = c1["rows"][0], c16["rows"][0], c16["raw"][0]
+        cpu = (f"{raw['cpu_ms_per_input']:.2f}, {c16['service_cpu_ms_per_request']:.2f} "
+               f"({c16['api_cpu_ms_per_request']:.2f}), {c16['client_cpu_ms_per_request']:.2f}")
         print(f"| {task} | {precision} | {a['p50_ms']} | {a['p95_ms']} | {b['p50_ms']} | {b['p95_ms']} | "
-              f"{c16['throughput_rps']} | {c16['raw'][0]['throughput_ips']} | {c16['served_vs_raw']:.2f} | {c16['client_cpu_s']} |")
+              f"{c16['throughput_rps']} | {raw['throughput_ips']} | {c16['served_vs_raw']:.2f} | {cpu} | "
+              f"{c16['served_cpu_vs_raw']:.2f} |")
 PY
