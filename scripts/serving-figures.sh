@@ -6,6 +6,7 @@
 set -euo pipefail
 out=${1:-serving-figures}
 seconds=${2:-15}
+tasks=${TASKS:-sst2 ner qa}
 port=${PORT:-8765}
 bin=${VENV:-.venv}/bin
 mkdir -p "$out"
@@ -13,7 +14,7 @@ QBERT_PORT=$port QBERT_PRECISIONS=fp32,w8,w2g128 "$bin/qbert" serve --no-build >
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
 until curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; do sleep 0.5; done
-for task in ${TASKS:-sst2 ner qa}; do
+for task in $tasks; do
   for precision in fp32 w8 w2g128; do
     "$bin/qbert" loadtest --url "http://127.0.0.1:$port" --mix "$task:$precision" --concurrency 1 \
       --duration "$seconds" --json "$out/$task-$precision-c1.json" >/dev/null
@@ -22,7 +23,7 @@ for task in ${TASKS:-sst2 ner qa}; do
   done
 done
 curl -s "http://127.0.0.1:$port/metrics" >"$out/metrics.txt"
-"$bin/python" - "$out" "${TASKS:-sst2 ner qa}" <<'PY'
+"$bin/python" - "$out" "$tasks" <<'PY'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
