@@ -362,6 +362,9 @@ def _as_eager(loaded: LoadedModel) -> LoadedModel:
 def warm_up(loaded: LoadedModel) -> LoadedModel:
     """Compile now rather than on a request: one call at batch 1 and one above (Dynamo specializes 1).
 
+    The inputs are made as callers make theirs, outside inference mode: Dynamo guards on that, and inputs
+    made inside it would leave every first request to compile the graphs again.
+
     Where compiling fails (no C++ compiler, an unsupported op), the model falls back to eager, logged.
     """
     if loaded.backend != "compiled":
@@ -370,9 +373,10 @@ def warm_up(loaded: LoadedModel) -> LoadedModel:
     frames = torch._dynamo.utils.counters["frames"]
     seen, compiled = frames["total"], frames["ok"]
     try:
-        with torch.inference_mode():
-            for batch in (1, 2):
-                loaded.model(**random_inputs(batch, 8, vocab))
+        for batch in (1, 2):
+            inputs = random_inputs(batch, 8, vocab)
+            with torch.inference_mode():
+                loaded.model(**inputs)
     except Exception:  # Inductor raises many types; serving eager beats not serving
         logger.exception("compiling %s failed; it runs eager", loaded.path)
         return _as_eager(loaded)

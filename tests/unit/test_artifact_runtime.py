@@ -170,13 +170,16 @@ def test_the_compiled_backend_computes_what_eager_does(tmp_path: Path, tiny_chec
     eager = load_model(artifact)
     compiled = warm_up(load_model(artifact, backend="compiled"))
     assert compiled.backend == "compiled"  # compiled at warm-up, not fallen back to eager
+    frames = torch._dynamo.utils.counters["frames"]
+    compiled_frames = frames["total"]
     for shape in ((1, 5), (3, 17)):  # batch 1 and above, lengths never seen at warm-up
-        ids = torch.randint(5, 100, shape)
+        ids = torch.randint(5, 100, shape)  # made as callers make inputs: outside inference mode
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
         with torch.inference_mode():
             torch.testing.assert_close(
                 compiled.model(**batch).logits, eager.model(**batch).logits, atol=1e-3, rtol=1e-3
             )
+    assert frames["total"] == compiled_frames  # warm-up compiled every graph requests need: none on a request
     with pytest.raises(ValueError, match="backend"):
         load_model(artifact, backend="tensorrt")
 
