@@ -184,6 +184,26 @@ def test_the_compiled_backend_computes_what_eager_does(tmp_path: Path, tiny_chec
         load_model(artifact, backend="tensorrt")
 
 
+def test_compiled_graphs_call_onednn_directly_not_the_python_op(tmp_path: Path, tiny_checkpoints: dict) -> None:
+    """The packed matmul runs with no Python per call once compiled (the op's Python body is for eager)."""
+    from torch.profiler import profile
+
+    from quantization.runtime import warm_up
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this build of torch has no oneDNN")
+    compiled = warm_up(load_model(_build(tmp_path, tiny_checkpoints["sst2"], "sst2", "w8"), backend="compiled"))
+    eager = load_model(compiled.path)
+    ids = torch.randint(5, 100, (2, 9))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    for loaded, python_op_calls in ((compiled, 0), (eager, 2 * 4)):  # tiny BERT: 2 layers × (QKV, out, FFN × 2)
+        with profile() as trace, torch.inference_mode():
+            loaded.model(**batch)
+        counts = {event.key: event.count for event in trace.key_averages()}
+        assert counts.get("onednn::qlinear_pointwise") == 2 * 4
+        assert counts.get("qbert::packed_int8_matmul", 0) == python_op_calls
+
+
 def test_compiled_models_of_every_task_and_kind_all_stay_compiled(tmp_path: Path, tiny_checkpoints: dict) -> None:
     """Models share one compiled frame (transformers' forward wrapper): 3 tasks × FP32/int8 × batch 1/more
     is 12 variants, over Dynamo's default limit of 8, after which it would silently run eager."""
