@@ -67,6 +67,9 @@ class BenchPlan:
     sample_seconds: float = 0.25
     threads: int = 2
     memory: bool = True
+    # RSS after a first call in the fresh process too; for a compiled model that call compiles its architecture
+    # once more per process (~40 s cold on 2 cores), which the quick plan cannot afford
+    memory_after_run: bool = True
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.runtimes) - set(RUNTIMES))
@@ -90,6 +93,7 @@ QUICK = BenchPlan(  # the goal's shapes on bert-base and one served model; our f
     precisions=("w8", "w4g128", "mp23"),
     backends=("compiled",),
     sample_seconds=0.15,
+    memory_after_run=False,
 )
 
 
@@ -191,7 +195,7 @@ def interleaved_samples(
 # ----- memory in a fresh process ---------------------------------------------------------------------
 
 
-def _load_in_child(candidate: Candidate, threads: int, results: Any) -> None:
+def _load_in_child(candidate: Candidate, threads: int, run: bool, results: Any) -> None:
     torch.set_num_threads(threads)
     # The code of every runtime is imported before the baseline reading, so the increase is the model's own
     # (importing transformers' BERT modelling alone costs ~87 MB, once per process however many models).
@@ -206,15 +210,17 @@ def _load_in_child(candidate: Candidate, threads: int, results: Any) -> None:
     runner = load_runner(candidate, threads)
     load_s = time.perf_counter() - started
     after_load = resident_bytes()
-    runner(make_inputs(Shape(1, 16), candidate.vocab_size))
-    reading = {"rss_before": before, "rss_after_load": after_load, "rss_after_run": resident_bytes()}
+    reading = {"rss_before": before, "rss_after_load": after_load}
+    if run:
+        runner(make_inputs(Shape(1, 16), candidate.vocab_size))
+        reading["rss_after_run"] = resident_bytes()
     results.put(reading | {"load_s": load_s})
 
 
-def memory_in_fresh_process(candidate: Candidate, threads: int) -> dict[str, float]:
+def memory_in_fresh_process(candidate: Candidate, threads: int, run: bool = True) -> dict[str, float | None]:
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    process = context.Process(target=_load_in_child, args=(candidate, threads, results))
+    process = context.Process(target=_load_in_child, args=(candidate, threads, run, results))
     process.start()
     try:
         reading = results.get(timeout=600)
@@ -224,7 +230,7 @@ def memory_in_fresh_process(candidate: Candidate, threads: int) -> dict[str, flo
     return {
         "rss_mb": round(reading["rss_after_load"] / mb, 1),
         "rss_model_mb": round((reading["rss_after_load"] - reading["rss_before"]) / mb, 1),
-        "rss_after_run_mb": round(reading["rss_after_run"] / mb, 1),
+        "rss_after_run_mb": round(reading["rss_after_run"] / mb, 1) if run else None,
         "load_s": round(reading["load_s"], 3),
     }
 
@@ -342,7 +348,7 @@ def run_bench(plan: BenchPlan, candidates: Sequence[Candidate], progress: Callab
     if plan.memory:
         for candidate in candidates:
             progress(f"memory: {'/'.join(candidate.key)} in a fresh process")
-            memory[candidate.key] = memory_in_fresh_process(candidate, plan.threads)
+            memory[candidate.key] = memory_in_fresh_process(candidate, plan.threads, plan.memory_after_run)
     progress("loading every candidate")
     runners = {c.key: load_runner(c, plan.threads) for c in candidates}
     by_key = {c.key: c for c in candidates}

@@ -122,7 +122,9 @@ def test_memory_and_load_time_come_from_a_fresh_process(tiny_bench: tuple) -> No
     reading = memory_in_fresh_process(dataclasses.replace(qbert), threads=1)
     assert reading["rss_mb"] > 50  # python + torch at least
     assert 0 <= reading["rss_model_mb"] < reading["rss_mb"]
+    assert reading["rss_after_run_mb"] >= reading["rss_mb"] - reading["rss_model_mb"]
     assert reading["load_s"] > 0
+    assert memory_in_fresh_process(qbert, threads=1, run=False)["rss_after_run_mb"] is None
 
 
 def test_bench_cache_is_ignored_by_git() -> None:
