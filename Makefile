@@ -34,7 +34,7 @@ build: $(STAMP)
 report: build
 	$(BIN)/qbert report
 
-# Our runtime beside PyTorch and ONNX Runtime (≈20 min on 2 cores; `qbert bench --quick` < 5 min), then the report.
+# Our runtime beside PyTorch and ONNX Runtime (≈15 min on 2 cores; `qbert bench --quick` < 5 min), then the report.
 bench: build
 	$(BIN)/qbert --threads 2 bench --json models/bench.json
 	$(BIN)/qbert report
