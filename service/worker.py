@@ -85,16 +85,23 @@ class InferenceWorker:
         self.models: dict[tuple[str, str], LoadedModel] = {}
 
     def setup(self) -> WorkerReady:
-        infos, failures = [], []
+        """Load every artifact, then compile (warm up) each.
+
+        Compiling waits until all are built: building the first model of a class adds to a registry of
+        transformers that compiled graphs guard on, so graphs compiled before the last task's model was built
+        would all compile again on their first request (seconds to minutes of stall, in every worker).
+        """
+        built, failures = [], []
         for ref in self.spec.artifacts:
             try:
-                loaded = warm_up(load_model(ref.path, self.spec.backend))
+                built.append((ref, load_model(ref.path, self.spec.backend)))
             except (ArtifactError, OSError, ValueError) as exc:  # refuse this one, serve the others
                 logger.error("worker %d refused %s/%s: %s", self.spec.index, ref.task, ref.precision, exc)
                 failures.append(ModelFailure(ref.task, ref.precision, str(exc)))
-                continue
-            self.models[(ref.task, ref.precision)] = loaded
-            infos.append(model_info(ref, loaded))
+        infos = []
+        for ref, loaded in built:
+            self.models[(ref.task, ref.precision)] = warm_up(loaded)
+            infos.append(model_info(ref, self.models[(ref.task, ref.precision)]))
         return WorkerReady(self.spec.index, os.getpid(), tuple(infos), tuple(failures))
 
     def batch(self, task: Task, loaded: LoadedModel, payloads: tuple[Any, ...]) -> PreparedBatch:
