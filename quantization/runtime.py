@@ -36,6 +36,7 @@ from quantization.artifact import Artifact, read_artifact
 from quantization.config import BACKENDS
 from quantization.primitives import token_scales
 from quantization.qtensor import QDATA, SCALE, ZERO_POINT, QuantizedWeight
+from quantization.system import release_free_heap
 
 logger = logging.getLogger(__name__)
 _ARCHITECTURE = re.compile(r"^\w+For(SequenceClassification|TokenClassification|QuestionAnswering)$")
@@ -351,6 +352,7 @@ def build_model(artifact: Artifact, stack_qkv: bool = True) -> tuple[nn.Module, 
         if isinstance(module, Int8Linear):
             module.pack()
     model.eval()
+    release_free_heap()  # the load's freed temporaries, so that RSS is the model's size, not its load's peak
     return model, runtime_bytes
 
 

@@ -1,7 +1,9 @@
-"""What the operating system says about a process (Linux /proc; None elsewhere)."""
+"""What the operating system says about a process (Linux /proc; None elsewhere), and one thing we ask of it."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 from pathlib import Path
 
@@ -24,3 +26,20 @@ def cpu_seconds(pid: int | str = "self") -> float | None:
     fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+def release_free_heap() -> bool:
+    """Hand the heap's free pages back to the OS (glibc `malloc_trim`); False where there is no glibc.
+
+    Loading a model frees large temporaries (unpacked codes, the row-major matrix once packed) that glibc keeps
+    mapped: without this a loaded bert-base model's RSS varied from 166 to 208 MB by load; with it, 162 MB.
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return False
+    malloc_trim(0)
+    return True
