@@ -70,9 +70,10 @@ class BenchPlan:
     # RSS after a first call in the fresh process too; for a compiled model that call compiles its architecture
     # once more per process (~40 s cold on 2 cores), which the quick plan cannot afford
     memory_after_run: bool = True
+    memory_runtimes: tuple[str, ...] = RUNTIMES  # whose fresh-process readings to take (a child each, ~7 s)
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.runtimes) - set(RUNTIMES))
+        unknown = sorted((set(self.runtimes) | set(self.memory_runtimes)) - set(RUNTIMES))
         if unknown:
             raise ValueError(f"unknown runtimes {unknown}; known: {list(RUNTIMES)}")
         if "torch-fp32" not in self.runtimes:
@@ -94,6 +95,7 @@ QUICK = BenchPlan(  # the goal's shapes on bert-base and one served model; our f
     backends=("compiled",),
     sample_seconds=0.15,
     memory_after_run=False,
+    memory_runtimes=("ort-int8", "qbert"),  # the goal's comparison: our RSS against ONNX Runtime int8's
 )
 
 
@@ -346,7 +348,7 @@ def run_bench(plan: BenchPlan, candidates: Sequence[Candidate], progress: Callab
     torch.set_num_threads(plan.threads)
     memory = {}
     if plan.memory:
-        for candidate in candidates:
+        for candidate in (c for c in candidates if c.runtime in plan.memory_runtimes):
             progress(f"memory: {'/'.join(candidate.key)} in a fresh process")
             memory[candidate.key] = memory_in_fresh_process(candidate, plan.threads, plan.memory_after_run)
     progress("loading every candidate")

@@ -29,6 +29,8 @@ def test_plan_and_shape_are_validated() -> None:
         Shape(0, 128)
     with pytest.raises(ValueError, match="unknown runtimes"):
         BenchPlan(models=("sst2",), shapes=(Shape(1, 8),), runtimes=("torch-fp32", "tvm"))
+    with pytest.raises(ValueError, match="unknown runtimes"):
+        BenchPlan(models=("sst2",), shapes=(Shape(1, 8),), memory_runtimes=("tvm",))
     with pytest.raises(ValueError, match="reference"):
         BenchPlan(models=("sst2",), shapes=(Shape(1, 8),), runtimes=("ort-int8",))
     with pytest.raises(ValueError, match="backends"):
