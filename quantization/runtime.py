@@ -159,9 +159,13 @@ def packed_int8_matmul(
 
     `zero_points`: int64 zeros, one per row (oneDNN takes symmetric weights only; passed in, not allocated per call).
     """
-    return torch.ops.onednn.qlinear_pointwise(
-        xq, 1.0, 0, packed_weight, row_scale, zero_points, None, 1.0, 0, torch.float32, "none", [], ""
-    )
+    return torch.ops.onednn.qlinear_pointwise(*_qlinear_arguments(xq, packed_weight, row_scale, zero_points))
+
+
+def _qlinear_arguments(xq: Any, packed_weight: Any, row_scale: Any, zero_points: Any) -> tuple[Any, ...]:
+    """`onednn::qlinear_pointwise`'s arguments for `packed_int8_matmul`, in eager and in compiled graphs alike:
+    activations with scale 1 and zero point 0 (the caller rescales per token), float32 out, no bias, no post-op."""
+    return (xq, 1.0, 0, packed_weight, row_scale, zero_points, None, 1.0, 0, torch.float32, "none", [], "")
 
 
 @packed_int8_matmul.register_fake
@@ -184,9 +188,7 @@ def _lower_packed_matmul_to_onednn() -> None:
 
     @register_lowering(torch.ops.qbert.packed_int8_matmul.default, type_promotion_kind=None)
     def _(xq: Any, packed_weight: Any, row_scale: Any, zero_points: Any) -> Any:
-        return onednn_call(
-            xq, 1.0, 0, packed_weight, row_scale, zero_points, None, 1.0, 0, torch.float32, "none", [], ""
-        )
+        return onednn_call(*_qlinear_arguments(xq, packed_weight, row_scale, zero_points))
 
 
 class QuantizedEmbedding(nn.Module):
