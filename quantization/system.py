@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from pathlib import Path
 
@@ -34,11 +33,8 @@ def release_free_heap() -> bool:
     Loading a model frees large temporaries (unpacked codes, the row-major matrix once packed) that glibc keeps
     mapped: without this a loaded bert-base model's RSS varied from 166 to 208 MB by load; with it, 162 MB.
     """
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        malloc_trim = ctypes.CDLL(name).malloc_trim
+        malloc_trim = ctypes.CDLL(None).malloc_trim  # the process's own symbols: libc is loaded already
     except (OSError, AttributeError):  # not glibc (musl, macOS)
         return False
     malloc_trim(0)
