@@ -100,8 +100,8 @@ class InferenceWorker:
                 failures.append(ModelFailure(ref.task, ref.precision, str(exc)))
         infos = []
         for ref, loaded in built:
-            self.models[(ref.task, ref.precision)] = warm_up(loaded)
-            infos.append(model_info(ref, self.models[(ref.task, ref.precision)]))
+            warm = self.models[(ref.task, ref.precision)] = warm_up(loaded)
+            infos.append(model_info(ref, warm))
         return WorkerReady(self.spec.index, os.getpid(), tuple(infos), tuple(failures))
 
     def batch(self, task: Task, loaded: LoadedModel, payloads: tuple[Any, ...]) -> PreparedBatch:
