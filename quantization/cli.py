@@ -244,6 +244,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level="info" if args.verbose else "warning",
+        access_log=args.verbose,  # a log record per request costs CPU even when its level is filtered out
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
     )
     return 0

@@ -100,33 +100,24 @@ class Service:
         return [r.value for r in results]
 
 
-def _service(request: Request) -> Service:
-    return request.app.state.service
-
-
-ServiceDep = Annotated[Service, Depends(_service)]
 PrecisionQuery = Annotated[str | None, Query(description="precision name, e.g. w8, w4g128 (see /models)")]
 PrecisionHeader = Annotated[str | None, Header(alias="X-Precision", description="alternative to ?precision=")]
 
 
-def _api_key_guard(protect: Callable[[ServiceSettings], bool]) -> Callable[..., None]:
-    def guard(
-        request: Request,
-        authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-        x_api_key: Annotated[str | None, Header(alias="X-API-Key", include_in_schema=False)] = None,
-    ) -> None:
-        settings: ServiceSettings = request.app.state.service.settings
-        if settings.api_key is None or not protect(settings):
-            return
-        given = x_api_key or (authorization or "").removeprefix("Bearer ").strip()
-        if not secrets.compare_digest(given.encode(), settings.api_key.get_secret_value().encode()):
+def _api_key_dependencies(settings: ServiceSettings, protects: bool) -> list[Any]:
+    """The API key check as a route dependency; none at all when no key applies, so nothing runs per request."""
+    if settings.api_key is None or not protects:
+        return []
+    expected = settings.api_key.get_secret_value().encode()
+
+    async def require_api_key(request: Request) -> None:
+        # Headers read here rather than declared as parameters: they stay out of the OpenAPI schema.
+        headers = request.headers
+        given = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not secrets.compare_digest(given.encode(), expected):
             raise UnauthorizedError("a valid API key is required (Authorization: Bearer KEY or X-API-Key)")
 
-    return guard
-
-
-require_key = Depends(_api_key_guard(lambda _: True))
-require_key_for_ops = Depends(_api_key_guard(lambda s: s.api_key_protects_ops))
+    return [Depends(require_api_key)]
 
 
 def _check_text(text: str, limit: int, field: str) -> None:
@@ -168,12 +159,14 @@ async def _answer(
             service.metrics.request_duration.labels(task, precision).observe(time.perf_counter() - started)
 
 
-def _predict_router() -> APIRouter:
-    router = APIRouter(dependencies=[require_key], responses=_ERRORS, tags=["predict"])
+def _predict_router(service: Service) -> APIRouter:
+    # The routes close over `service` rather than asking for it as a dependency: one less to resolve per request.
+    dependencies = _api_key_dependencies(service.settings, protects=True)
+    router = APIRouter(dependencies=dependencies, responses=_ERRORS, tags=["predict"])
 
     @router.post("/predict/sst2", response_model=SST2Response, summary="Sentiment of one or more sentences")
     async def predict_sst2(
-        body: SST2Request, service: ServiceDep, precision: PrecisionQuery = None, x_precision: PrecisionHeader = None
+        body: SST2Request, precision: PrecisionQuery = None, x_precision: PrecisionHeader = None
     ) -> SST2Response:
         texts = body.all_texts()
 
@@ -190,7 +183,7 @@ def _predict_router() -> APIRouter:
 
     @router.post("/predict/ner", response_model=NERResponse, summary="Named entities with character offsets")
     async def predict_ner(
-        body: NERRequest, service: ServiceDep, precision: PrecisionQuery = None, x_precision: PrecisionHeader = None
+        body: NERRequest, precision: PrecisionQuery = None, x_precision: PrecisionHeader = None
     ) -> NERResponse:
         def check() -> None:
             _check_text(body.text, service.settings.max_text_chars, "text")
@@ -199,9 +192,7 @@ def _predict_router() -> APIRouter:
         return NERResponse(**answered_by, entities=[EntityResult(**asdict(entity)) for entity in value.entities])
 
     @router.post("/qa", response_model=QAResponse, summary="Extractive answer span from a context")
-    async def qa(
-        body: QARequest, service: ServiceDep, precision: PrecisionQuery = None, x_precision: PrecisionHeader = None
-    ) -> QAResponse:
+    async def qa(body: QARequest, precision: PrecisionQuery = None, x_precision: PrecisionHeader = None) -> QAResponse:
         def check() -> None:
             _check_text(body.question, service.settings.max_text_chars, "question")
             _check_text(body.context, service.settings.max_context_chars, "context")
@@ -211,13 +202,13 @@ def _predict_router() -> APIRouter:
         return QAResponse(**answered_by, answer=value.answer, start=value.start, end=value.end, score=value.score)
 
     @router.post("/predict/{task}", include_in_schema=False)
-    async def unknown_task(task: str, service: ServiceDep) -> None:
+    async def unknown_task(task: str) -> None:
         raise UnknownTaskError(
             f"no task {task!r}; available: {', '.join(service.tasks())} (QA is POST /qa)", available=service.tasks()
         )
 
     @router.get("/models", response_model=ModelsResponse, tags=["ops"], summary="Loaded models, sizes and accuracy")
-    async def models(service: ServiceDep) -> ModelsResponse:
+    async def models() -> ModelsResponse:
         entries = []
         for ref in service.artifacts:
             key = (ref.task, ref.precision)
@@ -249,8 +240,9 @@ def _predict_router() -> APIRouter:
     return router
 
 
-def _ops_router() -> APIRouter:
-    router = APIRouter(dependencies=[require_key_for_ops], tags=["ops"])
+def _ops_router(service: Service) -> APIRouter:
+    dependencies = _api_key_dependencies(service.settings, protects=service.settings.api_key_protects_ops)
+    router = APIRouter(dependencies=dependencies, tags=["ops"])
 
     @router.get("/healthz", summary="Liveness: the process and its event loop answer")
     async def healthz() -> dict[str, str]:
@@ -259,7 +251,7 @@ def _ops_router() -> APIRouter:
     @router.get(
         "/readyz", summary="Readiness: 200 once every worker has loaded its artifacts and one model at least serves"
     )
-    async def readyz(service: ServiceDep) -> JSONResponse:
+    async def readyz() -> JSONResponse:
         pool = service.pool
         # Refused artifacts leave the others serving, but a pool that can serve nothing is not ready.
         serving = pool.ready and bool(pool.models)
@@ -273,7 +265,7 @@ def _ops_router() -> APIRouter:
         return JSONResponse({"error": "not_ready", "detail": detail, **body}, status_code=503)
 
     @router.get("/metrics", summary="Prometheus metrics")
-    async def metrics(service: ServiceDep) -> Response:
+    async def metrics() -> Response:
         service.metrics.record_workers(service.pool.worker_pids())
         return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
@@ -316,6 +308,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.state.service = service
     install_error_handlers(app)
-    app.include_router(_predict_router())
-    app.include_router(_ops_router())
+    app.include_router(_predict_router(service))
+    app.include_router(_ops_router(service))
     return app
