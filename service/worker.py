@@ -8,6 +8,7 @@ equals the evaluated answer for the same input.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -171,6 +172,8 @@ def worker_main(spec: WorkerSpec, inbox: Connection, outbox: Connection) -> None
         logger.exception("worker %d failed to start", spec.index)
         outbox.send(WorkerFailed(spec.index, f"{type(exc).__name__}: {exc}"))
         return
+    # The loaded models and compiled graphs live as long as the worker: frozen, no full collection walks them.
+    gc.freeze()
     while True:
         try:
             request = inbox.recv()
