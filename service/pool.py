@@ -208,7 +208,8 @@ class WorkerPool:
         self._queues[key].extend(Queued(item, now) for item in items)
         self._arrivals[key].arrived(now, len(items))
         self.metrics.queue_depth.set(self.queued())
-        self._wakeup.set()
+        if self._idle_slots():  # a busy pool's dispatcher wakes when a batch returns; no need to per arrival
+            self._wakeup.set()
         try:
             return list(
                 await asyncio.wait_for(
@@ -230,13 +231,20 @@ class WorkerPool:
         while True:
             self._wakeup.clear()
             wait_s = self._dispatch_due()
+            if wait_s is None:
+                await self._wakeup.wait()
+                continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), wait_s)
+                async with asyncio.timeout(wait_s):  # cheaper than wait_for, which wraps the wait in a task
+                    await self._wakeup.wait()
+
+    def _idle_slots(self) -> list[WorkerSlot]:
+        return [s for s in self._slots if s.ready and s.in_flight is None]
 
     def _dispatch_due(self) -> float | None:
         """Send due batches to idle workers; seconds until the next one is due (None: wait for an event)."""
         while True:
-            idle = [s for s in self._slots if s.ready and s.in_flight is None]
+            idle = self._idle_slots()
             if not idle:
                 return None
             now = time.monotonic()
