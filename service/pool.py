@@ -1,7 +1,7 @@
 """The worker pool: spawned processes, per-(task, precision) batching queues, and dead-worker recovery.
 
-All pool state lives on the event loop thread. One reader thread per worker blocks on the worker's
-pipe and hands each message (or the worker's death) to the loop; the dispatcher sends due batches
+All pool state lives on the event loop thread, which also reads the workers' pipes (each message, or EOF when
+a worker dies, is handled as it arrives); the dispatcher sends due batches
 (`service.batching.collate`) to idle workers. A worker that dies fails its in-flight inputs with
 `WorkerLostError` (503; not retried, because a request that killed one worker could kill the next) and is
 restarted with back-off.
@@ -14,7 +14,6 @@ import contextlib
 import itertools
 import logging
 import multiprocessing
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -138,13 +137,10 @@ class WorkerPool:
         parent_inbox.close()  # the child's ends: closing ours lets EOF tell us when the child dies
         child_outbox.close()
         slot.process, slot.inbox, slot.pid = process, child_inbox, process.pid
-        threading.Thread(
-            target=self._read_worker,
-            args=(slot.index, slot.generation, child_outbox_reader),
-            name=f"qbert-reader-{slot.index}",
-            daemon=True,
-        ).start()
         assert self._loop is not None
+        self._loop.add_reader(
+            child_outbox_reader.fileno(), self._read_worker, slot.index, slot.generation, child_outbox_reader
+        )
         self._loop.call_later(self.settings.worker_start_timeout_s, self._check_started, slot.index, slot.generation)
 
     def _stop_process(self, slot: WorkerSlot) -> None:
@@ -289,16 +285,19 @@ class WorkerPool:
     # ----- messages from workers (called on the loop thread) -------------------------------------
 
     def _read_worker(self, index: int, generation: int, outbox: Connection) -> None:
-        """Reader thread: forward each message, then the worker's exit, to the event loop."""
+        """The worker's pipe is readable: handle every message waiting there, or the worker's exit (EOF).
+
+        Read on the event loop itself rather than by a thread per worker: no hand-over between threads per batch.
+        A worker writes each message whole, so a readable pipe never leaves `recv` waiting for long.
+        """
         assert self._loop is not None
-        while True:
-            try:
-                message = outbox.recv()
-            except (EOFError, OSError):
-                outbox.close()
-                self._loop.call_soon_threadsafe(self._on_exit, index, generation)
-                return
-            self._loop.call_soon_threadsafe(self._on_message, index, generation, message)
+        try:
+            while outbox.poll():
+                self._on_message(index, generation, outbox.recv())
+        except (EOFError, OSError):
+            self._loop.remove_reader(outbox.fileno())
+            outbox.close()
+            self._on_exit(index, generation)
 
     def _on_message(self, index: int, generation: int, message: Any) -> None:
         slot = self._slots[index]
