@@ -15,6 +15,7 @@ from tqdm import tqdm
 from quantization.artifact import read_manifest
 from quantization.catalog import Catalog, TaskEntry, artifacts_dir, hessian_dir, load_catalog, repo_root
 from quantization.config import BACKENDS, PrecisionConfig
+from quantization.system import cpu_affinity, parse_cpu_list
 
 logger = logging.getLogger("qbert")
 DEFAULT_MIX = "sst2:w8,ner:w8,qa:w8"  # load generators: the default precision of each task
@@ -277,12 +278,17 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     payloads = {task: sample_payloads(task) for task in {t for t, _ in plan.mix}}
     raw = []
     if args.compare_raw:  # before the HTTP load, so the two never share the CPU
-        for task, precision in dict.fromkeys(plan.mix):
-            artifact = artifacts_dir() / task / precision
-            raw.append(raw_throughput(artifact, payloads[task], args.concurrency, args.raw_seconds, args.raw_backend))
+        with cpu_affinity(args.raw_cpus):
+            for task, precision in dict.fromkeys(plan.mix):
+                artifact = artifacts_dir() / task / precision
+                raw.append(
+                    raw_throughput(artifact, payloads[task], args.concurrency, args.raw_seconds, args.raw_backend)
+                )
     result = asyncio.run(run_load(plan, payloads))
     if raw:
         result["raw"] = raw
+        if args.raw_cpus:
+            result["raw_cpus"] = sorted(args.raw_cpus)
         if len(raw) == 1:
             result["served_vs_raw"] = round(result["throughput_rps"] / raw[0]["throughput_ips"], 3)
             if "service_cpu_ms_per_request" in result:  # CPU per answer, served versus bare: the client aside
@@ -523,6 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=20, help="unrecorded requests first")
     p.add_argument("--compare-raw", action="store_true", help="also measure the bare models in process first")
     p.add_argument("--raw-seconds", type=float, default=10.0)
+    p.add_argument(
+        "--raw-cpus",
+        type=parse_cpu_list,
+        help="CPUs for the bare models (e.g. the server's taskset list, so served and raw get the same cores); "
+        "the load itself runs on this process's own CPUs (Linux)",
+    )
     p.add_argument(
         "--raw-backend", choices=BACKENDS, default="compiled", help="as the server's QBERT_BACKEND (default compiled)"
     )

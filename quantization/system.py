@@ -1,9 +1,11 @@
-"""What the operating system says about a process (Linux /proc; None elsewhere), and one thing we ask of it."""
+"""What the operating system says about a process (Linux /proc; None elsewhere), and a few things we ask of it."""
 
 from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -39,3 +41,32 @@ def release_free_heap() -> bool:
         return False
     malloc_trim(0)
     return True
+
+
+def parse_cpu_list(text: str) -> frozenset[int]:
+    """`0-2,5` (taskset's and the kernel's CPU-list format) as {0, 1, 2, 5}."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()) or int(last or first) < int(first):
+            raise ValueError(f"not a CPU list: {text!r} (e.g. 0-2,5)")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return frozenset(cpus)
+
+
+@contextmanager
+def cpu_affinity(cpus: frozenset[int] | None) -> Iterator[None]:
+    """Run the calling thread (and the threads it starts meanwhile) on `cpus`, then restore its affinity.
+
+    None leaves the affinity alone. Threads started inside keep `cpus`, which is what a thread pool made for the
+    work inside should do.
+    """
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)

@@ -2,24 +2,38 @@
 # Serving latency and throughput figures (issue #4): for each task at fp32, w8 and w2g128, closed-loop
 # load at concurrency 1 and 16 against `qbert serve`, and the raw model's in-process throughput at
 # batch 16 measured in the same run (before the HTTP load, so they never share the CPU).
-#   scripts/serving-figures.sh [OUT_DIR] [SECONDS]      env: QBERT_WORKERS, QBERT_MAX_WAIT_MS, PORT, TASKS
+#
+# PIN=1 (the default, with 2 CPUs or more): the load generator gets the last CPU to itself, the service the
+# others, and the raw model is timed on the service's CPUs with as many threads: served and raw get the same
+# compute, and the client's CPU (which belongs to the users' machines in production) is no part of the overhead.
+# PIN=0: everything shares every CPU (the served/raw ratio then also pays for the load generator).
+#   scripts/serving-figures.sh [OUT_DIR] [SECONDS]      env: PIN, QBERT_WORKERS, QBERT_MAX_WAIT_MS, PORT, TASKS
 set -euo pipefail
 out=${1:-serving-figures}
 seconds=${2:-15}
 tasks=${TASKS:-sst2 ner qa}
 port=${PORT:-8765}
 bin=${VENV:-.venv}/bin
+cpus=$(nproc)
 mkdir -p "$out"
-QBERT_PORT=$port QBERT_PRECISIONS=fp32,w8,w2g128 "$bin/qbert" serve --no-build >"$out/serve.log" 2>&1 &
+serve=() load=() raw_cpus=() load_threads=$cpus
+if [[ ${PIN:-1} == 1 && $cpus -ge 2 ]]; then
+  service_cpus="0-$((cpus - 2))"
+  serve=(taskset -c "$service_cpus") load=(taskset -c "$((cpus - 1))")
+  raw_cpus=(--raw-cpus "$service_cpus") load_threads=$((cpus - 1))
+fi
+echo "service CPUs: ${service_cpus:-all}; load generator: ${load[*]:-all CPUs}" >"$out/layout.txt"
+QBERT_PORT=$port QBERT_PRECISIONS=fp32,w8,w2g128 "${serve[@]}" "$bin/qbert" serve --no-build >"$out/serve.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
 until curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; do sleep 0.5; done
 for task in $tasks; do
   for precision in fp32 w8 w2g128; do
-    "$bin/qbert" loadtest --url "http://127.0.0.1:$port" --mix "$task:$precision" --concurrency 1 \
+    "${load[@]}" "$bin/qbert" loadtest --url "http://127.0.0.1:$port" --mix "$task:$precision" --concurrency 1 \
       --duration "$seconds" --json "$out/$task-$precision-c1.json" >/dev/null
-    "$bin/qbert" --threads "$(nproc)" loadtest --url "http://127.0.0.1:$port" --mix "$task:$precision" \
-      --concurrency 16 --duration "$seconds" --compare-raw --json "$out/$task-$precision-c16.json" >/dev/null
+    "${load[@]}" "$bin/qbert" --threads "$load_threads" loadtest --url "http://127.0.0.1:$port" \
+      --mix "$task:$precision" --concurrency 16 --duration "$seconds" --compare-raw "${raw_cpus[@]}" \
+      --json "$out/$task-$precision-c16.json" >/dev/null
   done
 done
 curl -s "http://127.0.0.1:$port/metrics" >"$out/metrics.txt"

@@ -1,8 +1,12 @@
+import os
 import subprocess
 import sys
+import threading
 import time
 
-from quantization.system import cpu_seconds, resident_bytes
+import pytest
+
+from quantization.system import cpu_affinity, cpu_seconds, parse_cpu_list, resident_bytes
 
 SPIN_IN_TWO_THREADS = """
 import threading
@@ -42,3 +46,29 @@ def test_release_free_heap_returns_freed_pages_to_the_os() -> None:
     assert release_free_heap()
     assert resident_bytes() < before - 32 * 1024 * 1024
     assert last.sum() == 16 * 1024
+
+
+def test_parse_cpu_list_reads_taskset_lists() -> None:
+    assert parse_cpu_list("0") == {0}
+    assert parse_cpu_list("0-2,5") == {0, 1, 2, 5}
+    with pytest.raises(ValueError, match="not a CPU list"):
+        parse_cpu_list("0-")
+    with pytest.raises(ValueError, match="not a CPU list"):
+        parse_cpu_list("3-1")
+    with pytest.raises(ValueError, match="not a CPU list"):
+        parse_cpu_list("a")
+
+
+def test_cpu_affinity_pins_the_thread_and_its_new_threads_then_restores() -> None:
+    before = os.sched_getaffinity(0)
+    cpu = min(before)
+    seen: list[set[int]] = []
+    with cpu_affinity(frozenset({cpu})):
+        assert os.sched_getaffinity(0) == {cpu}
+        thread = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0)))
+        thread.start()
+        thread.join()
+    assert seen == [{cpu}]
+    assert os.sched_getaffinity(0) == before
+    with cpu_affinity(None):
+        assert os.sched_getaffinity(0) == before
