@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import time
@@ -206,6 +207,21 @@ def test_loadtest_reports_latency_and_what_serving_costs_in_cpu(server: RunningS
     assert result["api_cpu_s"] > 0
     assert result["service_cpu_ms_per_request"] > result["api_cpu_ms_per_request"] > 0
     assert result["client_cpu_ms_per_request"] > 0
+
+
+def test_raw_throughput_times_the_bare_model_on_the_cpus_given(tiny_artifacts: Path) -> None:
+    """What `qbert loadtest --compare-raw --raw-cpus` runs: the model in process, pinned, collector left as found."""
+    from quantization.system import cpu_affinity
+    from service.loadtest import BUILT_IN_SAMPLES, raw_throughput
+
+    frozen_before = gc.get_freeze_count()
+    cpu = min(os.sched_getaffinity(0))
+    with cpu_affinity(frozenset({cpu})):
+        row = raw_throughput(tiny_artifacts / "sst2" / "w8", list(BUILT_IN_SAMPLES["sst2"]), 4, 0.3, "eager")
+    assert (row["task"], row["precision"], row["batch"], row["backend"]) == ("sst2", "w8", 4, "eager")
+    assert row["throughput_ips"] > 0
+    assert row["cpu_ms_per_input"] > 0
+    assert gc.get_freeze_count() == frozen_before  # frozen for the timed loop only
 
 
 def test_metrics_parse_and_every_metric_is_present(client: httpx.Client) -> None:
