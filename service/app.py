@@ -310,7 +310,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.state.service = service
     install_error_handlers(app)
     app.include_router(_predict_router(service))
     app.include_router(_ops_router(service))
