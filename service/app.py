@@ -8,10 +8,9 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -27,6 +26,13 @@ from service.errors import (
     UnknownTaskError,
     install_error_handlers,
     outcome_of,
+)
+from service.json_io import (
+    document_request_models,
+    json_response,
+    openapi_inputs,
+    read_body,
+    requested_precision,
 )
 from service.metrics import ServiceMetrics
 from service.middleware import BodySizeLimit
@@ -101,10 +107,6 @@ class Service:
         return [r.value for r in results]
 
 
-PrecisionQuery = Annotated[str | None, Query(description="precision name, e.g. w8, w4g128 (see /models)")]
-PrecisionHeader = Annotated[str | None, Header(alias="X-Precision", description="alternative to ?precision=")]
-
-
 def _api_key_dependencies(settings: ServiceSettings, protects: bool) -> list[Any]:
     """The API key check as a route dependency; none at all when no key applies, so nothing runs per request."""
     if settings.api_key is None or not protects:
@@ -129,12 +131,7 @@ def _check_text(text: str, limit: int, field: str) -> None:
 
 
 async def _answer(
-    service: Service,
-    task: str,
-    query: str | None,
-    header: str | None,
-    check: Callable[[], None],
-    payloads: list[Any],
+    service: Service, task: str, request: Request, check: Callable[[], None], payloads: list[Any]
 ) -> tuple[dict[str, str], list[Any]]:
     """Choose the precision, check the input, run it: the response's `task`/`precision`/`model` and values.
 
@@ -144,7 +141,7 @@ async def _answer(
     precision: str | None = None
     error: ServiceError | None = None
     try:
-        precision = service.choose_precision(task, query, header)
+        precision = service.choose_precision(task, *requested_precision(request))
         check()
         values = await service.run(task, precision, payloads)
         return {"task": task, "precision": precision, "model": service.model_name(task, precision)}, values
@@ -165,10 +162,14 @@ def _predict_router(service: Service) -> APIRouter:
     dependencies = _api_key_dependencies(service.settings, protects=True)
     router = APIRouter(dependencies=dependencies, responses=_ERRORS, tags=["predict"])
 
-    @router.post("/predict/sst2", response_model=SST2Response, summary="Sentiment of one or more sentences")
-    async def predict_sst2(
-        body: SST2Request, precision: PrecisionQuery = None, x_precision: PrecisionHeader = None
-    ) -> SST2Response:
+    @router.post(
+        "/predict/sst2",
+        response_model=SST2Response,
+        summary="Sentiment of one or more sentences",
+        openapi_extra=openapi_inputs(SST2Request),
+    )
+    async def predict_sst2(request: Request) -> Response:
+        body = await read_body(request, SST2Request)
         texts = body.all_texts()
 
         def check() -> None:
@@ -177,30 +178,44 @@ def _predict_router(service: Service) -> APIRouter:
             for i, text in enumerate(texts):
                 _check_text(text, service.settings.max_text_chars, f"texts[{i}]" if body.texts else "text")
 
-        answered_by, values = await _answer(service, "sst2", precision, x_precision, check, texts)
-        return SST2Response(
-            **answered_by, results=[ClassResult(label=v.label, score=v.score, scores=v.scores) for v in values]
-        )
+        answered_by, values = await _answer(service, "sst2", request, check, texts)
+        results = [ClassResult(label=v.label, score=v.score, scores=v.scores) for v in values]
+        return json_response(SST2Response(**answered_by, results=results))
 
-    @router.post("/predict/ner", response_model=NERResponse, summary="Named entities with character offsets")
-    async def predict_ner(
-        body: NERRequest, precision: PrecisionQuery = None, x_precision: PrecisionHeader = None
-    ) -> NERResponse:
+    @router.post(
+        "/predict/ner",
+        response_model=NERResponse,
+        summary="Named entities with character offsets",
+        openapi_extra=openapi_inputs(NERRequest),
+    )
+    async def predict_ner(request: Request) -> Response:
+        body = await read_body(request, NERRequest)
+
         def check() -> None:
             _check_text(body.text, service.settings.max_text_chars, "text")
 
-        answered_by, (value,) = await _answer(service, "ner", precision, x_precision, check, [body.text])
-        return NERResponse(**answered_by, entities=[EntityResult(**asdict(entity)) for entity in value.entities])
+        answered_by, (value,) = await _answer(service, "ner", request, check, [body.text])
+        entities = [EntityResult.model_validate(entity, from_attributes=True) for entity in value.entities]
+        return json_response(NERResponse(**answered_by, entities=entities))
 
-    @router.post("/qa", response_model=QAResponse, summary="Extractive answer span from a context")
-    async def qa(body: QARequest, precision: PrecisionQuery = None, x_precision: PrecisionHeader = None) -> QAResponse:
+    @router.post(
+        "/qa",
+        response_model=QAResponse,
+        summary="Extractive answer span from a context",
+        openapi_extra=openapi_inputs(QARequest),
+    )
+    async def qa(request: Request) -> Response:
+        body = await read_body(request, QARequest)
+
         def check() -> None:
             _check_text(body.question, service.settings.max_text_chars, "question")
             _check_text(body.context, service.settings.max_context_chars, "context")
 
         payload = [(body.question, body.context)]
-        answered_by, (value,) = await _answer(service, "qa", precision, x_precision, check, payload)
-        return QAResponse(**answered_by, answer=value.answer, start=value.start, end=value.end, score=value.score)
+        answered_by, (value,) = await _answer(service, "qa", request, check, payload)
+        return json_response(
+            QAResponse(**answered_by, answer=value.answer, start=value.start, end=value.end, score=value.score)
+        )
 
     @router.post("/predict/{task}", include_in_schema=False)
     async def unknown_task(task: str) -> None:
@@ -313,4 +328,5 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(_predict_router(service))
     app.include_router(_ops_router(service))
+    document_request_models(app, [SST2Request, NERRequest, QARequest])
     return app
