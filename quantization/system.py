@@ -70,3 +70,18 @@ def cpu_affinity(cpus: frozenset[int] | None) -> Iterator[None]:
         yield
     finally:
         os.sched_setaffinity(0, before)
+
+
+def set_batch_scheduling(enabled: bool) -> bool:
+    """Make the calling thread a batch (`SCHED_BATCH`) or a normal (`SCHED_OTHER`) task; False where unsupported.
+
+    A batch task's wakeups do not preempt the task running on its core. Processes it starts inherit the policy.
+    """
+    policy = getattr(os, "SCHED_BATCH" if enabled else "SCHED_OTHER", None)
+    if policy is None or not hasattr(os, "sched_setscheduler"):  # not Linux
+        return False
+    try:
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+    except OSError:  # a sandbox that refuses the call
+        return False
+    return True

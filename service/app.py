@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from quantization.catalog import load_catalog
+from quantization.system import set_batch_scheduling
 from service.discovery import discover_artifacts
 from service.errors import (
     InferenceFailedError,
@@ -309,6 +310,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # The event loop's thread; the workers it spawns inherit the policy and set their own.
+        if settings.api_scheduling == "batch" and not set_batch_scheduling(True):
+            logger.info("SCHED_BATCH is not available here; the API process keeps the normal scheduling policy")
         await service.pool.start()
         # Everything made so far (imports, schemas, the pool) lives as long as the process: frozen, it is not
         # walked again by every full collection under load.

@@ -48,6 +48,11 @@ class ServiceSettings(BaseSettings):
         "compiled", description="compiled: torch.compile, ~1.6× faster, compiles at start (cached on disk)"
     )
     worker_start_timeout_s: float = Field(300.0, gt=0)
+    api_scheduling: Literal["batch", "normal"] = Field(
+        "batch",
+        description="batch: the API process runs as SCHED_BATCH (Linux), so its wakeups do not preempt a worker's "
+        "batch on a shared core; requests are then read in bursts (less CPU each) and inference is not interrupted",
+    )
 
     max_batch_size: int = Field(16, ge=1, le=256, description="inputs per batch of one (task, precision)")
     max_wait_ms: float = Field(5.0, ge=0, description="how long the oldest queued input waits for batch-mates")

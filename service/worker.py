@@ -20,6 +20,7 @@ from typing import Any
 from quantization.artifact import ArtifactError
 from quantization.evaluate import finish, max_length_for, prepare, run_features
 from quantization.runtime import LoadedModel, load_model, warm_up
+from quantization.system import set_batch_scheduling
 from quantization.tasks import Feature, Task, get_task
 from quantization.tasks.ner import NerInput
 from quantization.tasks.qa import QAInput
@@ -162,6 +163,8 @@ def worker_main(spec: WorkerSpec, inbox: Connection, outbox: Connection) -> None
     """Process entry point: set threads, load, report ready, then serve batches until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pool shuts workers down; Ctrl-C goes to the parent
     logging.basicConfig(level=logging.INFO, format=f"%(levelname)s worker{spec.index}: %(message)s")
+    # Before torch starts its threads, which inherit it: inference is a normal task, whatever the API process is.
+    set_batch_scheduling(False)
     import torch
 
     torch.set_num_threads(spec.threads)

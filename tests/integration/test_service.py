@@ -184,6 +184,14 @@ def test_validation_errors_name_the_field(client: httpx.Client) -> None:
     assert response.json() == {"error": "invalid_input", "detail": "context: Field required"}
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+def test_api_process_is_a_batch_task_and_its_workers_normal(server: RunningServer, client: httpx.Client) -> None:
+    """QBERT_API_SCHEDULING=batch (the default): the API's wakeups must not preempt inference on a shared core."""
+    workers = [w["pid"] for w in client.get("/readyz").json()["workers"]]
+    assert os.sched_getscheduler(server.process.pid) == os.SCHED_BATCH
+    assert [os.sched_getscheduler(pid) for pid in workers] == [os.SCHED_OTHER]  # the one worker
+
+
 def test_models_lists_sizes_and_accuracy(client: httpx.Client) -> None:
     body = client.get("/models").json()
     assert body["default_precision"] == "w8"
