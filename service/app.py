@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 
 from quantization.catalog import load_catalog
 from quantization.system import set_batch_scheduling
@@ -163,12 +164,11 @@ def _predict_router(service: Service) -> APIRouter:
     dependencies = _api_key_dependencies(service.settings, protects=True)
     router = APIRouter(dependencies=dependencies, responses=_ERRORS, tags=["predict"])
 
-    @router.post(
-        "/predict/sst2",
-        response_model=SST2Response,
-        summary="Sentiment of one or more sentences",
-        openapi_extra=openapi_inputs(SST2Request),
-    )
+    def predict_route(path: str, body: type[BaseModel], answer: type[BaseModel], summary: str) -> Callable:
+        """A POST route that reads `body` itself (see `service.json_io`) and answers `answer`."""
+        return router.post(path, response_model=answer, summary=summary, openapi_extra=openapi_inputs(body))
+
+    @predict_route("/predict/sst2", SST2Request, SST2Response, "Sentiment of one or more sentences")
     async def predict_sst2(request: Request) -> Response:
         body = await read_body(request, SST2Request)
         texts = body.all_texts()
@@ -183,12 +183,7 @@ def _predict_router(service: Service) -> APIRouter:
         results = [ClassResult(label=v.label, score=v.score, scores=v.scores) for v in values]
         return json_response(SST2Response(**answered_by, results=results))
 
-    @router.post(
-        "/predict/ner",
-        response_model=NERResponse,
-        summary="Named entities with character offsets",
-        openapi_extra=openapi_inputs(NERRequest),
-    )
+    @predict_route("/predict/ner", NERRequest, NERResponse, "Named entities with character offsets")
     async def predict_ner(request: Request) -> Response:
         body = await read_body(request, NERRequest)
 
@@ -199,12 +194,7 @@ def _predict_router(service: Service) -> APIRouter:
         entities = [EntityResult.model_validate(entity, from_attributes=True) for entity in value.entities]
         return json_response(NERResponse(**answered_by, entities=entities))
 
-    @router.post(
-        "/qa",
-        response_model=QAResponse,
-        summary="Extractive answer span from a context",
-        openapi_extra=openapi_inputs(QARequest),
-    )
+    @predict_route("/qa", QARequest, QAResponse, "Extractive answer span from a context")
     async def qa(request: Request) -> Response:
         body = await read_body(request, QARequest)
 
