@@ -335,6 +335,9 @@ class WorkerPool:
             return
         slot.in_flight = None
         self.metrics.inference_duration.labels(*in_flight.key).observe(done.inference_seconds)
+        # Hand the worker its next batch before answering this one: the answers (responses built and written
+        # by the request tasks these results wake) would otherwise all run first while the worker sits idle.
+        self._dispatch_due()
         for queued, result in zip(in_flight.items, done.results, strict=True):
             if not queued.item.future.done():
                 queued.item.future.set_result(result)
