@@ -35,6 +35,39 @@ def prepare(loaded: LoadedModel, task: Task, item: Any) -> list[Feature]:
     return task.preprocess(loaded.tokenizer, item, max_length_for(task, loaded))
 
 
+# What one forward pass costs beyond its tokens, in tokens: Python, dispatch and each kernel's fixed work. Measured
+# for MiniLM-L6 on this CPU, 1 thread (compiled w8): a 1×7 forward takes 2.0 ms, and each further token ~0.05 ms.
+FORWARD_OVERHEAD_TOKENS = 32
+
+
+def plan_forward_batches(
+    lengths: Sequence[int], max_batch: int, overhead_tokens: int = FORWARD_OVERHEAD_TOKENS
+) -> list[list[int]]:
+    """Indices of `lengths` in forward batches of at most `max_batch`, padding as little as is worth it.
+
+    A forward pass pads its sequences to the longest, so it costs about `overhead_tokens + n * longest`.
+    Sequences are taken in order of length and cut into the contiguous runs that minimise the total cost
+    (dynamic programming): a batch of 16 short and long sentences runs as two or three passes rather than
+    one padded to the longest (NER w8: +25 % inputs/s), while same-length sequences stay in full batches.
+    """
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    best = [0.0] + [float("inf")] * len(order)  # best[j]: cost of the first j sequences
+    cut = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        longest = lengths[order[end - 1]]
+        for start in range(max(0, end - max_batch), end):
+            cost = best[start] + overhead_tokens + (end - start) * longest
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    batches, end = [], len(order)
+    while end:
+        batches.append(order[cut[end] : end])
+        end = cut[end]
+    return batches[::-1]
+
+
 def run_features(
     loaded: LoadedModel,
     task: Task,
@@ -42,16 +75,15 @@ def run_features(
     batch_size: int,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> list[list[Any]]:
-    """Per-input, per-feature outputs, batching features of similar length together.
+    """Per-input, per-feature outputs, in forward passes of at most `batch_size` similar-length features.
 
-    Each forward pass pads to the longest feature of its batch. `on_batch(done, total)` is called
-    after each batch with the number of features it held and the total number of features.
+    Each forward pass pads to the longest feature of its batch (see `plan_forward_batches`). `on_batch(done,
+    total)` is called after each pass with the number of features it held and the total number of features.
     """
     flat = [(i, j) for i, feats in enumerate(per_input) for j in range(len(feats))]
-    flat.sort(key=lambda ij: len(per_input[ij[0]][ij[1]]))
     outputs: list[list[Any]] = [[None] * len(feats) for feats in per_input]
-    for start in range(0, len(flat), batch_size):
-        chunk = flat[start : start + batch_size]
+    for batch in plan_forward_batches([len(per_input[i][j]) for i, j in flat], batch_size):
+        chunk = [flat[k] for k in batch]
         results = forward_features(loaded, task, [per_input[i][j] for i, j in chunk])
         for (i, j), result in zip(chunk, results, strict=True):
             outputs[i][j] = result
