@@ -55,7 +55,11 @@ class ServiceSettings(BaseSettings):
     )
 
     max_batch_size: int = Field(16, ge=1, le=256, description="inputs per batch of one (task, precision)")
-    max_wait_ms: float = Field(5.0, ge=0, description="how long the oldest queued input waits for batch-mates")
+    max_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        description="how long the oldest queued input waits for batch-mates (longer: fuller batches but idler workers)",
+    )
     max_queue: int = Field(512, ge=1, description="queued inputs over all keys before requests get 429")
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504 past it)")
 
