@@ -245,11 +245,17 @@ class WorkerPool:
                 return None
             now = time.monotonic()
             next_wait: float | None = None
-            for key, queue in sorted(self._live_queues(), key=lambda kq: kq[1][0].enqueued_at):
+            live = sorted(self._live_queues(), key=lambda kq: kq[1][0].enqueued_at)
+            # A queue's due inputs are shared between the idle workers, less one kept for each other queue.
+            free_workers = max(1, len(idle) - (len(live) - 1))
+            for key, queue in live:
                 expected_gap = self._arrivals[key].expected_gap()
-                decision = collate(queue, self.settings.max_batch_size, self.settings.max_wait_s, now, expected_gap)
-                if decision.batch:
-                    self._send(idle[0], key, decision.batch, now)
+                decision = collate(
+                    queue, self.settings.max_batch_size, self.settings.max_wait_s, now, expected_gap, free_workers
+                )
+                if decision.batches:
+                    for slot, batch in zip(idle, decision.batches, strict=False):
+                        self._send(slot, key, batch, now)
                     break
                 if decision.wait_s is not None:
                     next_wait = decision.wait_s if next_wait is None else min(next_wait, decision.wait_s)

@@ -50,3 +50,34 @@ def test_a_returning_batch_hands_the_worker_its_next_batch_before_answering_its_
 
     inbox = asyncio.run(scenario())
     assert inbox.previous_answered == [True, False]
+
+
+def test_a_burst_is_shared_between_idle_workers_and_a_second_queue_keeps_one(tmp_path: Path) -> None:
+    async def scenario() -> tuple[list[list], list[list]]:
+        settings = ServiceSettings(workers=3, max_batch_size=16, max_wait_ms=0, artifacts=tmp_path, tasks=["sst2"])
+        refs = [ArtifactRef("sst2", "w8", tmp_path), ArtifactRef("sst2", "fp32", tmp_path)]
+        pool = WorkerPool(settings, refs, ServiceMetrics())
+        inboxes = [RecordingInbox() for _ in pool._slots]
+        for slot, inbox in zip(pool._slots, inboxes, strict=True):
+            slot.ready, slot.inbox = True, inbox
+        burst = [asyncio.create_task(pool.submit("sst2", "w8", [f"t{i}"])) for i in range(9)]
+        await asyncio.sleep(0)
+        pool._dispatch_due()
+        alone = [[batch.payloads for batch in inbox.sent] for inbox in inboxes]
+
+        for slot in pool._slots:  # all three answer; then one w8 burst and one fp32 input arrive together
+            slot.in_flight = None
+        for inbox in inboxes:
+            inbox.sent.clear()
+        second = [asyncio.create_task(pool.submit("sst2", "w8", [f"u{i}"])) for i in range(4)]
+        other = asyncio.create_task(pool.submit("sst2", "fp32", ["v"]))
+        await asyncio.sleep(0)
+        pool._dispatch_due()
+        mixed = [[(batch.precision, batch.payloads) for batch in inbox.sent] for inbox in inboxes]
+        for task in [*burst, *second, other]:
+            task.cancel()
+        return alone, mixed
+
+    alone, mixed = asyncio.run(scenario())
+    assert alone == [[("t0", "t1", "t2")], [("t3", "t4", "t5")], [("t6", "t7", "t8")]]
+    assert mixed == [[("w8", ("u0", "u1"))], [("w8", ("u2", "u3"))], [("fp32", ("v",))]]
