@@ -74,10 +74,15 @@ def collate(
     return Decision(wait_s=max_wait_s - waited)
 
 
+def oldest_first(queues: Mapping[K, deque[Queued[T]]]) -> list[tuple[K, deque[Queued[T]]]]:
+    """The non-empty queues, the one whose front input has waited longest first (ties in mapping order)."""
+    return sorted(((key, q) for key, q in queues.items() if q), key=lambda kq: kq[1][0].enqueued_at)
+
+
 def oldest_queue(queues: Mapping[K, deque[Queued[T]]]) -> K | None:
     """The key whose front input has waited longest (None when every queue is empty)."""
-    heads = [(q[0].enqueued_at, i, key) for i, (key, q) in enumerate(queues.items()) if q]
-    return min(heads)[2] if heads else None
+    ordered = oldest_first(queues)
+    return ordered[0][0] if ordered else None
 
 
 class ArrivalGaps:

@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from service.batching import ArrivalGaps, Queued, collate
+from service.batching import ArrivalGaps, Queued, collate, oldest_first
 from service.errors import DeadlineExceededError, NotReadyError, OverloadedError, ShuttingDownError, WorkerLostError
 from service.metrics import ServiceMetrics
 from service.protocol import (
@@ -245,7 +245,8 @@ class WorkerPool:
                 return None
             now = time.monotonic()
             next_wait: float | None = None
-            live = sorted(self._live_queues(), key=lambda kq: kq[1][0].enqueued_at)
+            self._drop_given_up()
+            live = oldest_first(self._queues)
             # A queue's due inputs are shared between the idle workers, less one kept for each other queue.
             free_workers = max(1, len(idle) - (len(live) - 1))
             for key, queue in live:
@@ -262,17 +263,13 @@ class WorkerPool:
             else:
                 return next_wait
 
-    def _live_queues(self) -> list[tuple[Key, deque[Queued[Pending]]]]:
-        """Non-empty queues, after dropping inputs whose request already gave up."""
-        live = []
-        for key, queue in self._queues.items():
+    def _drop_given_up(self) -> None:
+        """Drop queued inputs whose request already gave up (timed out, or failed on another input)."""
+        for queue in self._queues.values():
             if any(q.item.future.done() for q in queue):
                 kept = [q for q in queue if not q.item.future.done()]
                 queue.clear()
                 queue.extend(kept)
-            if queue:
-                live.append((key, queue))
-        return live
 
     def _send(self, slot: WorkerSlot, key: Key, batch: list[Queued[Pending]], now: float) -> None:
         batch_id = next(self._batch_ids)
