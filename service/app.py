@@ -46,12 +46,15 @@ from service.schemas import (
     ErrorResponse,
     ModelEntry,
     ModelsResponse,
+    NERBatchResponse,
     NERRequest,
     NERResponse,
+    NERTextResult,
     QARequest,
     QAResponse,
     SST2Request,
     SST2Response,
+    TextsRequest,
 )
 from service.settings import ServiceSettings
 
@@ -132,6 +135,14 @@ def _check_text(text: str, limit: int, field: str) -> None:
         raise InvalidInputError(f"{field} has {len(text)} characters; at most {limit} are allowed")
 
 
+def _check_texts(body: TextsRequest, settings: ServiceSettings) -> None:
+    texts = body.all_texts()
+    if not texts or len(texts) > settings.max_texts:
+        raise InvalidInputError(f"give 1 to {settings.max_texts} texts, got {len(texts)}")
+    for i, text in enumerate(texts):
+        _check_text(text, settings.max_text_chars, f"texts[{i}]" if body.texts is not None else "text")
+
+
 async def _answer(
     service: Service, task: str, request: Request, check: Callable[[], None], payloads: list[Any]
 ) -> tuple[dict[str, str], list[Any]]:
@@ -164,35 +175,33 @@ def _predict_router(service: Service) -> APIRouter:
     dependencies = _api_key_dependencies(service.settings, protects=True)
     router = APIRouter(dependencies=dependencies, responses=_ERRORS, tags=["predict"])
 
-    def predict_route(path: str, body: type[BaseModel], answer: type[BaseModel], summary: str) -> Callable:
-        """A POST route that reads `body` itself (see `service.json_io`) and answers `answer`."""
+    def predict_route(path: str, body: type[BaseModel], answer: Any, summary: str) -> Callable:
+        """A POST route that reads `body` itself (see `service.json_io`) and answers `answer` (a model or a union)."""
         return router.post(path, response_model=answer, summary=summary, openapi_extra=openapi_inputs(body))
 
     @predict_route("/predict/sst2", SST2Request, SST2Response, "Sentiment of one or more sentences")
     async def predict_sst2(request: Request) -> Response:
         body = await read_body(request, SST2Request)
         texts = body.all_texts()
-
-        def check() -> None:
-            if not texts or len(texts) > service.settings.max_texts:
-                raise InvalidInputError(f"give 1 to {service.settings.max_texts} texts, got {len(texts)}")
-            for i, text in enumerate(texts):
-                _check_text(text, service.settings.max_text_chars, f"texts[{i}]" if body.texts else "text")
-
-        answered_by, values = await _answer(service, "sst2", request, check, texts)
+        answered_by, values = await _answer(
+            service, "sst2", request, lambda: _check_texts(body, service.settings), texts
+        )
         results = [ClassResult(label=v.label, score=v.score, scores=v.scores) for v in values]
         return json_response(SST2Response(**answered_by, results=results))
 
-    @predict_route("/predict/ner", NERRequest, NERResponse, "Named entities with character offsets")
+    @predict_route("/predict/ner", NERRequest, NERResponse | NERBatchResponse, "Named entities with character offsets")
     async def predict_ner(request: Request) -> Response:
         body = await read_body(request, NERRequest)
-
-        def check() -> None:
-            _check_text(body.text, service.settings.max_text_chars, "text")
-
-        answered_by, (value,) = await _answer(service, "ner", request, check, [body.text])
-        entities = [EntityResult.model_validate(entity, from_attributes=True) for entity in value.entities]
-        return json_response(NERResponse(**answered_by, entities=entities))
+        texts = body.all_texts()
+        answered_by, values = await _answer(
+            service, "ner", request, lambda: _check_texts(body, service.settings), texts
+        )
+        found = [[EntityResult.model_validate(e, from_attributes=True) for e in value.entities] for value in values]
+        if body.text is not None:
+            return json_response(NERResponse(**answered_by, entities=found[0]))
+        return json_response(
+            NERBatchResponse(**answered_by, results=[NERTextResult(entities=entities) for entities in found])
+        )
 
     @predict_route("/qa", QARequest, QAResponse, "Extractive answer span from a context")
     async def qa(request: Request) -> Response:

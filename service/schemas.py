@@ -11,17 +11,14 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SST2Request(_Request):
-    text: str | None = Field(None, description="one sentence")
-    texts: list[str] | None = Field(None, description="several sentences, answered in order")
+class TextsRequest(_Request):
+    """One text, or several answered in order (one HTTP round trip for a whole batch)."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"text": "a gripping, beautifully acted film"}, {"texts": ["great", "dull"]}]},
-    )
+    text: str | None = Field(None, description="one text")
+    texts: list[str] | None = Field(None, description="several texts, answered in order")
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> SST2Request:
+    def _exactly_one(self) -> TextsRequest:
         if (self.text is None) == (self.texts is None):
             raise ValueError("give exactly one of `text` or `texts`")
         return self
@@ -30,11 +27,22 @@ class SST2Request(_Request):
         return [self.text] if self.text is not None else list(self.texts or [])
 
 
-class NERRequest(_Request):
-    text: str
-
+class SST2Request(TextsRequest):
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"text": "John Smith works for Acme Corp in Paris."}]}
+        extra="forbid",
+        json_schema_extra={"examples": [{"text": "a gripping, beautifully acted film"}, {"texts": ["great", "dull"]}]},
+    )
+
+
+class NERRequest(TextsRequest):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"text": "John Smith works for Acme Corp in Paris."},
+                {"texts": ["John Smith works for Acme Corp.", "EU rejects German call to boycott British lamb."]},
+            ]
+        },
     )
 
 
@@ -80,7 +88,19 @@ class EntityResult(BaseModel):
 
 
 class NERResponse(_Response):
+    """The answer to `{"text": ...}`."""
+
     entities: list[EntityResult]
+
+
+class NERTextResult(BaseModel):
+    entities: list[EntityResult]
+
+
+class NERBatchResponse(_Response):
+    """The answer to `{"texts": [...]}`: one result per text, in order."""
+
+    results: list[NERTextResult]
 
 
 class QAResponse(_Response):

@@ -63,7 +63,7 @@ class ServiceSettings(BaseSettings):
     max_queue: int = Field(512, ge=1, description="queued inputs over all keys before requests get 429")
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504 past it)")
 
-    max_texts: int = Field(64, ge=1, description="texts in one /predict/sst2 request")
+    max_texts: int = Field(64, ge=1, description="texts in one /predict/sst2 or /predict/ner request")
     max_text_chars: int = Field(10_000, ge=1)
     max_context_chars: int = Field(100_000, ge=1, description="QA context; long contexts run in strided windows")
     max_tokens: int = Field(512, ge=8, description="tokens per text for sst2 and ner (longer → 422)")

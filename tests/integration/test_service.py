@@ -120,6 +120,23 @@ def test_ner_entities_have_character_offsets_into_the_input(client: httpx.Client
         assert 0.0 <= entity["score"] <= 1.0
 
 
+def test_ner_many_texts_answer_each_in_order_as_alone(client: httpx.Client) -> None:
+    texts = ["John Smith lives in Paris.", "nothing here", "He works at Acme corp in Berlin!"]
+    many = client.post("/predict/ner?precision=fp32", json={"texts": texts})
+    assert many.status_code == 200, many.text
+    body = many.json()
+    assert (body["task"], body["precision"]) == ("ner", "fp32")
+    assert "entities" not in body
+    singles = [client.post("/predict/ner?precision=fp32", json={"text": t}).json()["entities"] for t in texts]
+    assert len(body["results"]) == len(texts)
+    for text, result, single in zip(texts, body["results"], singles, strict=True):
+        assert [(e["type"], e["start"], e["end"]) for e in result["entities"]] == [
+            (e["type"], e["start"], e["end"]) for e in single
+        ]
+        for entity in result["entities"]:
+            assert text[entity["start"] : entity["end"]] == entity["text"]
+
+
 def test_qa_long_context_answer_is_a_span_of_it(client: httpx.Client) -> None:
     response = client.post("/qa", json={"question": "where does john live ?", "context": QA_CONTEXT})
     assert response.status_code == 200, response.text
@@ -136,6 +153,8 @@ def test_qa_long_context_answer_is_a_span_of_it(client: httpx.Client) -> None:
         ("/predict/sst2", {"text": "a", "texts": ["b"]}, "invalid_input"),
         ("/predict/sst2", {"texts": []}, "invalid_input"),
         ("/predict/ner", {"text": 3}, "invalid_input"),
+        ("/predict/ner", {"text": "a", "texts": ["b"]}, "invalid_input"),
+        ("/predict/ner", {"texts": ["John", " "]}, "invalid_input"),
         ("/qa", {"question": "who ?", "context": ""}, "invalid_input"),
         ("/qa", {"question": "", "context": "john"}, "invalid_input"),
     ],
@@ -154,15 +173,15 @@ def test_invalid_json_is_a_422(client: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize(
-    ("route", "request_model", "response_model", "required"),
+    ("route", "request_model", "response_models", "required"),
     [
-        ("/predict/sst2", "SST2Request", "SST2Response", []),
-        ("/predict/ner", "NERRequest", "NERResponse", ["text"]),
-        ("/qa", "QARequest", "QAResponse", ["question", "context"]),
+        ("/predict/sst2", "SST2Request", ["SST2Response"], []),
+        ("/predict/ner", "NERRequest", ["NERResponse", "NERBatchResponse"], []),
+        ("/qa", "QARequest", ["QAResponse"], ["question", "context"]),
     ],
 )
 def test_openapi_documents_each_route_body_precision_and_response(
-    client: httpx.Client, route: str, request_model: str, response_model: str, required: list[str]
+    client: httpx.Client, route: str, request_model: str, response_models: list[str], required: list[str]
 ) -> None:
     """The routes read their body and precision themselves; the schema must still say what they accept."""
     spec = client.get("/openapi.json").json()
@@ -174,7 +193,8 @@ def test_openapi_documents_each_route_body_precision_and_response(
     parameters = {(p["name"], p["in"]) for p in operation["parameters"]}
     assert parameters == {("precision", "query"), ("X-Precision", "header")}
     ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
-    assert ok == {"$ref": f"#/components/schemas/{response_model}"}
+    refs = [{"$ref": f"#/components/schemas/{name}"} for name in response_models]
+    assert (ok if len(refs) == 1 else ok["anyOf"]) == (refs[0] if len(refs) == 1 else refs)
     assert {"404", "422", "503"} <= set(operation["responses"])
 
 
