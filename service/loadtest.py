@@ -29,6 +29,7 @@ logger = logging.getLogger("qbert.loadtest")
 
 JSON_CONTENT = {"content-type": "application/json"}
 ROUTES = {"sst2": "/predict/sst2", "ner": "/predict/ner", "qa": "/qa"}
+MULTI_TEXT_TASKS = ("sst2", "ner")  # the routes that take {"texts": [...]}
 BUILT_IN_SAMPLES = {
     "sst2": ["a gripping , beautifully acted film .", "it 's slow -- very , very slow .", "a charming journey ."],
     "ner": ["John Smith works for Acme Corp in Paris .", "EU rejects German call to boycott British lamb ."],
@@ -61,15 +62,29 @@ def request_body(task: str, payload: Any) -> dict[str, Any]:
     return {"text": payload}
 
 
+def request_bodies(task: str, payloads: Sequence[Any], texts_per_request: int = 1) -> list[bytes]:
+    """Encoded request bodies over `payloads`: one input each, or `{"texts": [...]}` of `texts_per_request`."""
+    if texts_per_request == 1:
+        return [json.dumps(request_body(task, p)).encode() for p in payloads]
+    if task not in MULTI_TEXT_TASKS:
+        raise ValueError(f"{task} takes one input per request; texts per request apply to {MULTI_TEXT_TASKS}")
+    cycled = list(itertools.islice(itertools.cycle(payloads), max(len(payloads), texts_per_request)))
+    return [
+        json.dumps({"texts": cycled[i : i + texts_per_request]}).encode()
+        for i in range(0, len(cycled) - texts_per_request + 1, texts_per_request)
+    ]
+
+
 @dataclass
 class KeyStats:
     latencies_ms: list[float] = field(default_factory=list)
     statuses: Counter = field(default_factory=Counter)
 
-    def summary(self, seconds: float) -> dict[str, Any]:
+    def summary(self, seconds: float, inputs_per_request: int = 1) -> dict[str, Any]:
         ok = self.statuses.get(200, 0)
         row: dict[str, Any] = {"requests": sum(self.statuses.values()), "ok": ok, "statuses": dict(self.statuses)}
         row["throughput_rps"] = round(ok / seconds, 2) if seconds > 0 else 0.0
+        row["throughput_ips"] = round(ok * inputs_per_request / seconds, 2) if seconds > 0 else 0.0
         if self.latencies_ms:
             q = percentiles(self.latencies_ms)
             row |= {
@@ -97,6 +112,7 @@ class LoadPlan:
     warmup: int = 0
     api_key: str | None = None
     timeout_s: float = 60.0
+    texts_per_request: int = 1  # > 1: bulk requests, {"texts": [...]} (sst2 and ner only)
 
     def __post_init__(self) -> None:
         if (self.duration_s is None) == (self.requests is None):
@@ -106,6 +122,11 @@ class LoadPlan:
         unknown = [task for task, _ in self.mix if task not in ROUTES]
         if unknown:
             raise ValueError(f"unknown tasks {unknown}; known: {sorted(ROUTES)}")
+        if self.texts_per_request < 1:
+            raise ValueError(f"texts_per_request must be >= 1, got {self.texts_per_request}")
+        single = sorted({task for task, _ in self.mix if task not in MULTI_TEXT_TASKS})
+        if self.texts_per_request > 1 and single:
+            raise ValueError(f"{single} take one input per request; texts_per_request applies to {MULTI_TEXT_TASKS}")
 
 
 async def service_cpu_seconds(client: httpx.AsyncClient) -> dict[str, float] | None:
@@ -125,8 +146,13 @@ async def service_cpu_seconds(client: httpx.AsyncClient) -> dict[str, float] | N
     return totals
 
 
-def cpu_per_request(before: dict[str, float] | None, after: dict[str, float] | None, requests: int) -> dict[str, Any]:
-    """The service's CPU milliseconds per request over a run: API process, workers, both (empty if unmeasured)."""
+def cpu_per_request(
+    before: dict[str, float] | None, after: dict[str, float] | None, requests: int, inputs_per_request: int = 1
+) -> dict[str, Any]:
+    """The service's CPU milliseconds per request (and per input) over a run: API process, workers, both.
+
+    Empty if unmeasured.
+    """
     if before is None or after is None or requests == 0:
         return {}
     api, workers = after["api"] - before["api"], after["workers"] - before["workers"]
@@ -135,6 +161,7 @@ def cpu_per_request(before: dict[str, float] | None, after: dict[str, float] | N
         "workers_cpu_s": round(workers, 2),
         "service_cpu_ms_per_request": round((api + workers) * 1000 / requests, 3),
         "api_cpu_ms_per_request": round(api * 1000 / requests, 3),
+        "service_cpu_ms_per_input": round((api + workers) * 1000 / (requests * inputs_per_request), 3),
     }
 
 
@@ -148,8 +175,7 @@ async def run_load(plan: LoadPlan, payloads: dict[str, list[Any]]) -> dict[str, 
     jobs = itertools.cycle([(task, precision, f"{ROUTES[task]}?precision={precision}") for task, precision in plan.mix])
     # Bodies encoded once, for the same reason.
     bodies = {
-        task: itertools.cycle([json.dumps(request_body(task, p)).encode() for p in items])
-        for task, items in payloads.items()
+        task: itertools.cycle(request_bodies(task, items, plan.texts_per_request)) for task, items in payloads.items()
     }
     async with contextlib.AsyncExitStack() as stack:
         clients = [
@@ -194,7 +220,13 @@ async def run_load(plan: LoadPlan, payloads: dict[str, list[Any]]) -> dict[str, 
         client_cpu_s = time.process_time() - cpu_started
         cpu_after = await service_cpu_seconds(clients[0])
     rows = [
-        {"task": task, "precision": precision, "concurrency": plan.concurrency, **s.summary(elapsed)}
+        {
+            "task": task,
+            "precision": precision,
+            "concurrency": plan.concurrency,
+            "texts_per_request": plan.texts_per_request,
+            **s.summary(elapsed, plan.texts_per_request),
+        }
         for (task, precision), s in sorted(stats.items())
     ]
     total_ok = sum(r["ok"] for r in rows)
@@ -202,12 +234,14 @@ async def run_load(plan: LoadPlan, payloads: dict[str, list[Any]]) -> dict[str, 
     return {
         "url": plan.url,
         "seconds": round(elapsed, 2),
+        "texts_per_request": plan.texts_per_request,
         "throughput_rps": round(total_ok / elapsed, 2),
+        "throughput_ips": round(total_ok * plan.texts_per_request / elapsed, 2),
         # The load generator's own CPU: on a small machine it competes with the server it measures.
         "client_cpu_s": round(client_cpu_s, 2),
         "client_cpu_ms_per_request": round(client_cpu_s * 1000 / total, 3) if total else None,
         # The server's CPU, wherever its load comes from: what serving costs beside the model (see raw).
-        **cpu_per_request(cpu_before, cpu_after, total),
+        **cpu_per_request(cpu_before, cpu_after, total, plan.texts_per_request),
         "rows": rows,
     }
 
@@ -252,12 +286,14 @@ def raw_throughput(
 
 def format_table(result: dict[str, Any]) -> str:
     lines = [
-        "| task | precision | concurrency | requests | ok | p50 ms | p95 ms | p99 ms | throughput /s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| task | precision | concurrency | texts/request | requests | ok | p50 ms | p95 ms | p99 ms "
+        "| requests/s | inputs/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['task']} | {r['precision']} | {r['concurrency']} | {r['requests']} | {r['ok']} | "
-            f"{r.get('p50_ms', '-')} | {r.get('p95_ms', '-')} | {r.get('p99_ms', '-')} | {r['throughput_rps']} |"
+            f"| {r['task']} | {r['precision']} | {r['concurrency']} | {r['texts_per_request']} | {r['requests']} | "
+            f"{r['ok']} | {r.get('p50_ms', '-')} | {r.get('p95_ms', '-')} | {r.get('p99_ms', '-')} | "
+            f"{r['throughput_rps']} | {r['throughput_ips']} |"
         )
     return "\n".join(lines)

@@ -268,6 +268,23 @@ def test_loadtest_reports_latency_and_what_serving_costs_in_cpu(server: RunningS
     assert result["client_cpu_ms_per_request"] > 0
 
 
+def test_bulk_loadtest_sends_texts_and_counts_inputs(server: RunningServer, client: httpx.Client) -> None:
+    from service.loadtest import BUILT_IN_SAMPLES, LoadPlan, run_load
+
+    def inputs_batched() -> float:
+        family = _metrics(client)["qbert_batch_size"]
+        return sum(s.value for s in family.samples if s.name == "qbert_batch_size_sum" and s.labels["task"] == "ner")
+
+    before = inputs_batched()
+    plan = LoadPlan(url=server.url, mix=(("ner", "w8"),), concurrency=2, requests=8, texts_per_request=5)
+    result = asyncio.run(run_load(plan, {"ner": list(BUILT_IN_SAMPLES["ner"])}))
+    (row,) = result["rows"]
+    assert (row["ok"], row["texts_per_request"]) == (8, 5)
+    assert row["throughput_ips"] == pytest.approx(5 * row["throughput_rps"], rel=0.01)
+    assert inputs_batched() - before == 40  # every request carried 5 texts to the worker
+    assert result["service_cpu_ms_per_input"] == pytest.approx(result["service_cpu_ms_per_request"] / 5, rel=0.01)
+
+
 def test_raw_throughput_times_the_bare_model_on_the_cpus_given(tiny_artifacts: Path) -> None:
     """What `qbert loadtest --compare-raw --raw-cpus` runs: the model in process, pinned, collector left as found."""
     from quantization.system import cpu_affinity
