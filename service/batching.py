@@ -79,12 +79,6 @@ def oldest_first(queues: Mapping[K, deque[Queued[T]]]) -> list[tuple[K, deque[Qu
     return sorted(((key, q) for key, q in queues.items() if q), key=lambda kq: kq[1][0].enqueued_at)
 
 
-def oldest_queue(queues: Mapping[K, deque[Queued[T]]]) -> K | None:
-    """The key whose front input has waited longest (None when every queue is empty)."""
-    ordered = oldest_first(queues)
-    return ordered[0][0] if ordered else None
-
-
 class ArrivalGaps:
     """The median of the last `window` gaps between arrivals: robust to the long pause between bursts."""
 

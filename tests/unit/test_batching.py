@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.batching import ArrivalGaps, Decision, Queued, collate, even_sizes, oldest_queue
+from service.batching import ArrivalGaps, Decision, Queued, collate, even_sizes, oldest_first
 
 
 def _queue(*times: float) -> deque:
@@ -108,10 +108,12 @@ def test_batch_size_and_free_workers_must_be_positive() -> None:
         collate(_queue(0.0), 4, 0.005, now=1.0, free_workers=0)
 
 
-def test_oldest_queue_picks_the_longest_waiting_head() -> None:
+def test_oldest_first_orders_the_non_empty_queues_by_their_longest_waiting_head() -> None:
     queues = {("sst2", "w8"): _queue(2.0, 2.1), ("qa", "fp32"): _queue(1.5), ("ner", "w8"): deque()}
-    assert oldest_queue(queues) == ("qa", "fp32")
-    assert oldest_queue({"a": deque()}) is None
+    assert [key for key, _ in oldest_first(queues)] == [("qa", "fp32"), ("sst2", "w8")]
+    ties = {"a": _queue(1.0), "b": _queue(1.0)}
+    assert [key for key, _ in oldest_first(ties)] == ["a", "b"]
+    assert oldest_first({"a": deque()}) == []
 
 
 @given(
