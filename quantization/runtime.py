@@ -22,6 +22,7 @@ import functools
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,14 +108,9 @@ class Int8Linear(nn.Module):
         `torch._int_mm` reorders a plain weight matrix on every call; packed, the same products cost about
         40 % less. Where oneDNN cannot pack (a CPU build without it), the layer keeps `torch._int_mm`.
         """
-        if self.packed or not torch.backends.mkldnn.is_available():
+        if self.packed or not onednn_int8_is_exact():
             return
-        try:
-            packed = torch.ops.onednn.qlinear_prepack(self.weight_int8, None)
-        except RuntimeError as exc:
-            logger.warning("oneDNN cannot pack int8 weights (%s); using torch._int_mm", exc)
-            return
-        self.weight_int8 = packed
+        self.weight_int8 = torch.ops.onednn.qlinear_prepack(self.weight_int8, None)
         self.register_buffer("packed_zero_points", torch.zeros(self.out_features, dtype=torch.int64), persistent=False)
         self.packed = True
 
@@ -135,6 +131,32 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits} (int8 kernel)"
+
+
+@functools.cache
+def onednn_int8_is_exact() -> bool:
+    """Whether oneDNN's packed int8 GEMM computes exact int32 sums of int8 × int8 on this CPU (checked once).
+
+    Without VNNI or AMX (AVX2 only) oneDNN multiplies through 16-bit pair sums that saturate for signed
+    activations: products came out wrong by up to a fifth of their size. There the layers use `torch._int_mm`.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randint(-128, 128, (64, 256), dtype=torch.int8, generator=generator)
+    xq = torch.randint(-127, 128, (8, 256), dtype=torch.int8, generator=generator)
+    try:
+        packed = torch.ops.onednn.qlinear_prepack(weight, None)
+        ours = torch.ops.onednn.qlinear_pointwise(
+            *_qlinear_arguments(xq, packed, torch.ones(64), torch.zeros(64, dtype=torch.int64))
+        )
+    except RuntimeError as exc:
+        logger.warning("oneDNN cannot run int8 GEMMs (%s); using torch._int_mm", exc)
+        return False
+    exact = torch.equal(ours.to(torch.int32), torch._int_mm(xq, weight.t()))
+    if not exact:
+        logger.warning("oneDNN's int8 GEMM is not exact on this CPU (no VNNI/AMX); using torch._int_mm")
+    return exact
 
 
 def _codes_as_int8(codes: torch.Tensor, shift: int) -> torch.Tensor:
@@ -311,11 +333,19 @@ def _materialize_buffers(model: nn.Module) -> None:
             module.register_buffer(name, value, persistent=False)
 
 
-def build_model(artifact: Artifact, stack_qkv: bool = True) -> tuple[nn.Module, int]:
+LinearFactory = Callable[[QuantizedWeight, torch.Tensor | None], nn.Module]
+
+
+def build_model(
+    artifact: Artifact, stack_qkv: bool = True, linear_factory: LinearFactory | None = None
+) -> tuple[nn.Module, int]:
     """The inference model of an artifact and its runtime weight bytes.
 
     `stack_qkv`: run each attention block's quantized Q, K and V as one matmul (same results, faster).
+    `linear_factory(qweight, bias)`: the module a quantized Linear becomes (default `Int8Linear`); it reports its
+    resident bytes as `runtime_nbytes`.
     """
+    linear_factory = linear_factory or Int8Linear.from_quantized
     config = transformers.AutoConfig.from_pretrained(artifact.path, local_files_only=True)
     config._attn_implementation = "sdpa"
     with torch.device("meta"):
@@ -334,7 +364,7 @@ def build_model(artifact: Artifact, stack_qkv: bool = True) -> tuple[nn.Module, 
             replacement: nn.Module = QuantizedEmbedding(qweight, original.padding_idx)
         elif isinstance(original, nn.Linear):
             bias = tensors.pop(f"{module_name}.bias", None)
-            replacement = Int8Linear.from_quantized(qweight, bias)
+            replacement = linear_factory(qweight, bias)
         else:
             raise ValueError(f"{module_name} is a {type(original).__name__}; only Linear/Embedding quantize")
         runtime_bytes += replacement.runtime_nbytes
@@ -375,7 +405,7 @@ def compile_model(model: nn.Module) -> nn.Module:
     """
     dynamo = torch._dynamo.config
     dynamo.recompile_limit = max(dynamo.recompile_limit, COMPILED_VARIANTS_LIMIT)
-    if torch.backends.mkldnn.is_available():
+    if onednn_int8_is_exact():
         _lower_packed_matmul_to_onednn()
     return torch.compile(model, dynamic=True, options={"cpp_wrapper": True, "realize_opcount_threshold": 8})
 
