@@ -30,11 +30,11 @@ from quantization.artifact import TOKENIZER_FILES, WEIGHTS
 from quantization.catalog import Catalog, artifacts_dir, plans_dir, read_plan
 from quantization.config import BACKENDS, PrecisionConfig, Rounding
 from quantization.structure import encoder_blocks
-from quantization.system import resident_bytes
+from quantization.system import cpu_kernel_flags, cpu_model_name, resident_bytes
 
 logger = logging.getLogger(__name__)
 
-PEERS = ("torch-fp32", "torch-dynamic-int8", "ort-fp32", "ort-int8")
+PEERS = ("torch-fp32", "torch-dynamic-int8", "ort-fp32", "ort-int8", "ov-fp32", "ov-int8")
 RUNTIMES = (*PEERS, "qbert")
 BERT_BASE = "bert-base-random"  # bert-base shape (12 × 768), random weights: speed does not depend on them
 VOCAB_SOURCE_TASK = "sst2"  # MiniLM's uncased WordPiece vocabulary is bert-base-uncased's (30,522 tokens)
@@ -88,14 +88,16 @@ class BenchPlan:
 
 FULL_SHAPES = (Shape(1, 32), Shape(1, 128), Shape(1, 384), Shape(8, 128))
 FULL = BenchPlan(models=(BERT_BASE, "sst2", "ner", "qa"), shapes=FULL_SHAPES)
-QUICK = BenchPlan(  # the goal's shapes on bert-base and one served model; our fastest backend only
+QUICK = BenchPlan(  # the goal's shapes on bert-base and one served model
     models=(BERT_BASE, "sst2"),
     shapes=(Shape(1, 128), Shape(8, 128)),
-    precisions=("w8", "w4g128", "mp23"),
-    backends=("compiled",),
+    precisions=("w8", "w4g128", "w2g128"),
+    runtimes=("torch-fp32", "ort-int8", "ov-int8", "qbert"),
+    backends=("compiled", "openvino"),
+    rounds=4,
     sample_seconds=0.15,
     memory_after_run=False,
-    memory_runtimes=("ort-int8", "qbert"),  # the goal's comparison: our RSS against ONNX Runtime int8's
+    memory_runtimes=("ov-int8", "qbert"),  # the goal's comparison: our RSS against OpenVINO INT8's
 )
 
 
@@ -129,31 +131,39 @@ class Row:
     rss_mb: float | None = None  # the memory readings: absent when the run takes none
     rss_model_mb: float | None = None
     rss_after_run_mb: float | None = None  # compiled: includes what compiling the first shape kept
+    runtime_mb: float | None = None  # ours: the weight bytes the model reports (qbert_model_weight_bytes runtime)
     load_s: float | None = None
     artifact_bytes: int = 0
     max_abs_diff: float = 0.0
     vs_torch_fp32: float | None = None
     vs_ort_int8: float | None = None
+    vs_ov_int8: float | None = None
     samples_ms: list[float] = field(default_factory=list)
 
 
 # ----- loading ---------------------------------------------------------------------------------------
 
 
-def load_runner(candidate: Candidate, threads: int) -> peers.Runner:
+def load_runner(candidate: Candidate, threads: int) -> tuple[peers.Runner, int | None]:
+    """The candidate's runner, and for ours the runtime weight bytes the model reports (None for peers)."""
     from quantization.artifact import read_artifact
     from quantization.build import load_checkpoint
-    from quantization.runtime import build_model, compile_model
+    from quantization.runtime import build_for_backend
 
     if candidate.runtime in ("torch-fp32", "torch-dynamic-int8"):
         model = load_checkpoint(str(candidate.path), candidate.task).model
         if candidate.runtime == "torch-dynamic-int8":
             model = peers.torch_dynamic_int8(model)
-        return peers.torch_runner(model)
+        return peers.torch_runner(model), None
     if candidate.runtime in ("ort-fp32", "ort-int8"):
-        return peers.ort_runner(candidate.path, threads)
-    model, _ = build_model(read_artifact(candidate.path))  # the model only: peers load no tokenizer either
-    return peers.torch_runner(compile_model(model) if candidate.backend == "compiled" else model)
+        return peers.ort_runner(candidate.path, threads), None
+    if candidate.runtime in ("ov-fp32", "ov-int8"):
+        return peers.ov_runner(candidate.path, threads), None
+    # the model only: peers load no tokenizer either
+    model, runtime_bytes, backend = build_for_backend(read_artifact(candidate.path), candidate.backend)
+    if backend != candidate.backend:
+        raise RuntimeError(f"{candidate.path} fell back from {candidate.backend} to {backend}; see the log")
+    return peers.torch_runner(model), runtime_bytes
 
 
 def make_inputs(shape: Shape, vocab_size: int, seed: int = 0) -> peers.Inputs:
@@ -207,9 +217,11 @@ def _load_in_child(candidate: Candidate, threads: int, run: bool, results: Any) 
     import quantization.build  # noqa: F401
     import quantization.runtime  # noqa: F401
 
+    if candidate.runtime.startswith("ov-") or candidate.backend == "openvino":
+        _load_openvino_libraries()
     before = resident_bytes()
     started = time.perf_counter()
-    runner = load_runner(candidate, threads)
+    runner, _ = load_runner(candidate, threads)
     load_s = time.perf_counter() - started
     after_load = resident_bytes()
     reading = {"rss_before": before, "rss_after_load": after_load}
@@ -217,6 +229,15 @@ def _load_in_child(candidate: Candidate, threads: int, run: bool, results: Any) 
         runner(make_inputs(Shape(1, 16), candidate.vocab_size))
         reading["rss_after_run"] = resident_bytes()
     results.put(reading | {"load_s": load_s})
+
+
+def _load_openvino_libraries() -> None:
+    """Import OpenVINO and load its PyTorch frontend and CPU plugin (once per process, whatever the model) by
+    converting and compiling a one-layer model, so that a reading after it is the model's own."""
+    import openvino as ov
+
+    converted = ov.convert_model(torch.nn.Linear(4, 4).eval(), example_input=torch.ones(1, 4))
+    ov.Core().compile_model(converted, "CPU").create_infer_request().infer({0: np.ones((1, 4), np.float32)})
 
 
 def memory_in_fresh_process(candidate: Candidate, threads: int, run: bool = True) -> dict[str, float | None]:
@@ -258,7 +279,7 @@ def bert_base_checkpoint(cache: Path, catalog: Catalog) -> Path:
 
 def _size(path: Path) -> int:
     if path.is_file():
-        return path.stat().st_size
+        return path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
     return sum(p.stat().st_size for p in path.iterdir() if p.suffix in {".safetensors", ".onnx", ".data"})
 
 
@@ -296,6 +317,19 @@ def prepare_candidates(plan: BenchPlan, catalog: Catalog, cache: Path) -> list[C
                 add(Candidate(model_name, task, "ort-fp32", "fp32", fp32_file, _size(fp32_file), vocab))
             if "ort-int8" in plan.runtimes:
                 add(Candidate(model_name, task, "ort-int8", "int8", int8_file, _size(int8_file), vocab))
+        if {"ov-fp32", "ov-int8"} & set(plan.runtimes):
+            fp32_file, int8_file = work / "openvino.xml", work / "openvino.int8.xml"
+            if not fp32_file.exists():
+                logger.info("converting %s to OpenVINO", model_name)
+                peers.export_openvino(checkpoint.model, fp32_file, make_inputs(Shape(2, 16), vocab))
+            if "ov-int8" in plan.runtimes and not int8_file.exists():
+                logger.info("quantizing %s with NNCF (%d calibration inputs)", model_name, peers.CALIBRATION_INPUTS)
+                calibration = calibration_inputs(name, checkpoint, catalog, vocab)
+                peers.quantize_openvino_int8(fp32_file, int8_file, calibration)
+            if "ov-fp32" in plan.runtimes:
+                add(Candidate(model_name, task, "ov-fp32", "fp32", fp32_file, _size(fp32_file), vocab))
+            if "ov-int8" in plan.runtimes:
+                add(Candidate(model_name, task, "ov-int8", "int8", int8_file, _size(int8_file), vocab))
         if "qbert" in plan.runtimes:
             for precision_name in plan.precisions:
                 # The catalog's built artifact when it is of this very checkpoint and precision, else our own.
@@ -314,6 +348,22 @@ def prepare_candidates(plan: BenchPlan, catalog: Catalog, cache: Path) -> list[C
                 for backend in plan.backends:
                     add(Candidate(model_name, task, "qbert", precision_name, artifact, packed, vocab, backend))
     return candidates
+
+
+CALIBRATION_LENGTH = 128
+
+
+def calibration_inputs(name: str, checkpoint: Any, catalog: Catalog, vocab_size: int) -> list[peers.Inputs]:
+    """NNCF's calibration inputs: sequences of the task's training split (never its evaluation data), or random
+    ordinary word pieces for the random bert-base model, which has no task data."""
+    from quantization.build import training_set
+    from quantization.tasks.base import collate_training, model_inputs
+
+    count = peers.CALIBRATION_INPUTS
+    if name == BERT_BASE:
+        return [make_inputs(Shape(1, CALIBRATION_LENGTH), vocab_size, seed=i) for i in range(count)]
+    data = training_set(checkpoint, catalog.task(name), count, CALIBRATION_LENGTH)
+    return [model_inputs(collate_training([feature], data.pad_token_id)) for feature in data.features[:count]]
 
 
 def _own_copy(catalog: Catalog, name: str, task: str, model: torch.nn.Module) -> PrecisionConfig:
@@ -352,7 +402,9 @@ def run_bench(plan: BenchPlan, candidates: Sequence[Candidate], progress: Callab
             progress(f"memory: {'/'.join(candidate.key)} in a fresh process")
             memory[candidate.key] = memory_in_fresh_process(candidate, plan.threads, plan.memory_after_run)
     progress("loading every candidate")
-    runners = {c.key: load_runner(c, plan.threads) for c in candidates}
+    loaded = {c.key: load_runner(c, plan.threads) for c in candidates}
+    runners = {key: runner for key, (runner, _) in loaded.items()}
+    runtime_mb = {key: round(size / 1e6, 2) for key, (_, size) in loaded.items() if size is not None}
     by_key = {c.key: c for c in candidates}
     diffs, calls = {}, {}
     vocab = {c.model: c.vocab_size for c in candidates}
@@ -382,24 +434,52 @@ def run_bench(plan: BenchPlan, candidates: Sequence[Candidate], progress: Callab
                 max_ms=round(max(values), 3),
                 **memory.get(key, {}),  # rss_mb, rss_model_mb, rss_after_run_mb, load_s
                 artifact_bytes=candidate.artifact_bytes,
+                runtime_mb=runtime_mb.get(key),
                 max_abs_diff=round(diffs[(key, shape)], 6),
                 samples_ms=[round(v, 3) for v in values],
             )
         )
     add_ratios(rows)
-    return {"plan": _plan_dict(plan), "torch": torch.__version__, "rows": [asdict(r) for r in rows]}
+    return {
+        "plan": _plan_dict(plan),
+        "torch": torch.__version__,
+        "openvino": _version("openvino"),
+        "onnxruntime": _version("onnxruntime"),
+        "cpu": {"model": cpu_model_name(), "flags": cpu_kernel_flags(), "oneDNN int8 exact": _onednn_exact()},
+        "rows": [asdict(r) for r in rows],
+    }
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _onednn_exact() -> bool:
+    from quantization.runtime import onednn_int8_is_exact
+
+    return onednn_int8_is_exact()
 
 
 def _bind(runner: peers.Runner, inputs: peers.Inputs) -> Callable[[], Any]:
     return lambda: runner(inputs)
 
 
+RATIO_BASES = (("vs_ov_int8", "ov-int8"), ("vs_ort_int8", "ort-int8"), ("vs_torch_fp32", "torch-fp32"))
+RATIO_LABELS = {"vs_ov_int8": "× OV int8", "vs_ort_int8": "× ORT int8", "vs_torch_fp32": "× torch fp32"}
+
+
 def add_ratios(rows: Iterable[Row]) -> None:
-    """Speed-ups (throughput ratios) against PyTorch FP32 and ONNX Runtime int8 at the same model and shape."""
+    """Speed-ups (throughput ratios) against PyTorch FP32, ONNX Runtime int8 and OpenVINO INT8 at the same model
+    and shape."""
     rows = list(rows)
     median = {(r.model, r.runtime, r.batch, r.seq): r.median_ms for r in rows if r.runtime in PEERS}
     for row in rows:
-        for attribute, runtime in (("vs_torch_fp32", "torch-fp32"), ("vs_ort_int8", "ort-int8")):
+        for attribute, runtime in RATIO_BASES:
             base = median.get((row.model, runtime, row.batch, row.seq))
             setattr(row, attribute, round(base / row.median_ms, 3) if base else None)
 
@@ -410,17 +490,31 @@ def _plan_dict(plan: BenchPlan) -> dict:
     return out
 
 
+def _ratio_columns(rows: list[dict]) -> list[str]:
+    """The ratio columns whose base runtime was measured in this run."""
+    measured = {r["runtime"] for r in rows}
+    return [attribute for attribute, runtime in RATIO_BASES if runtime in measured]
+
+
 def format_table(result: dict) -> str:
-    """Markdown: one table per model; a column group per shape (median ms, ×torch FP32, ×ORT int8)."""
+    """Markdown: one table per model; a column group per shape (median ms and the throughput ratios)."""
     rows = result["rows"]
     shapes = list(dict.fromkeys((r["batch"], r["seq"]) for r in rows))
+    ratios = _ratio_columns(rows)
     lines = []
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
         header = ["runtime", "precision"]
         for batch, seq in shapes:
-            header += [f"b{batch}×{seq} ms", "× torch fp32", "× ORT int8"]
-        header += ["RSS MB after load (model's own)", "RSS MB after 1st run", "load s", "weights MB", "max |Δ| vs fp32"]
+            header += [f"b{batch}×{seq} ms", *(RATIO_LABELS[a] for a in ratios)]
+        header += [
+            "RSS MB after load (model's own)",
+            "RSS MB after 1st run",
+            "runtime weights MB",
+            "load s",
+            "file MB",
+            "max |Δ| vs fp32",
+        ]
         lines += [f"**{model}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for runtime, precision, backend in dict.fromkeys((r["runtime"], r["precision"], r["backend"]) for r in mine):
             cells = [f"{runtime} ({backend})" if backend else runtime, precision]
@@ -428,19 +522,18 @@ def format_table(result: dict) -> str:
             for batch, seq in shapes:
                 row = next((r for r in same if (r["batch"], r["seq"]) == (batch, seq)), None)
                 if row is None:
-                    cells += ["", "", ""]
+                    cells += [""] * (1 + len(ratios))
                     continue
-                cells += [
-                    f"{row['median_ms']:.1f} ({row['min_ms']:.1f}–{row['max_ms']:.1f})",
-                    _ratio(row["vs_torch_fp32"]),
-                    _ratio(row["vs_ort_int8"]),
-                ]
+                cells.append(f"{row['median_ms']:.1f} ({row['min_ms']:.1f}–{row['max_ms']:.1f})")
+                cells += [_ratio(row.get(a)) for a in ratios]
             first = same[0]
             rss = f"{first['rss_mb']:.0f} ({first['rss_model_mb']:.0f})" if first["rss_mb"] is not None else ""
             after_run = first.get("rss_after_run_mb")
+            runtime_mb = first.get("runtime_mb")
             cells += [
                 rss,
                 f"{after_run:.0f}" if after_run is not None else "",
+                f"{runtime_mb:.1f}" if runtime_mb is not None else "",
                 f"{first['load_s']:.2f}" if first["load_s"] is not None else "",
                 f"{first['artifact_bytes'] / 1e6:.1f}",
                 f"{max(r['max_abs_diff'] for r in same):.2g}",
@@ -451,41 +544,54 @@ def format_table(result: dict) -> str:
 
 
 def headline(result: dict, model: str = BERT_BASE) -> list[str]:
-    """The issue's goals on the bert-base shape: our fastest precision/backend against ONNX Runtime int8 and FP32."""
+    """The issue's goals on one model: each backend of ours (slowest to fastest precision) against the peers,
+    and the RSS of a loaded model per precision against OpenVINO INT8's and ONNX Runtime int8's."""
     rows = [r for r in result["rows"] if r["model"] == model]
+    names = {"vs_ov_int8": "OpenVINO INT8", "vs_ort_int8": "ONNX Runtime int8", "vs_torch_fp32": "PyTorch FP32"}
     lines = []
     for batch, seq in dict.fromkeys((r["batch"], r["seq"]) for r in rows):
-        ours = [r for r in rows if r["runtime"] == "qbert" and (r["batch"], r["seq"]) == (batch, seq)]
-        if not ours:
-            continue
-        best = min(ours, key=lambda r: r["median_ms"])
-        lines.append(
-            f"{model} b{batch}×{seq}: qbert {best['precision']} ({best['backend']}) {best['median_ms']:.1f} ms = "
-            f"{best['vs_ort_int8']:.2f}× ONNX Runtime int8, {best['vs_torch_fp32']:.2f}× PyTorch FP32"
-        )
-    ort = next((r for r in rows if r["runtime"] == "ort-int8" and r["rss_model_mb"] is not None), None)
-    mine = [r for r in rows if r["runtime"] == "qbert" and r["rss_model_mb"] is not None]
-    if ort and mine:
-        worst = max(mine, key=lambda r: r["rss_model_mb"])
-        lines.append(
-            f"{model} RSS of a loaded model: qbert ≤ {worst['rss_model_mb']:.0f} MB ({worst['precision']}, "
-            f"{worst['backend']}), ONNX Runtime int8 {ort['rss_model_mb']:.0f} MB"
-        )
+        at_shape = [r for r in rows if (r["batch"], r["seq"]) == (batch, seq)]
+        for backend in dict.fromkeys(r["backend"] for r in at_shape if r["runtime"] == "qbert"):
+            ours = [r for r in at_shape if r["runtime"] == "qbert" and r["backend"] == backend]
+            parts = []
+            for attribute in _ratio_columns(at_shape):
+                values = [r[attribute] for r in ours if r.get(attribute)]
+                if values:
+                    parts.append(f"{min(values):.2f}–{max(values):.2f}× {names[attribute]}")
+            ms = [r["median_ms"] for r in ours]
+            lines.append(
+                f"{model} b{batch}×{seq}: qbert {backend} ({', '.join(r['precision'] for r in ours)}) "
+                f"{min(ms):.1f}–{max(ms):.1f} ms = " + ", ".join(parts)
+            )
+    readings = {}
+    for r in rows:
+        if r["rss_model_mb"] is not None:
+            readings.setdefault((r["runtime"], r["backend"]), {})[r["precision"]] = r["rss_model_mb"]
+    for (runtime, backend), by_precision in readings.items():
+        label = f"qbert {backend}" if runtime == "qbert" else runtime
+        values = ", ".join(f"{p} {mb:.0f}" for p, mb in by_precision.items())
+        lines.append(f"{model} RSS growth of a loaded model, MB: {label}: {values}")
     return lines
 
 
 def bench_markdown(result: dict) -> str:
     """The speed section of models/RESULTS.md."""
     plan = result["plan"]
+    cpu = result.get("cpu", {})
     intro = [
-        "## Speed and memory beside PyTorch and ONNX Runtime (`make bench`)",
+        "## Speed and memory beside PyTorch, ONNX Runtime and OpenVINO (`make bench`)",
         "",
-        f"One run, {plan['rounds']} interleaved rounds, {plan['threads']} threads, torch {result['torch']}; "
-        "median ms (min–max over rounds) and throughput ratios against PyTorch FP32 and ONNX Runtime's dynamic "
-        "int8 at the same model and shape. RSS: a fresh process per runtime, after load (in brackets: the "
-        "increase over the same process with every runtime's code imported) and after one forward pass. "
-        "`max |Δ|`: largest logit difference from PyTorch FP32 on the timed inputs. The bert-base model has random "
-        "weights (speed does not depend on them).",
+        f"One run, {plan['rounds']} interleaved rounds, {plan['threads']} threads, torch {result['torch']}, "
+        f"OpenVINO {result.get('openvino')}, ONNX Runtime {result.get('onnxruntime')}; CPU {cpu.get('model', '?')} "
+        f"with {', '.join(cpu.get('flags', [])) or 'none of the int8/bf16 kernel flags'}"
+        f" (oneDNN int8 GEMM exact: {cpu.get('oneDNN int8 exact')}). "
+        "Median ms (min–max over rounds) and throughput ratios against OpenVINO INT8 (NNCF, `ModelType.TRANSFORMER`, "
+        "64 calibration inputs from the training split), ONNX Runtime's dynamic int8 and PyTorch FP32 at the same "
+        "model and shape. RSS: a fresh process per runtime, after load (in brackets: the increase over the same "
+        "process with every runtime's code, OpenVINO's plugin included, loaded) and after one forward pass. "
+        '`runtime weights MB`: the loaded model\'s weight bytes as `qbert_model_weight_bytes{kind="runtime"}` '
+        "reports them. `max |Δ|`: largest logit difference from PyTorch FP32 on the timed inputs. The bert-base "
+        "model has random weights (speed does not depend on them).",
         "",
         *[f"- {line}" for line in headline(result)],
         "",

@@ -238,11 +238,11 @@ def evaluate_artifact(
             "latency_b1_ms": round(latency, 3),
             "eval_seconds": round(result.seconds, 2),
             "torch_threads": torch.get_num_threads(),
-            "backend": backend,
+            "backend": loaded.backend,  # the one that ran: a backend that cannot build a model falls back
         }
         for metric in task.metrics
     ]
-    if data is None and backend == "eager":
+    if data is None and backend == loaded.backend == "eager":
         record_evaluation(artifact_dir, rows)
     logger.info("%s %s: %s", entry.task, loaded.precision, {r["metric"]: round(r["value"], 4) for r in rows})
     return rows

@@ -1,5 +1,7 @@
-"""The runtimes we are measured against: PyTorch FP32, PyTorch `quantize_dynamic` int8, and ONNX Runtime FP32
-and dynamic int8 (`onnxruntime.quantization.quantize_dynamic` on the FP32 export: what users of that peer ship).
+"""The runtimes we are measured against: PyTorch FP32, PyTorch `quantize_dynamic` int8, ONNX Runtime FP32 and
+dynamic int8 (`onnxruntime.quantization.quantize_dynamic` on the FP32 export: what users of that peer ship), and
+OpenVINO FP32 and INT8 (NNCF post-training quantization with `ModelType.TRANSFORMER` on calibration inputs:
+what OpenVINO's users ship for BERT).
 
 Every runner takes the same inputs (`input_ids`, `attention_mask`, `token_type_ids` as int64 tensors) and
 returns the first output (logits) as a NumPy array, so the benchmark can check they agree before it times them.
@@ -89,5 +91,50 @@ def ort_runner(model_file: Path, threads: int) -> Runner:
 
     def run(inputs: Inputs) -> np.ndarray:
         return session.run(None, {name: inputs[name].numpy() for name in INPUT_NAMES})[0]
+
+    return run
+
+
+CALIBRATION_INPUTS = 64  # what the NNCF quickstart for BERT uses, and what a new user's run did
+
+
+def export_openvino(model: nn.Module, out_file: Path, sample: Inputs) -> Path:
+    """OpenVINO's own conversion of the PyTorch FP32 model (dynamic batch and sequence), saved without FP16."""
+    import openvino as ov
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        converted = ov.convert_model(_FirstOutput(model).eval(), example_input=tuple(sample[n] for n in INPUT_NAMES))
+    ov.save_model(converted, str(out_file), compress_to_fp16=False)
+    return out_file
+
+
+def quantize_openvino_int8(fp32_file: Path, out_file: Path, calibration: list[Inputs]) -> Path:
+    """NNCF's post-training INT8 quantization for transformers (static activation ranges from `calibration`)."""
+    import nncf
+    import openvino as ov
+
+    dataset = nncf.Dataset([{name: item[name].numpy() for name in INPUT_NAMES} for item in calibration])
+    quantized = nncf.quantize(
+        ov.Core().read_model(str(fp32_file)),
+        dataset,
+        model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(calibration),
+    )
+    ov.save_model(quantized, str(out_file), compress_to_fp16=False)
+    return out_file
+
+
+def ov_runner(model_file: Path, threads: int) -> Runner:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(
+        str(model_file), "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    )
+    request = compiled.create_infer_request()
+
+    def run(inputs: Inputs) -> np.ndarray:
+        request.infer({name: inputs[name].numpy() for name in INPUT_NAMES})
+        return request.get_output_tensor(0).data.copy()
 
     return run

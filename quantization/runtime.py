@@ -4,8 +4,8 @@ Quantized Linear layers become `Int8Linear`: the stored 2/3/4/8-bit codes are un
 into an int8 matrix (code c stored as c, or c - 128 for 8-bit codes) with one scale and zero point
 per output row, taken from the row's group, then packed once into oneDNN's blocked int8 layout. At run
 time each token's activations are quantized to 8 bits with their own scale (dynamic, per token,
-symmetric), multiplied by oneDNN's int8 GEMM (int8 x int8 -> int32: VNNI/AMX on this CPU; `torch._int_mm`
-where oneDNN cannot pack) and rescaled:
+symmetric), multiplied by oneDNN's int8 GEMM (int8 x int8 -> int32: VNNI/AMX; on CPUs where it is not exact,
+the int8 values in float32: see `onednn_int8_is_exact`) and rescaled:
 
     y[t, r] = s_t * s_r * (sum_k xq[t, k] * c[r, k]  -  z_r * sum_k xq[t, k])  + bias[r]
 
@@ -105,8 +105,8 @@ class Int8Linear(nn.Module):
     def pack(self) -> None:
         """Reorder the weights, once, into oneDNN's blocked int8 layout (replacing the row-major matrix).
 
-        `torch._int_mm` reorders a plain weight matrix on every call; packed, the same products cost about
-        40 % less. Where oneDNN cannot pack (a CPU build without it), the layer keeps `torch._int_mm`.
+        Packed, the products cost less than through a plain matrix reordered on every call. Where oneDNN's
+        int8 GEMM is not exact (AVX2-only CPUs) or absent, the layer keeps its row-major matrix.
         """
         if self.packed or not onednn_int8_is_exact():
             return
@@ -121,7 +121,9 @@ class Int8Linear(nn.Module):
         if self.packed:
             acc = packed_int8_matmul(xq, self.weight_int8, self.row_scale, self.packed_zero_points)  # times s_r
         else:
-            acc = torch._int_mm(xq, self.weight_int8.t()).to(torch.float32).mul_(self.row_scale)
+            # No exact int8 GEMM here (torch._int_mm on CPU is a reference loop, 20× slower than float32): the
+            # int8 values multiply exactly in float32 and their sums round as float32 sums do.
+            acc = torch.mm(xq.to(torch.float32), self.weight_int8.t().to(torch.float32)).mul_(self.row_scale)
         if self.row_zero is not None:
             acc -= xq.sum(1, keepdim=True, dtype=torch.int32) * (self.row_zero * self.row_scale)
         y = acc.mul_(token_scale)
@@ -138,7 +140,8 @@ def onednn_int8_is_exact() -> bool:
     """Whether oneDNN's packed int8 GEMM computes exact int32 sums of int8 × int8 on this CPU (checked once).
 
     Without VNNI or AMX (AVX2 only) oneDNN multiplies through 16-bit pair sums that saturate for signed
-    activations: products came out wrong by up to a fifth of their size. There the layers use `torch._int_mm`.
+    activations: products came out wrong by up to a fifth of their size. There the layers multiply the int8
+    values in float32 instead.
     """
     if not torch.backends.mkldnn.is_available():
         return False
@@ -151,11 +154,11 @@ def onednn_int8_is_exact() -> bool:
             *_qlinear_arguments(xq, packed, torch.ones(64), torch.zeros(64, dtype=torch.int64))
         )
     except RuntimeError as exc:
-        logger.warning("oneDNN cannot run int8 GEMMs (%s); using torch._int_mm", exc)
+        logger.warning("oneDNN cannot run int8 GEMMs (%s); int8 values multiply in float32", exc)
         return False
     exact = torch.equal(ours.to(torch.int32), torch._int_mm(xq, weight.t()))
     if not exact:
-        logger.warning("oneDNN's int8 GEMM is not exact on this CPU (no VNNI/AMX); using torch._int_mm")
+        logger.warning("oneDNN's int8 GEMM is not exact on this CPU (no VNNI/AMX); int8 values multiply in float32")
     return exact
 
 
@@ -449,15 +452,58 @@ def warm_up(loaded: LoadedModel) -> LoadedModel:
     return loaded
 
 
+CHECK_SHAPE = (2, 16)  # the fixed input a backend's model is checked on at load, against the reference
+
+
+def check_inputs(vocab_size: int) -> dict[str, torch.Tensor]:
+    """The fixed (seeded) input every backend's model is checked on at load time."""
+    return random_inputs(*CHECK_SHAPE, vocab_size, torch.Generator().manual_seed(0))
+
+
+def _build_openvino(artifact: Artifact) -> tuple[Any, int] | None:
+    """The openvino backend's model of an artifact, or None (logged why) where OpenVINO cannot build it.
+
+    A model that builds but disagrees with its reference raises `BackendMismatchError`: it is refused, not served.
+    """
+    from quantization.openvino_backend import BackendUnavailableError, OpenVinoOptions, convert_artifact
+
+    config = transformers.AutoConfig.from_pretrained(artifact.path, local_files_only=True)
+    try:
+        converted = convert_artifact(
+            artifact, OpenVinoOptions(threads=torch.get_num_threads()), check_inputs(config.vocab_size)
+        )
+    except BackendUnavailableError as exc:
+        logger.warning(
+            "openvino backend cannot load %s (%s); it runs on the reference (eager) backend", artifact.path, exc
+        )
+        return None
+    release_free_heap()  # the conversion's torch model and graph copies
+    return converted.model, converted.runtime_bytes
+
+
+def build_for_backend(artifact: Artifact, backend: str) -> tuple[Any, int, str]:
+    """The model of an artifact on `backend` (compiled lazily: `warm_up` compiles), its runtime weight bytes, and
+    the backend it runs on: the reference (eager) where the openvino backend cannot build it (logged)."""
+    built = _build_openvino(artifact) if backend == "openvino" else None
+    if built is not None:
+        return (*built, backend)
+    model, runtime_bytes = build_model(artifact)
+    if backend == "compiled":
+        return compile_model(model), runtime_bytes, backend
+    return model, runtime_bytes, "eager"
+
+
 def load_model(artifact_dir: Path, backend: str = "eager") -> LoadedModel:
-    """Verify, load and build an artifact's inference model with its tokenizer."""
+    """Verify, load and build an artifact's inference model with its tokenizer.
+
+    A backend that cannot build the model here (package missing, an op it cannot compile) falls back to the
+    reference (eager) backend, logged; `LoadedModel.backend` says which one runs.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known: {list(BACKENDS)}")
     started = time.perf_counter()
     artifact = read_artifact(Path(artifact_dir))
-    model, runtime_bytes = build_model(artifact)
-    if backend == "compiled":
-        model = compile_model(model)
+    model, runtime_bytes, backend = build_for_backend(artifact, backend)
     tokenizer = transformers.AutoTokenizer.from_pretrained(artifact.path, local_files_only=True)
     return LoadedModel(
         model=model,

@@ -18,6 +18,37 @@ def resident_bytes(pid: int | str = "self") -> int | None:
     return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+# The CPU features that decide which kernels run: int8 dot products (AMX, VNNI), bf16, and the vector width.
+KERNEL_FLAGS = ("amx_int8", "amx_bf16", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512f", "avx2")
+
+
+def cpu_kernel_flags(cpuinfo: str | None = None) -> list[str]:
+    """Which of `KERNEL_FLAGS` this CPU reports (Linux /proc/cpuinfo; empty elsewhere)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break
+    return [flag for flag in KERNEL_FLAGS if flag in flags]
+
+
+def cpu_model_name(cpuinfo: str | None = None) -> str:
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return ""
+    for line in cpuinfo.splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return ""
+
+
 def cpu_seconds(pid: int | str = "self") -> float | None:
     """User + system CPU time of a process, all its threads (None where unavailable or the process is gone)."""
     try:

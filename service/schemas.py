@@ -127,7 +127,9 @@ class ModelEntry(BaseModel):
     runtime_bytes: int | None = None
     fp32_bytes: int | None = None
     load_seconds: float | None = None
-    backend: str | None = Field(None, description="how the model executes: `compiled` (torch.compile) or `eager`")
+    backend: str | None = Field(
+        None, description="how the model executes: `compiled` (torch.compile), `eager` (the reference) or `openvino`"
+    )
     accuracy: list[AccuracyRow] = Field(default_factory=list)
     reason: str | None = None
 

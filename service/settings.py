@@ -44,7 +44,7 @@ class ServiceSettings(BaseSettings):
 
     workers: int = Field(1, ge=1, le=64, description="worker processes, each loading every artifact")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per worker (default: cores / workers)")
-    backend: Literal["compiled", "eager"] = Field(
+    backend: Literal["compiled", "eager", "openvino"] = Field(
         "compiled", description="compiled: torch.compile, ~1.6× faster, compiles at start (cached on disk)"
     )
     worker_start_timeout_s: float = Field(300.0, gt=0)

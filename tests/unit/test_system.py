@@ -93,3 +93,12 @@ def test_batch_scheduling_applies_to_the_thread_and_the_processes_it_starts() ->
     thread.join()
     assert seen == {"thread": os.SCHED_BATCH, "child": os.SCHED_BATCH, "after": os.SCHED_OTHER}
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+def test_cpu_kernel_flags_are_read_from_cpuinfo() -> None:
+    from quantization.system import cpu_kernel_flags, cpu_model_name
+
+    cpuinfo = "processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 avx512f avx512_vnni amx_int8 sse4_2\n"
+    assert cpu_kernel_flags(cpuinfo) == ["amx_int8", "avx512_vnni", "avx512f", "avx2"]
+    assert cpu_model_name(cpuinfo) == "Some CPU"
+    assert cpu_kernel_flags("processor\t: 0\n") == []

@@ -1,0 +1,338 @@
+"""The `openvino` backend: an artifact's recorded codes run by OpenVINO's CPU plugin, packed in memory.
+
+Each quantized Linear is handed to OpenVINO in its weight-decompression form, `y = x·(s·(c − z))ᵀ + b`: the
+codes `c` as a constant of the artifact's own width (`u2`, `u3`, `u4` or `u8`), the per-row scale `s` and zero
+point `z` as float32 constants. OpenVINO's CPU plugin recognises that pattern and multiplies with the codes
+still packed, unpacking tiles inside its GEMM; no requantization: the weights the artifact records are the
+weights that run. The 8-bit embedding tables are gathered as `u8` codes and dequantized per looked-up row.
+Where the plugin would fold a width into float32 weights (it does so for `u3` on some CPUs), the codes are
+stored one width up, never as float32: see `kept_widths`.
+
+Activations stay float32 by default (`dynamic_quantization_group_size=0`); a positive group size has the
+plugin quantize them to int8 at run time where the CPU has int8 dot products (VNNI, AMX).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+from torch import nn
+from torch.nn import functional
+
+from quantization.artifact import Artifact
+from quantization.qtensor import QuantizedWeight
+
+logger = logging.getLogger(__name__)
+
+MIN_OPENVINO = (2025, 1)  # u2/u3 element types and FullyConnected weight decompression on CPU
+_WIDTHS = (2, 3, 4, 8)
+
+
+class BackendUnavailableError(RuntimeError):
+    """The openvino backend cannot build this model here (package missing or too old, a conversion failed)."""
+
+
+class BackendMismatchError(ValueError):
+    """A built model's output on the check input differs from its reference beyond tolerance."""
+
+
+@dataclass(frozen=True)
+class OpenVinoOptions:
+    """How the CPU plugin runs a model.
+
+    `dynamic_quantization_group_size`: 0 keeps activations float32 (the codes' formula exactly); N > 0 lets the
+    plugin quantize activations to int8 per token in groups of N input channels where the CPU has int8 dot
+    products, which is faster there and no longer the exact formula (the load-time check widens to `rtol_int8`).
+    """
+
+    threads: int = 1
+    dynamic_quantization_group_size: int = 0
+    rtol: float = 1e-3
+    rtol_int8: float = 5e-2
+    atol: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.dynamic_quantization_group_size < 0:
+            raise ValueError("dynamic_quantization_group_size must be 0 (off) or a positive group size")
+        if min(self.rtol, self.rtol_int8, self.atol) < 0:
+            raise ValueError("tolerances must be >= 0")
+
+    def compile_config(self) -> dict[str, Any]:
+        return {
+            "INFERENCE_NUM_THREADS": self.threads,
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32",  # not bf16 where the CPU has it: the codes' formula, in float32
+            "DYNAMIC_QUANTIZATION_GROUP_SIZE": self.dynamic_quantization_group_size,
+            # The service sizes and places its own processes (workers × threads); pinned OpenVINO threads of two
+            # workers could land on one core.
+            "ENABLE_CPU_PINNING": False,
+        }
+
+    @property
+    def tolerance(self) -> float:
+        return self.rtol_int8 if self.dynamic_quantization_group_size else self.rtol
+
+
+def _openvino() -> Any:
+    """The openvino module, gated on its version (the decompression patterns and u2/u3 types this relies on)."""
+    try:
+        import openvino
+    except ImportError as exc:
+        raise BackendUnavailableError(f"the openvino package is not installed ({exc})") from exc
+    version = tuple(int(part) for part in openvino.__version__.split(".")[:2] if part.isdigit())
+    if version < MIN_OPENVINO:
+        raise BackendUnavailableError(
+            f"openvino {openvino.__version__} is older than {'.'.join(map(str, MIN_OPENVINO))}"
+        )
+    return openvino
+
+
+def unavailable_reason() -> str | None:
+    """Why the backend cannot run here, or None."""
+    try:
+        _openvino()
+    except BackendUnavailableError as exc:
+        return str(exc)
+    return None
+
+
+# ----- the model in decompression form ------------------------------------------------------------------
+
+
+class CodesLinear(nn.Module):
+    """A quantized Linear written as OpenVINO reads weight decompression: y = x·(s·(c − z))ᵀ + b, in float32.
+
+    Traced for conversion only; run eagerly it is the float reference of the converted model.
+    """
+
+    def __init__(
+        self, codes: torch.Tensor, row_scale: torch.Tensor, row_zero: torch.Tensor, bias: torch.Tensor | None, bits: int
+    ) -> None:
+        super().__init__()
+        self.out_features, self.in_features = codes.shape
+        self.bits = bits
+        self.register_buffer("codes", codes.contiguous())
+        self.register_buffer("row_scale", row_scale.reshape(-1, 1).to(torch.float32))
+        zero = row_zero.reshape(-1, 1).to(torch.float32)
+        self.register_buffer("row_zero", zero if bool(zero.any()) else None)
+        self.register_buffer("bias", bias)
+        self.runtime_nbytes = (
+            self.codes.numel() * bits // 8 + self.row_scale.numel() * 4 * (2 if self.row_zero is not None else 1)
+        ) + (0 if bias is None else bias.numel() * 4)
+
+    @classmethod
+    def from_quantized(cls, qweight: QuantizedWeight, bias: torch.Tensor | None) -> CodesLinear:
+        return cls(
+            qweight.codes,
+            qweight.row_scale(),
+            qweight.row_zero_point(),
+            None if bias is None else bias.detach().to(torch.float32).clone(),
+            qweight.bits,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.codes.to(torch.float32)
+        if self.row_zero is not None:
+            weight = weight - self.row_zero
+        return functional.linear(x, weight * self.row_scale, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits} (decompression)"
+
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class _OutputTuple(nn.Module):
+    """A Hugging Face model as a function of positional tensors to the tuple of its output tensors."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return tuple(out.values())
+
+
+def _digest(array: np.ndarray) -> tuple[tuple[int, ...], str]:
+    return tuple(array.shape), hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16).hexdigest()
+
+
+# ----- what the CPU plugin keeps packed ----------------------------------------------------------------
+
+
+def _element_type(ov: Any, bits: int) -> Any:
+    return {2: ov.Type.u2, 3: ov.Type.u3, 4: ov.Type.u4, 8: ov.Type.u8}[bits]
+
+
+@functools.cache
+def kept_widths() -> dict[int, int]:
+    """For each code width, the width its codes are stored at so that the CPU plugin keeps them packed.
+
+    A small FullyConnected is compiled per width and its runtime graph read: a width whose codes the plugin folds
+    into float32 weights (u3 on CPUs without AVX-512, in OpenVINO 2026.4) is stored at the next width it keeps.
+    """
+    ov = _openvino()
+    from openvino import opset13 as ops
+
+    core = ov.Core()
+    kept = []
+    for bits in _WIDTHS:
+        rows, cols = 64, 64
+        x = ops.parameter([-1, cols], ov.Type.f32)
+        codes = ops.constant(np.ones((rows, cols), np.uint8), dtype=_element_type(ov, bits))
+        weight = ops.multiply(ops.convert(codes, ov.Type.f32), ops.constant(np.ones((rows, 1), np.float32)))
+        compiled = core.compile_model(ov.Model([ops.matmul(x, weight, False, True)], [x]), "CPU", {})
+        name = _element_type(ov, bits).get_type_name()
+        precisions = {
+            str(op.get_rt_info()["runtimePrecision"].astype(str)) for op in compiled.get_runtime_model().get_ops()
+        }
+        if name in precisions:
+            kept.append(bits)
+    return {bits: min((k for k in kept if k >= bits), default=8) for bits in _WIDTHS}
+
+
+def _store_codes_packed(ov_model: Any, widths: dict[tuple[tuple[int, ...], str], int]) -> int:
+    """Replace each traced u8 code constant by a constant of its stored width; the codes' packed bytes."""
+    ov = _openvino()
+    from openvino import opset13 as ops
+
+    stored = kept_widths()
+    replaced, packed_bytes = 0, 0
+    for node in ov_model.get_ordered_ops():
+        if node.get_type_name() != "Constant" or node.get_element_type() != ov.Type.u8:
+            continue
+        data = node.get_data()
+        bits = widths.get(_digest(data))
+        if bits is None:
+            continue
+        width = stored[bits]
+        if width != 8:
+            packed = ops.constant(data, dtype=_element_type(ov, width))
+            for target in list(node.output(0).get_target_inputs()):
+                target.replace_source_output(packed.output(0))
+        replaced += 1
+        packed_bytes += data.size * width // 8
+    if replaced != len(widths):
+        raise BackendUnavailableError(f"found {replaced} of {len(widths)} quantized weights in the converted model")
+    ov_model.validate_nodes_and_infer_types()
+    return packed_bytes
+
+
+# ----- the loaded model --------------------------------------------------------------------------------
+
+
+_OUTPUT_TYPES = {
+    "SequenceClassification": transformers.modeling_outputs.SequenceClassifierOutput,
+    "TokenClassification": transformers.modeling_outputs.TokenClassifierOutput,
+    "QuestionAnswering": transformers.modeling_outputs.QuestionAnsweringModelOutput,
+}
+
+
+class OpenVinoModel:
+    """Called like the Hugging Face model it replaces: keyword tensors in, its ModelOutput (torch tensors) out."""
+
+    def __init__(self, compiled: Any, config: transformers.PretrainedConfig, output_fields: Sequence[str]) -> None:
+        self.compiled = compiled
+        self.config = config
+        self.output_fields = tuple(output_fields)
+        head = next(kind for kind in _OUTPUT_TYPES if (config.architectures or [""])[0].endswith(kind))
+        self._output_type = _OUTPUT_TYPES[head]
+        self._request = compiled.create_infer_request()  # one per model: a worker runs one batch at a time
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        **_: Any,
+    ) -> Any:
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        token_type_ids = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        feeds = {
+            name: t.to(torch.int64).numpy()
+            for name, t in zip(INPUT_NAMES, (input_ids, attention_mask, token_type_ids), strict=True)
+        }
+        self._request.infer(feeds)
+        # copies: the request reuses its output buffers on the next call
+        outputs = [
+            torch.from_numpy(self._request.get_output_tensor(i).data.copy()) for i in range(len(self.output_fields))
+        ]
+        return self._output_type(**dict(zip(self.output_fields, outputs, strict=True)))
+
+
+@dataclass
+class ConvertedModel:
+    model: OpenVinoModel
+    runtime_bytes: int
+    max_abs_diff: float  # on the check input, against the same formula run by PyTorch
+
+
+def convert_artifact(
+    artifact: Artifact, options: OpenVinoOptions, check_inputs: dict[str, torch.Tensor]
+) -> ConvertedModel:
+    """Build, compile and check the OpenVINO model of an artifact.
+
+    The check: the compiled model's outputs on `check_inputs` against the PyTorch model it was converted from
+    (the same codes, scales and zero points, in float32), within `atol + tolerance · max |reference|`.
+    Raises `BackendUnavailableError` when OpenVINO cannot build it and `BackendMismatchError` past tolerance.
+    """
+    from quantization.runtime import build_model
+
+    ov = _openvino()
+    torch_model, _ = build_model(artifact, stack_qkv=False, linear_factory=CodesLinear.from_quantized)
+    traced = _OutputTuple(torch_model).eval()
+    widths = {}
+    for module in torch_model.modules():
+        if isinstance(module, CodesLinear):
+            widths[_digest(module.codes.numpy())] = module.bits
+    if len(widths) != sum(isinstance(m, CodesLinear) for m in torch_model.modules()):
+        raise BackendUnavailableError("two quantized weights hold identical codes; cannot tell their widths apart")
+    example = tuple(check_inputs[name] for name in INPUT_NAMES)
+    with torch.inference_mode():
+        output = torch_model(**check_inputs)
+        fields = list(output.keys())
+        reference = [t.clone() for t in output.values()]
+    try:
+        with torch.no_grad():
+            ov_model = ov.convert_model(traced, example_input=example)
+        codes_bytes = _store_codes_packed(ov_model, widths)
+        compiled = ov.Core().compile_model(ov_model, "CPU", options.compile_config())
+    except BackendUnavailableError:
+        raise
+    except Exception as exc:  # the frontend and the plugin raise many types
+        raise BackendUnavailableError(f"OpenVINO could not build the model: {type(exc).__name__}: {exc}") from exc
+    runtime_bytes = codes_bytes + sum(
+        t.numel() * t.element_size()
+        for module in torch_model.modules()
+        for name, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        if not (isinstance(module, CodesLinear) and name == "codes")  # counted packed, above
+    )
+    del ov_model, traced, torch_model
+    model = OpenVinoModel(compiled, artifact_config(artifact), fields)
+    ours = model(**check_inputs)
+    diff = max(float((ours[f] - ref).abs().max()) for f, ref in zip(fields, reference, strict=True))
+    scale = max(float(ref.abs().max()) for ref in reference)
+    limit = options.atol + options.tolerance * scale
+    if not diff <= limit:  # also refuses NaN
+        raise BackendMismatchError(
+            f"{artifact.path}: the openvino model's outputs differ from the reference by {diff:.3g} "
+            f"(limit {limit:.3g}); refused"
+        )
+    return ConvertedModel(model, runtime_bytes, diff)
+
+
+def artifact_config(artifact: Artifact) -> transformers.PretrainedConfig:
+    return transformers.AutoConfig.from_pretrained(artifact.path, local_files_only=True)
