@@ -8,8 +8,11 @@ weights that run. The 8-bit embedding tables are gathered as `u8` codes and dequ
 Where the plugin would fold a width into float32 weights (it does so for `u3` on some CPUs), the codes are
 stored one width up, never as float32: see `kept_widths`.
 
-Activations stay float32 by default (`dynamic_quantization_group_size=0`); a positive group size has the
-plugin quantize them to int8 at run time where the CPU has int8 dot products (VNNI, AMX).
+Activations are quantized as the artifact's precision says and as the eager runtime does: each token's input
+to a quantized Linear is rounded to 8 bits with its own scale (`round(x / s_t)`, s_t = max|x| / 127), multiplied
+with the weights, and rescaled by s_t; the integer-valued products are exact in float32. A positive
+`dynamic_quantization_group_size` lets the plugin run such layers with int8 kernels where the CPU has int8 dot
+products (VNNI, AMX).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from torch import nn
 from torch.nn import functional
 
 from quantization.artifact import Artifact
+from quantization.primitives import token_scales
 from quantization.qtensor import QuantizedWeight
 
 logger = logging.getLogger(__name__)
@@ -55,8 +59,11 @@ class OpenVinoOptions:
 
     threads: int = 1
     dynamic_quantization_group_size: int = 0
-    rtol: float = 1e-3
-    rtol_int8: float = 5e-2
+    rtol: float = 1e-3  # float32 activations: the same formula in another summation order
+    # 8-bit activations: a sum that lands on the other side of a rounding boundary moves one code of one token
+    # by one step, and the change travels through the later blocks
+    rtol_quantized: float = 1e-2
+    rtol_int8: float = 5e-2  # the plugin's own int8 activation kernels, with its own scales
     atol: float = 1e-3
 
     def __post_init__(self) -> None:
@@ -64,7 +71,7 @@ class OpenVinoOptions:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.dynamic_quantization_group_size < 0:
             raise ValueError("dynamic_quantization_group_size must be 0 (off) or a positive group size")
-        if min(self.rtol, self.rtol_int8, self.atol) < 0:
+        if min(self.rtol, self.rtol_quantized, self.rtol_int8, self.atol) < 0:
             raise ValueError("tolerances must be >= 0")
 
     def compile_config(self) -> dict[str, Any]:
@@ -79,9 +86,10 @@ class OpenVinoOptions:
             "ENABLE_CPU_PINNING": False,
         }
 
-    @property
-    def tolerance(self) -> float:
-        return self.rtol_int8 if self.dynamic_quantization_group_size else self.rtol
+    def tolerance(self, quantized_activations: bool) -> float:
+        if self.dynamic_quantization_group_size:
+            return self.rtol_int8
+        return self.rtol_quantized if quantized_activations else self.rtol
 
 
 def _openvino() -> Any:
@@ -111,17 +119,25 @@ def unavailable_reason() -> str | None:
 
 
 class CodesLinear(nn.Module):
-    """A quantized Linear written as OpenVINO reads weight decompression: y = x·(s·(c − z))ᵀ + b, in float32.
+    """A quantized Linear written as OpenVINO reads weight decompression: y = s_t·(x_q·(s·(c − z))ᵀ) + b, with
+    x_q = round(x / s_t) per token (`quantize_activations`; else x_q = x, s_t = 1), in float32.
 
     Traced for conversion only; run eagerly it is the float reference of the converted model.
     """
 
     def __init__(
-        self, codes: torch.Tensor, row_scale: torch.Tensor, row_zero: torch.Tensor, bias: torch.Tensor | None, bits: int
+        self,
+        codes: torch.Tensor,
+        row_scale: torch.Tensor,
+        row_zero: torch.Tensor,
+        bias: torch.Tensor | None,
+        bits: int,
+        quantize_activations: bool = True,
     ) -> None:
         super().__init__()
         self.out_features, self.in_features = codes.shape
         self.bits = bits
+        self.quantize_activations = quantize_activations
         self.register_buffer("codes", codes.contiguous())
         self.register_buffer("row_scale", row_scale.reshape(-1, 1).to(torch.float32))
         zero = row_zero.reshape(-1, 1).to(torch.float32)
@@ -132,20 +148,28 @@ class CodesLinear(nn.Module):
         ) + (0 if bias is None else bias.numel() * 4)
 
     @classmethod
-    def from_quantized(cls, qweight: QuantizedWeight, bias: torch.Tensor | None) -> CodesLinear:
+    def from_quantized(
+        cls, qweight: QuantizedWeight, bias: torch.Tensor | None, quantize_activations: bool = True
+    ) -> CodesLinear:
         return cls(
             qweight.codes,
             qweight.row_scale(),
             qweight.row_zero_point(),
             None if bias is None else bias.detach().to(torch.float32).clone(),
             qweight.bits,
+            quantize_activations,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.codes.to(torch.float32)
         if self.row_zero is not None:
             weight = weight - self.row_zero
-        return functional.linear(x, weight * self.row_scale, self.bias)
+        weight = weight * self.row_scale
+        if not self.quantize_activations:
+            return functional.linear(x, weight, self.bias)
+        scale = token_scales(x)
+        y = functional.linear(torch.round(x / scale), weight) * scale
+        return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits} (decompression)"
@@ -292,7 +316,15 @@ def convert_artifact(
     from quantization.runtime import build_model
 
     ov = _openvino()
-    torch_model, _ = build_model(artifact, stack_qkv=False, linear_factory=CodesLinear.from_quantized)
+    activations = artifact.manifest["precision"].get("activations") or {}
+    if activations and (activations.get("bits"), activations.get("granularity")) != (8, "per_token"):
+        raise BackendUnavailableError(f"activations {activations} are not 8-bit per token, which this backend runs")
+    quantize_activations = bool(activations)
+
+    def linear(qweight: QuantizedWeight, bias: torch.Tensor | None) -> CodesLinear:
+        return CodesLinear.from_quantized(qweight, bias, quantize_activations)
+
+    torch_model, _ = build_model(artifact, stack_qkv=False, linear_factory=linear)
     traced = _OutputTuple(torch_model).eval()
     widths = {}
     for module in torch_model.modules():
@@ -325,7 +357,7 @@ def convert_artifact(
     ours = model(**check_inputs)
     diff = max(float((ours[f] - ref).abs().max()) for f, ref in zip(fields, reference, strict=True))
     scale = max(float(ref.abs().max()) for ref in reference)
-    limit = options.atol + options.tolerance * scale
+    limit = options.atol + options.tolerance(quantize_activations) * scale
     if not diff <= limit:  # also refuses NaN
         raise BackendMismatchError(
             f"{artifact.path}: the openvino model's outputs differ from the reference by {diff:.3g} "

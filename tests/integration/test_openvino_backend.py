@@ -46,12 +46,22 @@ def _build(tmp_path: Path, checkpoint_dir: Path, task: str, precision: str, laye
 
 
 def _float64_reference(checkpoint_dir: Path, task: str, artifact_dir: Path) -> torch.nn.Module:
-    """The FP32 checkpoint with every quantized tensor (Linear weights, embeddings) set to s·(c − z), in float64."""
+    """The FP32 checkpoint in float64 with every quantized tensor (Linear weights, embeddings) set to s·(c − z),
+    and each quantized Linear's input rounded per token to 8 bits, x_q·s_t with s_t = max|x| / 127."""
     reference = load_checkpoint(str(checkpoint_dir), task).model
     artifact = read_artifact(artifact_dir)
+
+    def quantize_per_token(_module, args):
+        (x,) = args
+        scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-8) / 127
+        return (torch.round(x / scale) * scale,)
+
     for entry in artifact.manifest["tensors"]:
         if entry["bits"] != 32:
-            reference.get_submodule(entry["module"]).weight.data = artifact.quantized_weight(entry).dequantize()
+            module = reference.get_submodule(entry["module"])
+            module.weight.data = artifact.quantized_weight(entry).dequantize()
+            if isinstance(module, torch.nn.Linear):
+                module.register_forward_pre_hook(quantize_per_token)
     return reference.double()
 
 
@@ -74,7 +84,9 @@ def _outputs(output) -> list[torch.Tensor]:
 def test_openvino_runs_the_recorded_codes_exactly(
     tmp_path: Path, tiny_checkpoints: dict, task: str, precision: str, layer_bits: dict | None
 ) -> None:
-    """Against x·(s·(c − z))ᵀ + b computed in float64 from the artifact's own codes, scales and zero points."""
+    """Against s_t·x_q·(s·(c − z))ᵀ + b computed in float64 from the artifact's own codes, scales and zero
+    points (a rare token whose input lands on a rounding boundary in one precision and not the other moves by
+    one code step: hence 1e-3, not 1e-6)."""
     artifact = _build(tmp_path, tiny_checkpoints[task], task, precision, layer_bits)
     loaded = load_model(artifact, backend="openvino")
     assert loaded.backend == "openvino"
@@ -87,7 +99,7 @@ def test_openvino_runs_the_recorded_codes_exactly(
         ours, exact = _outputs(loaded.model(**batch)), _outputs(reference(**batch))
     assert len(ours) == len(exact) == (2 if task == "qa" else 1)
     for got, want in zip(ours, exact, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
 
 
 def _fully_connected_weight_precisions(loaded) -> list[str]:
