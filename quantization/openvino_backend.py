@@ -61,8 +61,10 @@ class OpenVinoOptions:
     dynamic_quantization_group_size: int = 0
     rtol: float = 1e-3  # float32 activations: the same formula in another summation order
     # 8-bit activations: a sum that lands on the other side of a rounding boundary moves one code of one token
-    # by one step, and the change travels through the later blocks
-    rtol_quantized: float = 1e-2
+    # by one step, and the change travels through the later blocks. The plugin's u8-weight kernels for wide
+    # matrices (MiniLM, bert-base) also differ from the formula by 1-3 % of the largest logit on an AVX2 CPU
+    # (2/4-bit ones by 1e-6); a corrupted matrix moves the outputs by their own size.
+    rtol_quantized: float = 5e-2
     rtol_int8: float = 5e-2  # the plugin's own int8 activation kernels, with its own scales
     atol: float = 1e-3
 
