@@ -162,30 +162,27 @@ def test_a_missing_package_falls_back_too(
 def test_a_model_outside_tolerance_is_refused_and_the_others_serve(
     tmp_path: Path, tiny_checkpoints: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A packing bug that stores one matrix's 4-bit codes reversed (15 − c): the load-time check sees it."""
+    """A packing bug that stores 4-bit codes reversed (15 − c): the load-time check sees it."""
     from openvino import opset13 as ops
 
     good = _build(tmp_path / "good", tiny_checkpoints["sst2"], "sst2", "w8")
     bad = _build(tmp_path / "bad", tiny_checkpoints["ner"], "ner", "w4g128")
     store = openvino_backend._store_codes_packed
 
-    def store_one_reversed(ov_model, widths):
+    def store_reversed(ov_model, widths):
+        widths = dict(widths)
         for node in ov_model.get_ordered_ops():
-            # the first block's FFN output: reversed attention weights of a random tiny model change little
-            if (
-                node.get_type_name() == "Constant"
-                and node.get_friendly_name().endswith("layer.0.output.dense.codes")
-                and widths.get(openvino_backend._digest(node.get_data())) == 4
-            ):
-                reversed_codes = ops.constant(15 - node.get_data())  # still u8 here: stored as u4 below
-                for target in list(node.output(0).get_target_inputs()):
-                    target.replace_source_output(reversed_codes.output(0))
-                widths = {**widths, openvino_backend._digest(15 - node.get_data()): 4}
-                widths.pop(openvino_backend._digest(node.get_data()))
-                break
+            if node.get_type_name() != "Constant" or widths.get(openvino_backend._digest(node.get_data())) != 4:
+                continue
+            reversed_codes = ops.constant(15 - node.get_data())  # still u8 here: stored as u4 below
+            for target in list(node.output(0).get_target_inputs()):
+                target.replace_source_output(reversed_codes.output(0))
+            widths[openvino_backend._digest(15 - node.get_data())] = widths.pop(
+                openvino_backend._digest(node.get_data())
+            )
         return store(ov_model, widths)
 
-    monkeypatch.setattr(openvino_backend, "_store_codes_packed", store_one_reversed)
+    monkeypatch.setattr(openvino_backend, "_store_codes_packed", store_reversed)
     with pytest.raises(openvino_backend.BackendMismatchError, match=r"w4g128.*differ from the reference by"):
         load_model(bad, backend="openvino")
 
