@@ -445,7 +445,7 @@ def run_bench(plan: BenchPlan, candidates: Sequence[Candidate], progress: Callab
         "torch": torch.__version__,
         "openvino": _version("openvino"),
         "onnxruntime": _version("onnxruntime"),
-        "cpu": {"model": cpu_model_name(), "flags": cpu_kernel_flags(), "oneDNN int8 exact": _onednn_exact()},
+        "cpu": {"model": cpu_model_name(), "flags": cpu_kernel_flags(), "oneDNN int8 usable": _onednn_usable()},
         "rows": [asdict(r) for r in rows],
     }
 
@@ -459,10 +459,10 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _onednn_exact() -> bool:
-    from quantization.runtime import onednn_int8_is_exact
+def _onednn_usable() -> bool:
+    from quantization.runtime import onednn_int8_is_usable
 
-    return onednn_int8_is_exact()
+    return onednn_int8_is_usable()
 
 
 def _bind(runner: peers.Runner, inputs: peers.Inputs) -> Callable[[], Any]:
@@ -584,7 +584,7 @@ def bench_markdown(result: dict) -> str:
         f"One run, {plan['rounds']} interleaved rounds, {plan['threads']} threads, torch {result['torch']}, "
         f"OpenVINO {result.get('openvino')}, ONNX Runtime {result.get('onnxruntime')}; CPU {cpu.get('model', '?')} "
         f"with {', '.join(cpu.get('flags', [])) or 'none of the int8/bf16 kernel flags'}"
-        f" (oneDNN int8 GEMM exact: {cpu.get('oneDNN int8 exact')}). "
+        f" (oneDNN int8 GEMM usable: {cpu.get('oneDNN int8 usable', cpu.get('oneDNN int8 exact'))}). "
         "Median ms (min–max over rounds) and throughput ratios against OpenVINO INT8 (NNCF, `ModelType.TRANSFORMER`, "
         "64 calibration inputs from the training split), ONNX Runtime's dynamic int8 and PyTorch FP32 at the same "
         "model and shape. RSS: a fresh process per runtime, after load (in brackets: the increase over the same "

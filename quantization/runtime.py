@@ -4,8 +4,9 @@ Quantized Linear layers become `Int8Linear`: the stored 2/3/4/8-bit codes are un
 into an int8 matrix (code c stored as c, or c - 128 for 8-bit codes) with one scale and zero point
 per output row, taken from the row's group, then packed once into oneDNN's blocked int8 layout. At run
 time each token's activations are quantized to 8 bits with their own scale (dynamic, per token,
-symmetric), multiplied by oneDNN's int8 GEMM (int8 x int8 -> int32: VNNI/AMX; on CPUs where it is not exact,
-the int8 values in float32: see `onednn_int8_is_exact`) and rescaled:
+symmetric), multiplied by oneDNN's int8 GEMM (u8 x s8 -> int32, the activations shifted by 128 with that zero
+point: VNNI/AMX; on CPUs where it is not exact or not fast, the int8 values in float32: see
+`onednn_int8_is_usable`) and rescaled:
 
     y[t, r] = s_t * s_r * (sum_k xq[t, k] * c[r, k]  -  z_r * sum_k xq[t, k])  + bias[r]
 
@@ -40,6 +41,9 @@ from quantization.qtensor import QDATA, SCALE, ZERO_POINT, QuantizedWeight
 from quantization.system import release_free_heap
 
 logger = logging.getLogger(__name__)
+# Activations reach oneDNN as u8 (q + 128, with that zero point): its VNNI/AMX kernels multiply u8 × s8.
+ACTIVATION_ZERO_POINT = 128
+SLOW_INT8_FACTOR = 4.0  # an int8 GEMM this many times slower than float32 is a reference loop, not a kernel
 _ARCHITECTURE = re.compile(r"^\w+For(SequenceClassification|TokenClassification|QuestionAnswering)$")
 
 
@@ -106,9 +110,9 @@ class Int8Linear(nn.Module):
         """Reorder the weights, once, into oneDNN's blocked int8 layout (replacing the row-major matrix).
 
         Packed, the products cost less than through a plain matrix reordered on every call. Where oneDNN's
-        int8 GEMM is not exact (AVX2-only CPUs) or absent, the layer keeps its row-major matrix.
+        int8 GEMM is not exact (AVX2-only CPUs), slow or absent, the layer keeps its row-major matrix.
         """
-        if self.packed or not onednn_int8_is_exact():
+        if self.packed or not onednn_int8_is_usable():
             return
         self.weight_int8 = torch.ops.onednn.qlinear_prepack(self.weight_int8, None)
         self.register_buffer("packed_zero_points", torch.zeros(self.out_features, dtype=torch.int64), persistent=False)
@@ -117,15 +121,16 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         token_scale = token_scales(rows)
-        xq = torch.round(rows / token_scale).to(torch.int8)
+        xq = torch.round(rows / token_scale)  # integers in [-127, 127], held in float32
         if self.packed:
-            acc = packed_int8_matmul(xq, self.weight_int8, self.row_scale, self.packed_zero_points)  # times s_r
+            xu = (xq + ACTIVATION_ZERO_POINT).to(torch.uint8)
+            acc = packed_int8_matmul(xu, self.weight_int8, self.row_scale, self.packed_zero_points)  # times s_r
         else:
-            # No exact int8 GEMM here (torch._int_mm on CPU is a reference loop, 20× slower than float32): the
+            # No usable int8 GEMM here (torch._int_mm on CPU is a reference loop, 20× slower than float32): the
             # int8 values multiply exactly in float32 and their sums round as float32 sums do.
-            acc = torch.mm(xq.to(torch.float32), self.weight_int8.t().to(torch.float32)).mul_(self.row_scale)
+            acc = torch.mm(xq, self.weight_int8.t().to(torch.float32)).mul_(self.row_scale)
         if self.row_zero is not None:
-            acc -= xq.sum(1, keepdim=True, dtype=torch.int32) * (self.row_zero * self.row_scale)
+            acc -= xq.sum(1, keepdim=True) * (self.row_zero * self.row_scale)  # exact: |sum| < 2**24
         y = acc.mul_(token_scale)
         if self.bias is not None:
             y += self.bias
@@ -136,30 +141,52 @@ class Int8Linear(nn.Module):
 
 
 @functools.cache
-def onednn_int8_is_exact() -> bool:
-    """Whether oneDNN's packed int8 GEMM computes exact int32 sums of int8 × int8 on this CPU (checked once).
+def onednn_int8_is_usable() -> bool:
+    """Whether oneDNN's packed int8 GEMM is exact and fast on this CPU (checked once per process).
 
-    Without VNNI or AMX (AVX2 only) oneDNN multiplies through 16-bit pair sums that saturate for signed
-    activations: products came out wrong by up to a fifth of their size. There the layers multiply the int8
-    values in float32 instead.
+    Exact: without VNNI or AMX (AVX2 only) oneDNN multiplies through 16-bit pair sums that saturate; products
+    came out wrong by up to a fifth of their size. Fast: for an input type its optimized kernels do not take,
+    oneDNN runs its reference loop (`ref_int8`), hundreds of times slower than float32; seen for s8
+    activations on AVX-512 VNNI, which is why activations go in as u8. Where either fails, the layers
+    multiply the int8 values in float32.
     """
     if not torch.backends.mkldnn.is_available():
         return False
     generator = torch.Generator().manual_seed(0)
-    weight = torch.randint(-128, 128, (64, 256), dtype=torch.int8, generator=generator)
-    xq = torch.randint(-127, 128, (8, 256), dtype=torch.int8, generator=generator)
+    weight = torch.randint(-128, 128, (256, 256), dtype=torch.int8, generator=generator)
+    xq = torch.randint(-127, 128, (64, 256), dtype=torch.int8, generator=generator)
+    xu = (xq.to(torch.int16) + ACTIVATION_ZERO_POINT).to(torch.uint8)
     try:
         packed = torch.ops.onednn.qlinear_prepack(weight, None)
-        ours = torch.ops.onednn.qlinear_pointwise(
-            *_qlinear_arguments(xq, packed, torch.ones(64), torch.zeros(64, dtype=torch.int64))
-        )
+        arguments = _qlinear_arguments(xu, packed, torch.ones(256), torch.zeros(256, dtype=torch.int64))
+        ours = torch.ops.onednn.qlinear_pointwise(*arguments)
     except RuntimeError as exc:
         logger.warning("oneDNN cannot run int8 GEMMs (%s); int8 values multiply in float32", exc)
         return False
-    exact = torch.equal(ours.to(torch.int32), torch._int_mm(xq, weight.t()))
-    if not exact:
+    if not torch.equal(ours.to(torch.int32), torch._int_mm(xq, weight.t().contiguous())):
         logger.warning("oneDNN's int8 GEMM is not exact on this CPU (no VNNI/AMX); int8 values multiply in float32")
-    return exact
+        return False
+    int8_s = _best_of(lambda: torch.ops.onednn.qlinear_pointwise(*arguments))
+    xf, wf = xq.float(), weight.float().t()
+    float_s = _best_of(lambda: torch.mm(xf, wf))
+    if int8_s > SLOW_INT8_FACTOR * float_s:  # a reference loop is 100× slower, the optimized kernels faster
+        logger.warning(
+            "oneDNN's int8 GEMM runs %.0f× slower than float32 on this CPU (a reference kernel); "
+            "int8 values multiply in float32",
+            int8_s / float_s,
+        )
+        return False
+    return True
+
+
+def _best_of(run: Callable[[], Any], repeats: int = 5) -> float:
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def _codes_as_int8(codes: torch.Tensor, shift: int) -> torch.Tensor:
@@ -178,26 +205,27 @@ def _codes_as_int8(codes: torch.Tensor, shift: int) -> torch.Tensor:
 # Compiled graphs call the oneDNN kernel itself (`_lower_packed_matmul_to_onednn`), not this Python body.
 @torch.library.custom_op("qbert::packed_int8_matmul", mutates_args=())
 def packed_int8_matmul(
-    xq: torch.Tensor, packed_weight: torch.Tensor, row_scale: torch.Tensor, zero_points: torch.Tensor
+    xu: torch.Tensor, packed_weight: torch.Tensor, row_scale: torch.Tensor, zero_points: torch.Tensor
 ) -> torch.Tensor:
-    """s_r · Σ_k xq[t, k] · c[r, k] in float32 (the sum is exact: int32 accumulation) for int8 `xq` [tokens, in].
+    """s_r · Σ_k (xu[t, k] − 128) · c[r, k] in float32 (the sum is exact: int32 accumulation) for u8 `xu`
+    [tokens, in], the activations shifted by `ACTIVATION_ZERO_POINT`.
 
     `zero_points`: int64 zeros, one per row (oneDNN takes symmetric weights only; passed in, not allocated per call).
     """
-    return torch.ops.onednn.qlinear_pointwise(*_qlinear_arguments(xq, packed_weight, row_scale, zero_points))
+    return torch.ops.onednn.qlinear_pointwise(*_qlinear_arguments(xu, packed_weight, row_scale, zero_points))
 
 
-def _qlinear_arguments(xq: Any, packed_weight: Any, row_scale: Any, zero_points: Any) -> tuple[Any, ...]:
+def _qlinear_arguments(xu: Any, packed_weight: Any, row_scale: Any, zero_points: Any) -> tuple[Any, ...]:
     """`onednn::qlinear_pointwise`'s arguments for `packed_int8_matmul`, in eager and in compiled graphs alike:
-    activations with scale 1 and zero point 0 (the caller rescales per token), float32 out, no bias, no post-op."""
-    return (xq, 1.0, 0, packed_weight, row_scale, zero_points, None, 1.0, 0, torch.float32, "none", [], "")
+    u8 activations with scale 1 and zero point 128 (the caller rescales per token), float32 out, no bias, no post-op."""
+    return (xu, 1.0, ACTIVATION_ZERO_POINT, packed_weight, row_scale, zero_points, None, 1.0, 0, torch.float32, "none", [], "")
 
 
 @packed_int8_matmul.register_fake
 def _(
-    xq: torch.Tensor, packed_weight: torch.Tensor, row_scale: torch.Tensor, zero_points: torch.Tensor
+    xu: torch.Tensor, packed_weight: torch.Tensor, row_scale: torch.Tensor, zero_points: torch.Tensor
 ) -> torch.Tensor:
-    return xq.new_empty((xq.shape[0], row_scale.shape[0]), dtype=torch.float32)
+    return xu.new_empty((xu.shape[0], row_scale.shape[0]), dtype=torch.float32)
 
 
 @functools.cache
@@ -212,8 +240,8 @@ def _lower_packed_matmul_to_onednn() -> None:
     onednn_call = fallback_handler(torch.ops.onednn.qlinear_pointwise.default, add_to_fallback_set=False)
 
     @register_lowering(torch.ops.qbert.packed_int8_matmul.default, type_promotion_kind=None)
-    def _(xq: Any, packed_weight: Any, row_scale: Any, zero_points: Any) -> Any:
-        return onednn_call(*_qlinear_arguments(xq, packed_weight, row_scale, zero_points))
+    def _(xu: Any, packed_weight: Any, row_scale: Any, zero_points: Any) -> Any:
+        return onednn_call(*_qlinear_arguments(xu, packed_weight, row_scale, zero_points))
 
 
 class QuantizedEmbedding(nn.Module):
@@ -408,7 +436,7 @@ def compile_model(model: nn.Module) -> nn.Module:
     """
     dynamo = torch._dynamo.config
     dynamo.recompile_limit = max(dynamo.recompile_limit, COMPILED_VARIANTS_LIMIT)
-    if onednn_int8_is_exact():
+    if onednn_int8_is_usable():
         _lower_packed_matmul_to_onednn()
     return torch.compile(model, dynamic=True, options={"cpp_wrapper": True, "realize_opcount_threshold": 8})
 
