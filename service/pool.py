@@ -193,6 +193,8 @@ class WorkerPool:
         if not self.ready_workers():
             raise NotReadyError("no worker has finished loading yet", headers={"Retry-After": "5"})
         if self.queued() + len(payloads) > self.settings.max_queue:
+            self._drop_given_up()  # inputs of requests past their deadline must not keep later ones out
+        if self.queued() + len(payloads) > self.settings.max_queue:
             raise OverloadedError(
                 f"the queue holds {self.queued()} inputs (limit {self.settings.max_queue}); retry shortly",
                 headers={"Retry-After": "1"},
@@ -270,6 +272,7 @@ class WorkerPool:
                 kept = [q for q in queue if not q.item.future.done()]
                 queue.clear()
                 queue.extend(kept)
+        self.metrics.queue_depth.set(self.queued())
 
     def _send(self, slot: WorkerSlot, key: Key, batch: list[Queued[Pending]], now: float) -> None:
         batch_id = next(self._batch_ids)

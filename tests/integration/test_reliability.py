@@ -139,8 +139,14 @@ def test_overload_gets_429_with_retry_after_and_nothing_hangs(tight: RunningServ
             assert response.headers["Retry-After"] == "1"
             assert _error_shape(response)["error"] == "overloaded"
     assert time.monotonic() - started < 60
-    with httpx.Client(base_url=tight.url, timeout=30, headers={"X-API-Key": KEY}) as client:  # still serving
-        assert client.post("/predict/sst2", json={"text": "good"}).status_code == 200
+    # Still serving: the worker may be finishing a batch whose requests gave up, which can cost the next
+    # request its 0.25 s deadline, but the service must answer again within a few seconds.
+    recovered_by = time.monotonic() + 10
+    with httpx.Client(base_url=tight.url, timeout=30, headers={"X-API-Key": KEY}) as client:
+        while (status := client.post("/predict/sst2", json={"text": "good"}).status_code) != 200:
+            assert status in (429, 504), status
+            assert time.monotonic() < recovered_by, "no 200 within 10 s of the flood"
+            time.sleep(0.2)
 
 
 # ----- fuzzing -----------------------------------------------------------------------------------
