@@ -218,7 +218,21 @@ def packed_int8_matmul(
 def _qlinear_arguments(xu: Any, packed_weight: Any, row_scale: Any, zero_points: Any) -> tuple[Any, ...]:
     """`onednn::qlinear_pointwise`'s arguments for `packed_int8_matmul`, in eager and in compiled graphs alike:
     u8 activations with scale 1 and zero point 128 (the caller rescales per token), float32 out, no bias, no post-op."""
-    return (xu, 1.0, ACTIVATION_ZERO_POINT, packed_weight, row_scale, zero_points, None, 1.0, 0, torch.float32, "none", [], "")
+    return (
+        xu,
+        1.0,
+        ACTIVATION_ZERO_POINT,
+        packed_weight,
+        row_scale,
+        zero_points,
+        None,
+        1.0,
+        0,
+        torch.float32,
+        "none",
+        [],
+        "",
+    )
 
 
 @packed_int8_matmul.register_fake
