@@ -157,7 +157,9 @@ def load_runner(candidate: Candidate, threads: int) -> tuple[peers.Runner, int |
         return peers.torch_runner(model), None
     if candidate.runtime in ("ort-fp32", "ort-int8"):
         return peers.ort_runner(candidate.path, threads), None
-    if candidate.runtime in ("ov-fp32", "ov-int8"):
+    if candidate.runtime == "ov-fp32":
+        return peers.ov_runner(candidate.path, threads, inference_precision="f32"), None
+    if candidate.runtime == "ov-int8":
         return peers.ov_runner(candidate.path, threads), None
     # the model only: peers load no tokenizer either
     model, runtime_bytes, backend = build_for_backend(read_artifact(candidate.path), candidate.backend)
@@ -445,6 +447,8 @@ def run_bench(plan: BenchPlan, candidates: Sequence[Candidate], progress: Callab
         "torch": torch.__version__,
         "openvino": _version("openvino"),
         "onnxruntime": _version("onnxruntime"),
+        # ov-int8 runs its unquantized ops in this (OpenVINO's default: bf16 where the CPU has it); ov-fp32 in f32
+        "openvino_int8_float_precision": peers.openvino_default_inference_precision(),
         "cpu": {"model": cpu_model_name(), "flags": cpu_kernel_flags(), "oneDNN int8 usable": _onednn_usable()},
         "rows": [asdict(r) for r in rows],
     }
@@ -586,8 +590,9 @@ def bench_markdown(result: dict) -> str:
         f"with {', '.join(cpu.get('flags', [])) or 'none of the int8/bf16 kernel flags'}"
         f" (oneDNN int8 GEMM usable: {cpu.get('oneDNN int8 usable', cpu.get('oneDNN int8 exact'))}). "
         "Median ms (min–max over rounds) and throughput ratios against OpenVINO INT8 (NNCF, `ModelType.TRANSFORMER`, "
-        "64 calibration inputs from the training split), ONNX Runtime's dynamic int8 and PyTorch FP32 at the same "
-        "model and shape. RSS: a fresh process per runtime, after load (in brackets: the increase over the same "
+        "64 calibration inputs from the training split; its unquantized ops in OpenVINO's default precision here, "
+        f"{result.get('openvino_int8_float_precision', '?')}), ONNX Runtime's dynamic int8 and PyTorch FP32 at the "
+        "same model and shape. RSS: a fresh process per runtime, after load (in brackets: the increase over the same "
         "process with every runtime's code, OpenVINO's plugin included, loaded) and after one forward pass. "
         '`runtime weights MB`: the loaded model\'s weight bytes as `qbert_model_weight_bytes{kind="runtime"}` '
         "reports them. `max |Δ|`: largest logit difference from PyTorch FP32 on the timed inputs. The bert-base "
