@@ -41,7 +41,10 @@ def test_catalog_defines_every_precision_the_tasks_name() -> None:
     catalog = load_catalog()
     assert set(catalog.tasks) == {"sst2", "ner", "qa"}
     for entry in catalog.tasks.values():
-        assert {"fp32", "w8", "w4g128", "w3g128", "w2g128", "direct-w4", "direct-w2"} <= set(entry.precisions)
+        # Served by default: the uniform precisions and Hessian 2/3-bit mix (GPTQ); the DirectQ controls are study
+        assert entry.precisions == ("fp32", "w8", "w4g128", "w3g128", "w2g128", "mp23-ptq")
+        assert {"direct-w4", "direct-w2", "mp23"} <= set(entry.study)
+        assert catalog.plans["mp23-ptq"] == "mp23"
     assert catalog.precision("fp32").is_fp32
     assert catalog.precision("direct-w2").weights.granularity is Granularity.PER_TENSOR
     assert catalog.precision("w2g128").weights.num_groups == 128
