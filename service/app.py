@@ -236,6 +236,7 @@ def _predict_router(service: Service) -> APIRouter:
                         precision=ref.precision,
                         model=info.model,
                         status="loaded",
+                        state="ready",
                         bits_per_weight=info.bits_per_weight,
                         packed_bytes=info.packed_bytes,
                         runtime_bytes=info.runtime_bytes,
@@ -249,7 +250,14 @@ def _predict_router(service: Service) -> APIRouter:
                 refused = service.pool.refused.get(key)
                 status = "refused" if refused else "loading"
                 entries.append(
-                    ModelEntry(task=ref.task, precision=ref.precision, model="", status=status, reason=refused)
+                    ModelEntry(
+                        task=ref.task,
+                        precision=ref.precision,
+                        model="",
+                        status=status,
+                        state=service.pool.model_state(key),
+                        reason=refused,
+                    )
                 )
         return ModelsResponse(default_precision=service.settings.default_precision, models=entries)
 

@@ -25,12 +25,14 @@ from service.batching import ArrivalGaps, Queued, collate, oldest_first
 from service.errors import DeadlineExceededError, NotReadyError, OverloadedError, ShuttingDownError, WorkerLostError
 from service.metrics import ServiceMetrics
 from service.protocol import (
+    MODEL_STATES,
     ArtifactRef,
     BatchDone,
     ItemResult,
     ModelInfo,
     RunBatch,
     WorkerFailed,
+    WorkerProgress,
     WorkerReady,
     WorkerSpec,
 )
@@ -71,6 +73,9 @@ class WorkerSlot:
     restarts: int = 0
     failures_in_a_row: int = 0
     started_at: float = field(default_factory=time.monotonic)
+    progressed_at: float = field(default_factory=time.monotonic)  # its last setup step (start timeout runs from it)
+    progress: WorkerProgress | None = None
+    model_states: dict[Key, str] = field(default_factory=dict)  # this generation's step per model
 
 
 class WorkerPool:
@@ -118,8 +123,9 @@ class WorkerPool:
         if self._closing:
             return
         slot.generation += 1
-        slot.ready, slot.in_flight, slot.pid = False, None, None
-        slot.started_at = time.monotonic()
+        slot.ready, slot.in_flight, slot.pid, slot.progress = False, None, None, None
+        slot.model_states = {}
+        slot.started_at = slot.progressed_at = time.monotonic()
         parent_inbox, child_inbox = self._context.Pipe(duplex=False)  # (reader, writer)
         child_outbox_reader, child_outbox = self._context.Pipe(duplex=False)
         spec = WorkerSpec(
@@ -141,7 +147,7 @@ class WorkerPool:
         self._loop.add_reader(
             child_outbox_reader.fileno(), self._read_worker, slot.index, slot.generation, child_outbox_reader
         )
-        self._loop.call_later(self.settings.worker_start_timeout_s, self._check_started, slot.index, slot.generation)
+        self._loop.call_later(self.settings.worker_start_timeout_s, self._check_progress, slot.index, slot.generation)
 
     def _stop_process(self, slot: WorkerSlot) -> None:
         process, inbox = slot.process, slot.inbox
@@ -157,11 +163,23 @@ class WorkerPool:
             process.kill()
             process.join(timeout=5)
 
-    def _check_started(self, index: int, generation: int) -> None:
+    def _check_progress(self, index: int, generation: int) -> None:
+        """Kill a starting worker that made no progress for `worker_start_timeout_s`; however long a worker
+        takes in all (cold compile caches, many models), it lives while each step reports in time."""
         slot = self._slots[index]
-        if slot.generation == generation and not slot.ready and slot.process and slot.process.is_alive():
-            logger.error("worker %d not ready after %.0f s; killing it", index, self.settings.worker_start_timeout_s)
-            slot.process.kill()  # its reader sees EOF and the slot restarts
+        if slot.generation != generation or slot.ready or not (slot.process and slot.process.is_alive()):
+            return
+        assert self._loop is not None
+        stalled_s = time.monotonic() - slot.progressed_at
+        if stalled_s < self.settings.worker_start_timeout_s:
+            self._loop.call_later(
+                self.settings.worker_start_timeout_s - stalled_s, self._check_progress, index, generation
+            )
+            return
+        step = slot.progress
+        doing = f"{step.state} {step.task}/{step.precision}" if step else "starting"
+        logger.error("worker %d made no progress for %.0f s (%s); killing it", index, stalled_s, doing)
+        slot.process.kill()  # its reader sees EOF and the slot restarts
 
     # ----- state ---------------------------------------------------------------------------------
 
@@ -309,13 +327,37 @@ class WorkerPool:
         slot = self._slots[index]
         if slot.generation != generation:
             return
-        if isinstance(message, WorkerReady):
+        if isinstance(message, WorkerProgress):
+            self._on_progress(slot, message)
+        elif isinstance(message, WorkerReady):
             self._on_ready(slot, message)
         elif isinstance(message, BatchDone):
             self._on_batch_done(slot, message)
         elif isinstance(message, WorkerFailed):
             logger.error("worker %d failed to start: %s", index, message.reason)
         self._wakeup.set()
+
+    def _on_progress(self, slot: WorkerSlot, progress: WorkerProgress) -> None:
+        slot.progress, slot.progressed_at = progress, time.monotonic()
+        slot.model_states[(progress.task, progress.precision)] = progress.state
+        logger.debug(
+            "worker %d: %s %s/%s (%d/%d steps)",
+            slot.index,
+            progress.state,
+            progress.task,
+            progress.precision,
+            progress.done,
+            progress.total,
+        )
+
+    def model_state(self, key: Key) -> str:
+        """`ready` once any worker serves it, `refused`, else the furthest step a starting worker reached."""
+        if key in self.models:
+            return "ready"
+        if key in self.refused:
+            return "refused"
+        reached = [slot.model_states.get(key, "pending") for slot in self._slots]
+        return max(reached, key=MODEL_STATES.index, default="pending")
 
     def _on_ready(self, slot: WorkerSlot, ready: WorkerReady) -> None:
         slot.ready, slot.pid, slot.failures_in_a_row = True, ready.pid, 0

@@ -60,6 +60,25 @@ class WorkerReady:
     failures: tuple[ModelFailure, ...] = ()
 
 
+# A model's steps in a starting worker, in order (`pending`: not reached yet).
+MODEL_STATES = ("pending", "loading", "loaded", "compiling", "ready", "refused")
+
+
+@dataclass(frozen=True)
+class WorkerProgress:
+    """A starting worker moved on: one model began loading, was loaded or refused, or began compiling.
+
+    Each message restarts the worker's start timeout, which measures lack of progress, not total time.
+    """
+
+    index: int
+    task: str
+    precision: str
+    state: str  # one of MODEL_STATES
+    done: int  # models through setup before this step
+    total: int
+
+
 @dataclass(frozen=True)
 class WorkerFailed:
     """The worker could not start at all (it exits after sending this)."""

@@ -121,7 +121,12 @@ class ModelEntry(BaseModel):
     task: str
     precision: str
     model: str
-    status: str = Field(description="`loaded`, or `refused` with the reason")
+    status: str = Field(description="`loaded`, `loading`, or `refused` with the reason")
+    state: str = Field(
+        "pending",
+        description="the model's step: `pending`, `loading`, `loaded` (waiting to compile), `compiling`, `ready` "
+        "(serving) or `refused`",
+    )
     bits_per_weight: float | None = None
     packed_bytes: int | None = None
     runtime_bytes: int | None = None

@@ -47,7 +47,12 @@ class ServiceSettings(BaseSettings):
     backend: Literal["compiled", "eager", "openvino"] = Field(
         "compiled", description="compiled: torch.compile, ~1.6× faster, compiles at start (cached on disk)"
     )
-    worker_start_timeout_s: float = Field(300.0, gt=0)
+    worker_start_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="seconds a starting worker may go without progress (a model loaded, a compile begun) before "
+        "it is killed and restarted; total start time is not limited",
+    )
     api_scheduling: Literal["batch", "normal"] = Field(
         "batch",
         description="batch: the API process runs as SCHED_BATCH (Linux), so its wakeups do not preempt a worker's "

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -32,6 +33,7 @@ from service.protocol import (
     ModelInfo,
     RunBatch,
     WorkerFailed,
+    WorkerProgress,
     WorkerReady,
     WorkerSpec,
 )
@@ -86,22 +88,32 @@ class InferenceWorker:
         self.spec = spec
         self.models: dict[tuple[str, str], LoadedModel] = {}
 
-    def setup(self) -> WorkerReady:
-        """Load every artifact, then compile (warm up) each.
+    def setup(self, report: Callable[[WorkerProgress], None] = lambda progress: None) -> WorkerReady:
+        """Load every artifact, then compile (warm up) each, reporting each step to `report`.
 
         Compiling waits until all are built: building the first model of a class adds to a registry of
         transformers that compiled graphs guard on, so graphs compiled before the last task's model was built
         would all compile again on their first request (seconds to minutes of stall, in every worker).
         """
+        refs = self.spec.artifacts
+        steps = 2 * len(refs)  # a load and a compile each
+
+        def step(ref: ArtifactRef, state: str, done: int) -> None:
+            report(WorkerProgress(self.spec.index, ref.task, ref.precision, state, done, steps))
+
         built, failures = [], []
-        for ref in self.spec.artifacts:
+        for done, ref in enumerate(refs):
+            step(ref, "loading", done)
             try:
                 built.append((ref, load_model(ref.path, self.spec.backend)))
+                step(ref, "loaded", done + 1)
             except (ArtifactError, OSError, ValueError) as exc:  # refuse this one, serve the others
                 logger.error("worker %d refused %s/%s: %s", self.spec.index, ref.task, ref.precision, exc)
                 failures.append(ModelFailure(ref.task, ref.precision, str(exc)))
+                step(ref, "refused", done + 1)
         infos = []
-        for ref, loaded in built:
+        for done, (ref, loaded) in enumerate(built, start=len(refs)):
+            step(ref, "compiling", done)
             warm = self.models[(ref.task, ref.precision)] = warm_up(loaded)
             infos.append(model_info(ref, warm))
         return WorkerReady(self.spec.index, os.getpid(), tuple(infos), tuple(failures))
@@ -170,7 +182,7 @@ def worker_main(spec: WorkerSpec, inbox: Connection, outbox: Connection) -> None
     torch.set_num_threads(spec.threads)
     worker = InferenceWorker(spec)
     try:
-        outbox.send(worker.setup())
+        outbox.send(worker.setup(report=outbox.send))
     except Exception as exc:  # report why, then exit: the pool restarts with back-off
         logger.exception("worker %d failed to start", spec.index)
         outbox.send(WorkerFailed(spec.index, f"{type(exc).__name__}: {exc}"))
