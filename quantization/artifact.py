@@ -19,16 +19,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from quantization.artifact_files import MANIFEST, MODEL_CONFIG, TOKENIZER_FILES, WEIGHTS
 from quantization.config import PrecisionConfig
 from quantization.primitives import group_offsets
 from quantization.qtensor import QuantizedWeight
 from quantization.quantize import QuantizedState
 
 SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-WEIGHTS = "weights.safetensors"
-MODEL_CONFIG = "config.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
 class ArtifactError(RuntimeError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from quantization.artifact import MANIFEST
+from quantization.artifact_files import MANIFEST
 from service.protocol import ArtifactRef
 
 logger = logging.getLogger("qbert.service")
