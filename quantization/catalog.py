@@ -133,8 +133,12 @@ def read_plan(path: Path) -> dict[str, int]:
     return {str(k): int(v) for k, v in data["layer_bits"].items()}
 
 
+def catalog_path() -> Path:
+    return Path(os.environ.get("QBERT_CATALOG", repo_root() / "models" / "catalog.toml")).resolve()
+
+
 def load_catalog(path: Path | None = None) -> Catalog:
-    path = path or repo_root() / "models" / "catalog.toml"
+    path = path or catalog_path()
     raw = tomllib.loads(Path(path).read_text())
     specs = raw.get("precisions", {})
     precisions = {

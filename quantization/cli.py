@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from quantization.artifact import read_manifest
-from quantization.catalog import Catalog, TaskEntry, artifacts_dir, hessian_dir, load_catalog, repo_root
+from quantization.catalog import TaskEntry, artifacts_dir, hessian_dir, load_catalog, repo_root
 from quantization.config import BACKENDS, PrecisionConfig
 from quantization.system import cpu_affinity, parse_cpu_list
 
@@ -64,45 +65,28 @@ def _write_artifact(checkpoint: Any, entry: TaskEntry, precision: PrecisionConfi
         return build_artifact(checkpoint, entry, precision, out, on_step=advance)
 
 
-def _build_one(catalog: Catalog, entry: TaskEntry, precision: str, force: bool, batch_size: int, cache: dict) -> str:
-    from quantization.build import inputs_sha256, is_up_to_date, load_checkpoint
-
-    out = artifacts_dir() / entry.task / precision
-    if entry.task not in cache:
-        cache[entry.task] = load_checkpoint(entry.checkpoint_location(), entry.task)
-    checkpoint = cache[entry.task]
-    config = catalog.precision_for(entry.task, precision)
-    expected = inputs_sha256(checkpoint.sha256, config, entry.task)
-    if not force and is_up_to_date(out, expected) and read_manifest(out)["evaluation"]:
-        return "up to date"
-    _write_artifact(checkpoint, entry, config, out)
-    rows = _eval_with_progress(out, entry, None, batch_size)
-    return ", ".join(f"{r['metric']}={r['value']:.4f}" for r in rows)
-
-
-def _catalog_jobs(
-    catalog: Catalog, tasks: Sequence[str] | None, precisions: Sequence[str] | None, study: bool = False
-) -> list[tuple[TaskEntry, str]]:
-    """(task entry, precision) for every catalog artifact of `tasks` at `precisions` (None: all), and of the
-    reproduction study where `study` is set."""
-    return [
-        (catalog.task(t), p)
-        for t in (list(catalog.tasks) if tasks is None else tasks)
-        for p in (*catalog.task(t).precisions, *(catalog.task(t).study if study else ()))
-        if precisions is None or p in precisions
-    ]
-
-
 def cmd_build(args: argparse.Namespace) -> int:
+    from quantization.catalog_build import build_catalog, catalog_jobs
+    from quantization.progress import BuildProgress
+
     catalog = load_catalog()
-    jobs = _catalog_jobs(catalog, args.task, args.precision, study=args.study)
-    cache: dict = {}
-    with tqdm(jobs, desc="build", unit="artifact", disable=None) as bar:
-        for entry, precision in bar:
-            bar.set_postfix_str(f"{entry.task}/{precision}")
-            status = _build_one(catalog, entry, precision, args.force, args.batch_size, cache)
-            tqdm.write(f"{entry.task}/{precision}: {status}")
-    return 0
+    jobs = catalog_jobs(catalog, args.task, args.precision, study=args.study)
+    progress = BuildProgress()
+
+    def on_event(event: Any) -> None:  # a catalog_build.BuildEvent
+        progress(event)
+        if event.state == "built":  # the results on stdout; the progress display is on stderr
+            metrics = ", ".join(f"{row['metric']}={row['value']:.4f}" for row in event.accuracy)
+            tqdm.write(f"{event.task}/{event.precision}: {event.detail or metrics}", file=sys.stdout)
+
+    try:
+        outcomes = build_catalog(catalog, jobs, artifacts_dir(), on_event, force=args.force, batch_size=args.batch_size)
+    finally:
+        progress.close()
+    failed = [f"{o.task}/{o.precision}: {o.detail}" for o in outcomes if o.state == "failed"]
+    for line in failed:
+        logger.error("not built: %s", line)
+    return 1 if failed else 0
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -198,28 +182,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ensure_built(tasks: Sequence[str], precisions: Sequence[str] | None, batch_size: int) -> None:
-    """Build (with progress) every catalog artifact the service will load that is missing or stale.
-
-    An artifact whose checkpoint is not available here (e.g. mounted into a container) is served as is.
-    """
-    catalog = load_catalog()
-    jobs = _catalog_jobs(catalog, [t for t in tasks if t in catalog.tasks], precisions)
-    todo = []
-    for entry, precision in jobs:
-        built = (artifacts_dir() / entry.task / precision / "manifest.json").is_file()
-        has_checkpoint = Path(entry.checkpoint_location()).is_dir()
-        if not built or has_checkpoint:
-            todo.append((entry, precision))
-    cache: dict = {}
-    with tqdm(todo, desc="check artifacts", unit="artifact", disable=None) as bar:
-        for entry, precision in bar:
-            bar.set_postfix_str(f"{entry.task}/{precision}")
-            status = _build_one(catalog, entry, precision, False, batch_size, cache)
-            if status != "up to date":
-                tqdm.write(f"built {entry.task}/{precision}: {status}")
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -233,13 +195,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "workers": args.workers,
             "default_precision": args.default_precision,
             "torch_threads": args.threads,
+            "build": not args.no_build,
         }.items()
         if value is not None
     }
     settings = ServiceSettings(**overrides)
-    if not args.no_build:
-        _ensure_built(settings.tasks, settings.precisions, batch_size=32)
-    app = create_app(settings)
+    progress = None
+    if settings.build:
+        from quantization.progress import BuildProgress
+
+        progress = BuildProgress()
+    app = create_app(settings, on_build_event=progress)
     uvicorn.run(
         app,
         host=settings.host,
@@ -595,6 +561,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("qbert.build").setLevel(logging.INFO)  # a build's progress lines, off a terminal
+    # One progress display (`quantization.progress`), not a transformers bar per checkpoint and artifact loaded;
+    # set before transformers is imported, and inherited by the processes `serve` spawns.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _set_threads(args.threads)
     return int(args.func(args) or 0)
 

@@ -463,7 +463,10 @@ def random_inputs(
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
 
 
-def _as_eager(loaded: LoadedModel) -> LoadedModel:
+def as_eager(loaded: LoadedModel) -> LoadedModel:
+    """A compiled model's eager twin: the same module and weights, run without its compiled graphs."""
+    if loaded.backend != "compiled":
+        return loaded
     return dataclasses.replace(loaded, model=loaded.model._orig_mod, backend="eager")
 
 
@@ -487,10 +490,10 @@ def warm_up(loaded: LoadedModel) -> LoadedModel:
                 loaded.model(**inputs)
     except Exception:  # Inductor raises many types; serving eager beats not serving
         logger.exception("compiling %s failed; it runs eager", loaded.path)
-        return _as_eager(loaded)
+        return as_eager(loaded)
     if frames["total"] - seen > frames["ok"] - compiled:  # Dynamo gave up on a frame (it logged why): eager
         logger.error("torch.compile did not compile %s; it runs eager", loaded.path)
-        return _as_eager(loaded)
+        return as_eager(loaded)
     return loaded
 
 

@@ -16,11 +16,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
 from quantization.catalog import load_catalog
+from quantization.catalog_build import BuildEvent, BuildJob, catalog_jobs, serving_order
 from quantization.system import set_batch_scheduling
+from service.builder import CatalogBuilder
 from service.discovery import discover_artifacts
 from service.errors import (
     InferenceFailedError,
     InvalidInputError,
+    ModelNotReadyError,
     ModelUnavailableError,
     ServiceError,
     UnauthorizedError,
@@ -38,9 +41,10 @@ from service.json_io import (
 )
 from service.metrics import ServiceMetrics
 from service.middleware import BodySizeLimit
-from service.pool import WorkerPool
+from service.pool import Key, WorkerPool
 from service.protocol import ArtifactRef, ItemResult
 from service.schemas import (
+    BuildProgressEntry,
     ClassResult,
     EntityResult,
     ErrorResponse,
@@ -69,20 +73,113 @@ _ITEM_ERRORS: dict[str, type[ServiceError]] = {
 }
 
 
-class Service:
-    """What the routes need: settings, the artifacts on disk, the pool and the metrics."""
+ACCURACY_KEYS = ("metric", "value", "split", "n")
 
-    def __init__(self, settings: ServiceSettings, artifacts: list[ArtifactRef], metrics: ServiceMetrics) -> None:
+
+class Service:
+    """What the routes need: settings, the models known (on disk or being built), the pool and the metrics."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        artifacts: list[ArtifactRef],
+        metrics: ServiceMetrics,
+        builds: list[BuildJob] | None = None,
+        on_build_event: Callable[[BuildEvent], None] | None = None,
+    ) -> None:
         self.settings = settings
-        self.artifacts = artifacts
         self.metrics = metrics
-        self.pool = WorkerPool(settings, artifacts, metrics)
+        self.builds = builds or []
+        build_keys = {job.key for job in self.builds}
+        # Artifacts the builder will check (and rebuild where stale) load only once it says they are built.
+        ready_now = [a for a in artifacts if (a.task, a.precision) not in build_keys]
+        self.keys: list[Key] = [(a.task, a.precision) for a in ready_now] + [job.key for job in self.builds]
+        self.pool = WorkerPool(settings, ready_now, metrics)
+        self.build_events: dict[Key, BuildEvent] = {}
+        self._on_build_event = on_build_event
+        self.builder = (
+            CatalogBuilder(
+                self.builds, settings.artifacts, settings.build_threads, self.on_build_event, self.on_builder_exit
+            )
+            if self.builds
+            else None
+        )
 
     def precisions_of(self, task: str) -> list[str]:
-        return [a.precision for a in self.artifacts if a.task == task]
+        return [precision for t, precision in self.keys if t == task]
 
     def tasks(self) -> list[str]:
-        return sorted({a.task for a in self.artifacts})
+        return sorted({task for task, _ in self.keys})
+
+    # ----- the builder's reports (on the event loop's thread) ------------------------------------
+
+    def on_build_event(self, event: BuildEvent) -> None:
+        self.build_events[event.key] = event
+        if event.state == "built":
+            self.pool.add_artifacts(
+                [ArtifactRef(event.task, event.precision, self.settings.artifacts / event.task / event.precision)]
+            )
+            accuracy = tuple({k: row[k] for k in ACCURACY_KEYS} for row in event.accuracy)
+            self.pool.set_accuracy(event.key, accuracy)
+        elif event.state == "failed":
+            logger.error("building %s/%s failed: %s", event.task, event.precision, event.detail)
+        if self._on_build_event is not None:
+            self._on_build_event(event)
+
+    def on_builder_exit(self, code: int | None) -> None:
+        unfinished = [
+            job
+            for job in self.builds
+            if self.build_events.get(job.key, None) is None
+            or self.build_events[job.key].state not in ("built", "failed")
+        ]
+        if code != 0 or unfinished:
+            logger.error("the builder exited with code %s; %d artifacts unbuilt", code, len(unfinished))
+        for index, job in enumerate(unfinished):
+            self.on_build_event(
+                BuildEvent(
+                    job.task,
+                    job.precision,
+                    "failed",
+                    index,
+                    len(unfinished),
+                    detail=f"the builder exited with code {code}",
+                )
+            )
+
+    # ----- model states ----------------------------------------------------------------------------
+
+    def state(self, key: Key) -> str:
+        """Where a model is: its build step until it is built, then its step in the workers."""
+        if self.pool.serves(key):
+            return self.pool.model_state(key) or "ready"
+        event = self.build_events.get(key)
+        if event is not None and event.state != "built":
+            return event.state
+        if event is None and key in {job.key for job in self.builds}:
+            return "pending"
+        # Built (handed to the workers) or found on disk at the start: queued in the workers' loaders.
+        return self.pool.model_state(key) or ("loading" if event is not None else "pending")
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready once every worker runs and serves each task's default precision (where that one can ever serve)."""
+        pool = self.pool
+        if pool.started_workers() < self.settings.workers:
+            return False, f"{pool.started_workers()} of {self.settings.workers} workers started"
+        waiting = [
+            f"{task}/{self.settings.default_precision} ({self.state(key)})"
+            for task in self.tasks()
+            if (key := (task, self.settings.default_precision)) in self.keys
+            and not pool.served_by_all(key)
+            and self.state(key) not in ("refused", "failed")
+        ]
+        if waiting:
+            return False, "waiting for " + ", ".join(waiting)
+        if not pool.models:
+            if not pool.settled() or (self.builder is not None and self.builder.running):
+                return False, "no model serves yet"
+            return False, f"no model can serve: all {len(self.keys)} artifacts were refused or failed (see /models)"
+        return True, ""
 
     def choose_precision(self, task: str, query: str | None, header: str | None) -> str:
         if query and header and query != header:
@@ -101,9 +198,17 @@ class Service:
 
     async def run(self, task: str, precision: str, payloads: list[Any]) -> list[Any]:
         """Results for every payload, or the first failing input's error (naming its index)."""
-        refused = self.pool.refused.get((task, precision))
-        if refused is not None and (task, precision) not in self.pool.models:
-            raise ModelUnavailableError(f"{task}/{precision} was refused at load: {refused}")
+        key = (task, precision)
+        if not self.pool.serves(key):
+            state = self.state(key)
+            if state == "refused":
+                raise ModelUnavailableError(f"{task}/{precision} was refused at load: {self.pool.refused.get(key)}")
+            if state == "failed":
+                raise ModelUnavailableError(f"{task}/{precision} could not be built: {self.build_events[key].detail}")
+            retry_after = "2" if state in ("loading", "compiling") else "10"
+            raise ModelNotReadyError(
+                f"{task}/{precision} is not ready yet: {state}", headers={"Retry-After": retry_after}, state=state
+            )
         results: list[ItemResult] = await self.pool.submit(task, precision, payloads)
         for index, result in enumerate(results):
             if result.error:
@@ -223,45 +328,40 @@ def _predict_router(service: Service) -> APIRouter:
             f"no task {task!r}; available: {', '.join(service.tasks())} (QA is POST /qa)", available=service.tasks()
         )
 
-    @router.get("/models", response_model=ModelsResponse, tags=["ops"], summary="Loaded models, sizes and accuracy")
+    @router.get("/models", response_model=ModelsResponse, tags=["ops"], summary="Every model, its state and accuracy")
     async def models() -> ModelsResponse:
-        entries = []
-        for ref in service.artifacts:
-            key = (ref.task, ref.precision)
-            info = service.pool.models.get(key)
-            if info is not None:
-                entries.append(
-                    ModelEntry(
-                        task=ref.task,
-                        precision=ref.precision,
-                        model=info.model,
-                        status="loaded",
-                        state="ready",
-                        bits_per_weight=info.bits_per_weight,
-                        packed_bytes=info.packed_bytes,
-                        runtime_bytes=info.runtime_bytes,
-                        fp32_bytes=info.fp32_bytes,
-                        load_seconds=info.load_seconds,
-                        backend=info.backend,
-                        accuracy=list(info.accuracy),
-                    )
-                )
-            else:
-                refused = service.pool.refused.get(key)
-                status = "refused" if refused else "loading"
-                entries.append(
-                    ModelEntry(
-                        task=ref.task,
-                        precision=ref.precision,
-                        model="",
-                        status=status,
-                        state=service.pool.model_state(key),
-                        reason=refused,
-                    )
-                )
-        return ModelsResponse(default_precision=service.settings.default_precision, models=entries)
+        return ModelsResponse(
+            default_precision=service.settings.default_precision,
+            models=[_model_entry(service, key) for key in service.keys],
+        )
 
     return router
+
+
+def _model_entry(service: Service, key: Key) -> ModelEntry:
+    state, info = service.state(key), service.pool.models.get(key)
+    serving = service.pool.serves(key)
+    event = service.build_events.get(key)
+    progress = None
+    if event is not None and event.state in ("building", "evaluating"):
+        progress = BuildProgressEntry(done=event.done, total=event.total, unit=event.unit)
+    reason = service.pool.refused.get(key) if state == "refused" else event.detail if state == "failed" else None
+    common = {"task": key[0], "precision": key[1], "state": state, "serving": serving, "progress": progress}
+    if info is None or not serving:
+        status = "refused" if state in ("refused", "failed") else "loading"
+        return ModelEntry(**common, model="", status=status, reason=reason)
+    return ModelEntry(
+        **common,
+        model=info.model,
+        status="loaded",
+        bits_per_weight=info.bits_per_weight,
+        packed_bytes=info.packed_bytes,
+        runtime_bytes=info.runtime_bytes,
+        fp32_bytes=info.fp32_bytes,
+        load_seconds=info.load_seconds,
+        backend=info.backend,
+        accuracy=list(info.accuracy),
+    )
 
 
 def _ops_router(service: Service) -> APIRouter:
@@ -272,20 +372,21 @@ def _ops_router(service: Service) -> APIRouter:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get(
-        "/readyz", summary="Readiness: 200 once every worker has loaded its artifacts and one model at least serves"
-    )
+    @router.get("/readyz", summary="Readiness: 200 once every worker runs and serves each task's default precision")
     async def readyz() -> JSONResponse:
-        pool = service.pool
-        # Refused artifacts leave the others serving, but a pool that can serve nothing is not ready.
-        serving = pool.ready and bool(pool.models)
-        body: dict[str, Any] = {"ready": serving, "workers": pool.worker_status()}
-        if serving:
+        ready, detail = service.ready()
+        states = [service.state(key) for key in service.keys]
+        body: dict[str, Any] = {
+            "ready": ready,
+            "workers": service.pool.worker_status(),
+            "models": {
+                "ready": states.count("ready"),
+                "serving": sum(map(service.pool.serves, service.keys)),
+                "total": len(states),
+            },
+        }
+        if ready:
             return JSONResponse(body)
-        if pool.ready:
-            detail = f"no model can serve: all {len(pool.refused)} artifacts were refused (see /models)"
-        else:
-            detail = f"{pool.ready_workers()} of {service.settings.workers} workers ready"
         return JSONResponse({"error": "not_ready", "detail": detail, **body}, status_code=503)
 
     @router.get("/metrics", summary="Prometheus metrics")
@@ -307,13 +408,21 @@ def study_precisions() -> frozenset[str]:
     }
 
 
-def create_app(settings: ServiceSettings | None = None) -> FastAPI:
-    """The service app. Its lifespan starts the worker pool (spawned processes) and stops it."""
+def create_app(
+    settings: ServiceSettings | None = None, on_build_event: Callable[[BuildEvent], None] | None = None
+) -> FastAPI:
+    """The service app. Its lifespan starts the worker pool (spawned processes) and, with `settings.build`, the
+    builder process that builds missing or stale catalog artifacts (each `BuildEvent` also goes to
+    `on_build_event`: a progress display); both stop with it."""
     settings = settings or ServiceSettings()
     artifacts = discover_artifacts(settings.artifacts, settings.tasks, settings.precisions, study_precisions())
-    if not artifacts:
+    builds = []
+    if settings.build:
+        jobs = catalog_jobs(load_catalog(), settings.tasks, settings.precisions)
+        builds = serving_order(jobs, settings.default_precision)
+    if not artifacts and not builds:
         raise ValueError(f"no artifacts under {settings.artifacts} for tasks {settings.tasks}; run `qbert build`")
-    service = Service(settings, artifacts, ServiceMetrics())
+    service = Service(settings, artifacts, ServiceMetrics(), builds, on_build_event)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -321,12 +430,16 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         if settings.api_scheduling == "batch" and not set_batch_scheduling(True):
             logger.info("SCHED_BATCH is not available here; the API process keeps the normal scheduling policy")
         await service.pool.start()
+        if service.builder is not None:
+            service.builder.start()
         # Everything made so far (imports, schemas, the pool) lives as long as the process: frozen, it is not
         # walked again by every full collection under load.
         gc.freeze()
         try:
             yield
         finally:
+            if service.builder is not None:
+                await service.builder.close()
             await service.pool.close()
 
     app = FastAPI(

@@ -65,6 +65,12 @@ class ModelUnavailableError(ServiceError):
     status, code = 503, "model_unavailable"
 
 
+class ModelNotReadyError(ServiceError):
+    """The precision exists but is still being built, evaluated or loaded (`state` says which): retry later."""
+
+    status, code = 503, "model_not_ready"
+
+
 class WorkerLostError(ServiceError):
     status, code = 503, "worker_lost"
 

@@ -2,15 +2,18 @@
 
 All pool state lives on the event loop thread, which also reads the workers' pipes (each message, or EOF when
 a worker dies, is handled as it arrives); the dispatcher sends due batches
-(`service.batching.collate`) to idle workers. A worker that dies fails its in-flight inputs with
-`WorkerLostError` (503; not retried, because a request that killed one worker could kill the next) and is
-restarted with back-off.
+(`service.batching.collate`) to idle workers that serve their model. Workers load models while they serve
+others: artifacts given at the start and those added later (`add_artifacts`, as the builder finishes them).
+A worker that dies fails its in-flight inputs with `WorkerLostError` (503; not retried, because a request that
+killed one worker could kill the next) and is restarted with back-off; one that stops making progress on its
+loads is killed and restarted too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import multiprocessing
@@ -25,19 +28,22 @@ from service.batching import ArrivalGaps, Queued, collate, oldest_first
 from service.errors import DeadlineExceededError, NotReadyError, OverloadedError, ShuttingDownError, WorkerLostError
 from service.metrics import ServiceMetrics
 from service.protocol import (
-    MODEL_STATES,
+    WORKER_MODEL_STATES,
     ArtifactRef,
     BatchDone,
     ItemResult,
+    LoadModels,
     ModelInfo,
+    ModelRefused,
+    ModelServing,
     RunBatch,
     WorkerFailed,
     WorkerProgress,
-    WorkerReady,
     WorkerSpec,
+    WorkerStarted,
 )
 from service.settings import ServiceSettings
-from service.worker import worker_main
+from service.worker_entry import run_worker
 
 logger = logging.getLogger("qbert.pool")
 
@@ -68,14 +74,22 @@ class WorkerSlot:
     process: BaseProcess | None = None
     inbox: Connection | None = None
     pid: int | None = None
-    ready: bool = False
+    started: bool = False  # its process runs and takes batches (for the models in `serving`)
+    serving: dict[Key, ModelInfo] = field(default_factory=dict)
+    model_states: dict[Key, str] = field(default_factory=dict)  # this generation's step per model
+    outstanding: set[Key] = field(default_factory=set)  # handed to it, not yet ready or refused
     in_flight: InFlight | None = None
     restarts: int = 0
     failures_in_a_row: int = 0
     started_at: float = field(default_factory=time.monotonic)
-    progressed_at: float = field(default_factory=time.monotonic)  # its last setup step (start timeout runs from it)
+    progressed_at: float = field(default_factory=time.monotonic)  # its last step (the start timeout runs from it)
     progress: WorkerProgress | None = None
-    model_states: dict[Key, str] = field(default_factory=dict)  # this generation's step per model
+    watched: bool = False  # a progress check is scheduled
+
+    @property
+    def settled(self) -> bool:
+        """Started, and every model handed to it is ready or refused."""
+        return self.started and not self.outstanding
 
 
 class WorkerPool:
@@ -83,10 +97,12 @@ class WorkerPool:
         self.settings = settings
         self.artifacts = artifacts
         self.metrics = metrics
-        self.models: dict[Key, ModelInfo] = {}
+        self.models: dict[Key, ModelInfo] = {}  # every model a worker serves, as the last one to report it
         self.refused: dict[Key, str] = {}
-        self._queues: dict[Key, deque[Queued[Pending]]] = {(a.task, a.precision): deque() for a in artifacts}
-        self._arrivals: dict[Key, ArrivalGaps] = {key: ArrivalGaps() for key in self._queues}
+        self._queues: dict[Key, deque[Queued[Pending]]] = {}
+        self._arrivals: dict[Key, ArrivalGaps] = {}
+        for ref in artifacts:
+            self._queues[(ref.task, ref.precision)], self._arrivals[(ref.task, ref.precision)] = deque(), ArrivalGaps()
         self._slots = [WorkerSlot(i) for i in range(settings.workers)]
         self._batch_ids = itertools.count()
         self._context = multiprocessing.get_context("spawn")
@@ -123,8 +139,9 @@ class WorkerPool:
         if self._closing:
             return
         slot.generation += 1
-        slot.ready, slot.in_flight, slot.pid, slot.progress = False, None, None, None
-        slot.model_states = {}
+        slot.started, slot.in_flight, slot.pid, slot.progress = False, None, None, None
+        slot.serving, slot.model_states = {}, {}
+        slot.outstanding = {(a.task, a.precision) for a in self.artifacts}
         slot.started_at = slot.progressed_at = time.monotonic()
         parent_inbox, child_inbox = self._context.Pipe(duplex=False)  # (reader, writer)
         child_outbox_reader, child_outbox = self._context.Pipe(duplex=False)
@@ -137,7 +154,7 @@ class WorkerPool:
             backend=self.settings.backend,
         )
         process = self._context.Process(
-            target=worker_main, args=(spec, parent_inbox, child_outbox), name=f"qbert-worker-{slot.index}", daemon=True
+            target=run_worker, args=(spec, parent_inbox, child_outbox), name=f"qbert-worker-{slot.index}", daemon=True
         )
         process.start()
         parent_inbox.close()  # the child's ends: closing ours lets EOF tell us when the child dies
@@ -147,7 +164,8 @@ class WorkerPool:
         self._loop.add_reader(
             child_outbox_reader.fileno(), self._read_worker, slot.index, slot.generation, child_outbox_reader
         )
-        self._loop.call_later(self.settings.worker_start_timeout_s, self._check_progress, slot.index, slot.generation)
+        slot.watched = False
+        self._watch(slot)
 
     def _stop_process(self, slot: WorkerSlot) -> None:
         process, inbox = slot.process, slot.inbox
@@ -163,32 +181,50 @@ class WorkerPool:
             process.kill()
             process.join(timeout=5)
 
+    def _watch(self, slot: WorkerSlot) -> None:
+        if not slot.watched:
+            slot.watched = True
+            assert self._loop is not None
+            self._loop.call_later(
+                self.settings.worker_start_timeout_s, self._check_progress, slot.index, slot.generation
+            )
+
     def _check_progress(self, index: int, generation: int) -> None:
-        """Kill a starting worker that made no progress for `worker_start_timeout_s`; however long a worker
-        takes in all (cold compile caches, many models), it lives while each step reports in time."""
+        """Kill a worker that made no progress for `worker_start_timeout_s` while starting or loading; however long
+        a worker takes in all (cold compile caches, many models), it lives while each step reports in time."""
         slot = self._slots[index]
-        if slot.generation != generation or slot.ready or not (slot.process and slot.process.is_alive()):
+        if slot.generation != generation:
             return
-        assert self._loop is not None
+        slot.watched = False
+        if slot.settled or not (slot.process and slot.process.is_alive()):
+            return
         stalled_s = time.monotonic() - slot.progressed_at
         if stalled_s < self.settings.worker_start_timeout_s:
+            slot.watched = True
+            assert self._loop is not None
             self._loop.call_later(
                 self.settings.worker_start_timeout_s - stalled_s, self._check_progress, index, generation
             )
             return
         step = slot.progress
-        doing = f"{step.state} {step.task}/{step.precision}" if step else "starting"
+        doing = f"{step.state} {step.task}/{step.precision}" if step and step.task else "starting"
         logger.error("worker %d made no progress for %.0f s (%s); killing it", index, stalled_s, doing)
         slot.process.kill()  # its reader sees EOF and the slot restarts
 
     # ----- state ---------------------------------------------------------------------------------
 
-    @property
-    def ready(self) -> bool:
-        return all(slot.ready for slot in self._slots)
+    def started_workers(self) -> int:
+        return sum(slot.started for slot in self._slots)
 
-    def ready_workers(self) -> int:
-        return sum(slot.ready for slot in self._slots)
+    def settled(self) -> bool:
+        """Every worker runs and has loaded (or refused) every model handed to it."""
+        return all(slot.settled for slot in self._slots)
+
+    def serves(self, key: Key) -> bool:
+        return any(key in slot.serving for slot in self._slots)
+
+    def served_by_all(self, key: Key) -> bool:
+        return all(key in slot.serving for slot in self._slots)
 
     def queued(self) -> int:
         return sum(len(q) for q in self._queues.values())
@@ -198,9 +234,58 @@ class WorkerPool:
 
     def worker_status(self) -> list[dict[str, Any]]:
         return [
-            {"worker": s.index, "pid": s.pid, "ready": s.ready, "restarts": s.restarts, "busy": s.in_flight is not None}
+            {
+                "worker": s.index,
+                "pid": s.pid,
+                "ready": s.settled,
+                "serving": len(s.serving),
+                "loading": len(s.outstanding),
+                "restarts": s.restarts,
+                "busy": s.in_flight is not None,
+            }
             for s in self._slots
         ]
+
+    def model_state(self, key: Key) -> str | None:
+        """The step the furthest worker reached on a model (`loading`, `compiling`: served eagerly, `ready`), or
+        `refused` when every worker that tried refused it; None before any worker began it."""
+        reached = [slot.model_states[key] for slot in self._slots if key in slot.model_states]
+        if not reached:
+            return None
+        serving = [state for state in reached if state != "refused"]
+        if not serving:
+            return "refused"
+        return max(serving, key=WORKER_MODEL_STATES.index)
+
+    def add_artifacts(self, refs: list[ArtifactRef]) -> None:
+        """Have every worker load `refs` too (and every worker started from now on)."""
+        known = {(a.task, a.precision) for a in self.artifacts}
+        refs = [ref for ref in refs if (ref.task, ref.precision) not in known]
+        if not refs:
+            return
+        self.artifacts.extend(refs)
+        for ref in refs:
+            key = (ref.task, ref.precision)
+            self._queues.setdefault(key, deque())
+            self._arrivals.setdefault(key, ArrivalGaps())
+        for slot in self._slots:
+            if slot.inbox is None or slot.pid is None:
+                continue  # it is restarting: it loads `self.artifacts` when it spawns
+            if not slot.outstanding:
+                slot.progressed_at = time.monotonic()  # the stall clock starts now, not at its last load
+            slot.outstanding.update((ref.task, ref.precision) for ref in refs)
+            try:
+                slot.inbox.send(LoadModels(tuple(refs)))
+            except OSError:  # it just died; its respawn loads them
+                continue
+            self._watch(slot)
+
+    def set_accuracy(self, key: Key, accuracy: tuple[dict[str, Any], ...]) -> None:
+        """An evaluation finished after the model began serving: `/models` and the metrics show it from now on."""
+        info = self.models.get(key)
+        if info is not None:
+            self.models[key] = dataclasses.replace(info, accuracy=accuracy)
+            self.metrics.record_models([self.models[key]])
 
     # ----- requests ------------------------------------------------------------------------------
 
@@ -208,8 +293,9 @@ class WorkerPool:
         """Queue one request's inputs and wait for their results (or raise a `ServiceError`)."""
         if self._closing:
             raise ShuttingDownError("the service is shutting down")
-        if not self.ready_workers():
-            raise NotReadyError("no worker has finished loading yet", headers={"Retry-After": "5"})
+        key = (task, precision)
+        if not self.serves(key):
+            raise NotReadyError(f"no worker serves {task}/{precision} yet", headers={"Retry-After": "5"})
         if self.queued() + len(payloads) > self.settings.max_queue:
             self._drop_given_up()  # inputs of requests past their deadline must not keep later ones out
         if self.queued() + len(payloads) > self.settings.max_queue:
@@ -219,7 +305,6 @@ class WorkerPool:
             )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        key = (task, precision)
         items = [Pending(key, payload, loop.create_future()) for payload in payloads]
         self._queues[key].extend(Queued(item, now) for item in items)
         self._arrivals[key].arrived(now, len(items))
@@ -255,7 +340,7 @@ class WorkerPool:
                     await self._wakeup.wait()
 
     def _idle_slots(self) -> list[WorkerSlot]:
-        return [s for s in self._slots if s.ready and s.in_flight is None]
+        return [s for s in self._slots if s.started and s.in_flight is None]
 
     def _dispatch_due(self) -> float | None:
         """Send due batches to idle workers; seconds until the next one is due (None: wait for an event)."""
@@ -267,15 +352,18 @@ class WorkerPool:
             next_wait: float | None = None
             self._drop_given_up()
             live = oldest_first(self._queues)
-            # A queue's due inputs are shared between the idle workers, less one kept for each other queue.
-            free_workers = max(1, len(idle) - (len(live) - 1))
             for key, queue in live:
+                able = [slot for slot in idle if key in slot.serving]
+                if not able:
+                    continue  # its workers are busy, or still loading it
+                # A queue's due inputs are shared between the idle workers, less one kept for each other queue.
+                free_workers = max(1, len(able) - (len(live) - 1))
                 expected_gap = self._arrivals[key].expected_gap()
                 decision = collate(
                     queue, self.settings.max_batch_size, self.settings.max_wait_s, now, expected_gap, free_workers
                 )
                 if decision.batches:
-                    for slot, batch in zip(idle, decision.batches, strict=False):
+                    for slot, batch in zip(able, decision.batches, strict=False):
                         self._send(slot, key, batch, now)
                     break
                 if decision.wait_s is not None:
@@ -327,53 +415,68 @@ class WorkerPool:
         slot = self._slots[index]
         if slot.generation != generation:
             return
-        if isinstance(message, WorkerProgress):
-            self._on_progress(slot, message)
-        elif isinstance(message, WorkerReady):
-            self._on_ready(slot, message)
-        elif isinstance(message, BatchDone):
+        if isinstance(message, BatchDone):
             self._on_batch_done(slot, message)
-        elif isinstance(message, WorkerFailed):
-            logger.error("worker %d failed to start: %s", index, message.reason)
+        else:
+            slot.progressed_at = time.monotonic()
+            if isinstance(message, WorkerProgress):
+                self._on_progress(slot, message)
+            elif isinstance(message, ModelServing):
+                self._on_serving(slot, message)
+            elif isinstance(message, ModelRefused):
+                self._on_refused(slot, message)
+            elif isinstance(message, WorkerStarted):
+                slot.started, slot.pid = True, message.pid
+                logger.info("worker %d started (pid %d)", index, message.pid)
+            elif isinstance(message, WorkerFailed):
+                logger.error("worker %d failed to start: %s", index, message.reason)
+            if slot.started and not slot.outstanding and not isinstance(message, WorkerProgress):
+                self._on_settled(slot)
         self._wakeup.set()
 
     def _on_progress(self, slot: WorkerSlot, progress: WorkerProgress) -> None:
-        slot.progress, slot.progressed_at = progress, time.monotonic()
-        slot.model_states[(progress.task, progress.precision)] = progress.state
-        logger.debug(
-            "worker %d: %s %s/%s (%d/%d steps)",
-            slot.index,
-            progress.state,
-            progress.task,
-            progress.precision,
-            progress.done,
-            progress.total,
-        )
+        slot.progress = progress
+        if progress.task:
+            slot.model_states[(progress.task, progress.precision)] = progress.state
+        logger.debug("worker %d: %s %s/%s", slot.index, progress.state, progress.task, progress.precision)
 
-    def model_state(self, key: Key) -> str:
-        """`ready` once any worker serves it, `refused`, else the furthest step a starting worker reached."""
-        if key in self.models:
-            return "ready"
-        if key in self.refused:
-            return "refused"
-        reached = [slot.model_states.get(key, "pending") for slot in self._slots]
-        return max(reached, key=MODEL_STATES.index, default="pending")
+    def _on_serving(self, slot: WorkerSlot, serving: ModelServing) -> None:
+        info = serving.info
+        key = (info.task, info.precision)
+        known = self.models.get(key)
+        if known is not None and known.accuracy and not info.accuracy:
+            info = dataclasses.replace(info, accuracy=known.accuracy)  # an evaluation the artifact read predates
+        slot.serving[key] = self.models[key] = info
+        slot.model_states[key] = "compiling" if serving.warming else "ready"
+        self.refused.pop(key, None)
+        if serving.warming:  # a compile to come (again, where a new model class sent it back to eager)
+            slot.outstanding.add(key)
+            self._watch(slot)
+        else:
+            slot.outstanding.discard(key)
+        self.metrics.record_models([info])
 
-    def _on_ready(self, slot: WorkerSlot, ready: WorkerReady) -> None:
-        slot.ready, slot.pid, slot.failures_in_a_row = True, ready.pid, 0
-        for info in ready.models:
-            self.models[(info.task, info.precision)] = info
-        for failure in ready.failures:
-            self.refused[(failure.task, failure.precision)] = failure.reason
-        self.metrics.record_models(ready.models)
-        self.metrics.workers_ready.set(self.ready_workers())
+    def _on_refused(self, slot: WorkerSlot, refused: ModelRefused) -> None:
+        key = (refused.task, refused.precision)
+        slot.model_states[key] = "refused"
+        slot.outstanding.discard(key)
+        slot.serving.pop(key, None)
+        if not self.serves(key):
+            self.refused[key] = refused.reason
+
+    def _on_settled(self, slot: WorkerSlot) -> None:
+        """Every model handed to the worker so far is ready or refused (logged once per batch of loads)."""
+        if slot.progress is not None and slot.progress.state == "settled":
+            return
+        slot.progress = WorkerProgress(slot.index, "", "", "settled")
+        self.metrics.workers_ready.set(sum(s.settled for s in self._slots))
         logger.info(
             "worker %d ready (pid %d): %d models in %.1f s, %d refused",
             slot.index,
-            ready.pid,
-            len(ready.models),
+            slot.pid,
+            len(slot.serving),
             time.monotonic() - slot.started_at,
-            len(ready.failures),
+            sum(state == "refused" for state in slot.model_states.values()),
         )
 
     def _on_batch_done(self, slot: WorkerSlot, done: BatchDone) -> None:
@@ -402,8 +505,9 @@ class WorkerPool:
         if slot.in_flight is not None:
             for queued in slot.in_flight.items:
                 _fail(queued.item, WorkerLostError(f"worker {index} died while running this request; retry it"))
-        slot.in_flight, slot.ready, slot.pid = None, False, None
-        self.metrics.workers_ready.set(self.ready_workers())
+        slot.in_flight, slot.started, slot.pid = None, False, None
+        slot.serving = {}
+        self.metrics.workers_ready.set(sum(s.settled for s in self._slots))
         slot.restarts += 1
         self.metrics.worker_restarts.inc()
         delay = min(MAX_RESTART_DELAY_S, 0.5 * 2**slot.failures_in_a_row) if slot.failures_in_a_row else 0.0

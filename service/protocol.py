@@ -46,27 +46,27 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
-class ModelFailure:
-    task: str
-    precision: str
-    reason: str
+class LoadModels:
+    """Pool to worker: load these artifacts too (built since the worker started), then serve them."""
+
+    refs: tuple[ArtifactRef, ...]
 
 
 @dataclass(frozen=True)
-class WorkerReady:
+class WorkerStarted:
+    """The worker process runs and takes batches for the models it serves (it loads others meanwhile)."""
+
     index: int
     pid: int
-    models: tuple[ModelInfo, ...]
-    failures: tuple[ModelFailure, ...] = ()
 
 
-# A model's steps in a starting worker, in order (`pending`: not reached yet).
-MODEL_STATES = ("pending", "loading", "loaded", "compiling", "ready", "refused")
+# A model's steps in a worker, in order: `loading` its artifact, `compiling` (served eagerly meanwhile), `ready`.
+WORKER_MODEL_STATES = ("loading", "compiling", "ready", "refused")
 
 
 @dataclass(frozen=True)
 class WorkerProgress:
-    """A starting worker moved on: one model began loading, was loaded or refused, or began compiling.
+    """A worker began a step on one model (`loading` or `compiling`); with no model (`task` ""), it is starting.
 
     Each message restarts the worker's start timeout, which measures lack of progress, not total time.
     """
@@ -74,9 +74,27 @@ class WorkerProgress:
     index: int
     task: str
     precision: str
-    state: str  # one of MODEL_STATES
-    done: int  # models through setup before this step
-    total: int
+    state: str
+
+
+@dataclass(frozen=True)
+class ModelServing:
+    """The worker answers batches for this model from now on: eagerly while `warming` (its compiled graphs are
+    being built), then, in a second message, on the backend `info.backend` names."""
+
+    index: int
+    info: ModelInfo
+    warming: bool = False
+
+
+@dataclass(frozen=True)
+class ModelRefused:
+    """The worker could not load this artifact (corrupt, incompatible); it serves the others."""
+
+    index: int
+    task: str
+    precision: str
+    reason: str
 
 
 @dataclass(frozen=True)

@@ -117,16 +117,25 @@ class AccuracyRow(BaseModel):
     n: int
 
 
+class BuildProgressEntry(BaseModel):
+    done: int
+    total: int = Field(description="0 where the step's size is not known")
+    unit: str = ""
+
+
 class ModelEntry(BaseModel):
     task: str
     precision: str
     model: str
-    status: str = Field(description="`loaded`, `loading`, or `refused` with the reason")
+    status: str = Field(description="`loaded` (serving), `loading`, or `refused` with the reason")
     state: str = Field(
         "pending",
-        description="the model's step: `pending`, `loading`, `loaded` (waiting to compile), `compiling`, `ready` "
-        "(serving) or `refused`",
+        description="the model's step: `pending` (queued to build), `building`, `evaluating`, `loading`, "
+        "`compiling` (served eagerly meanwhile), `ready`, `refused` (a worker could not load it) or `failed` (its "
+        "build failed)",
     )
+    serving: bool = Field(False, description="whether requests for it are answered now (else 503 with Retry-After)")
+    progress: BuildProgressEntry | None = Field(None, description="while building or evaluating: how far")
     bits_per_weight: float | None = None
     packed_bytes: int | None = None
     runtime_bytes: int | None = None

@@ -42,6 +42,12 @@ class ServiceSettings(BaseSettings):
     )
     default_precision: str = "w8"
 
+    build: bool = Field(
+        False,
+        description="build missing or stale catalog artifacts in a builder process while serving (`qbert serve` "
+        "sets it unless --no-build); each model joins the service when it is built and evaluated",
+    )
+
     workers: int = Field(1, ge=1, le=64, description="worker processes, each loading every artifact")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per worker (default: cores / workers)")
     backend: Literal["compiled", "eager", "openvino"] = Field(
@@ -99,6 +105,11 @@ class ServiceSettings(BaseSettings):
     @property
     def threads_per_worker(self) -> int:
         return self.torch_threads or max(1, available_cores() // self.workers)
+
+    @property
+    def build_threads(self) -> int:
+        """The builder's torch threads: every core (the first start's builds are what every request waits for)."""
+        return self.torch_threads or available_cores()
 
     @property
     def max_wait_s(self) -> float:

@@ -1,9 +1,13 @@
-"""The worker process: loads every configured artifact once, then runs batches sent by the pool.
+"""The worker process: loads artifacts as the pool hands them over, and runs batches sent by the pool.
 
-`InferenceWorker` is the whole worker contract (LitServe's shape): `setup` once, then for every
-batch `batch` (the tasks' preprocessing), `predict` (padded forward passes) and `unbatch` (the
-tasks' postprocessing). Those three call the same functions as `qbert eval`, so a served answer
-equals the evaluated answer for the same input.
+`InferenceWorker` is the whole worker contract (LitServe's shape): `add` artifacts and `work` through
+loading and compiling them, and for every batch `batch` (the tasks' preprocessing), `predict` (padded
+forward passes) and `unbatch` (the tasks' postprocessing). Those three call the same functions as
+`qbert eval`, so a served answer equals the evaluated answer for the same input.
+
+Loading and compiling run on a thread of their own: the main thread keeps answering batches for the
+models already served, and a model is served eagerly until its compiled graphs are warm, so no request
+ever waits for a load or a compile.
 """
 
 from __future__ import annotations
@@ -12,15 +16,17 @@ import gc
 import logging
 import os
 import signal
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
 from quantization.artifact import ArtifactError
 from quantization.evaluate import finish, max_length_for, prepare, run_features
-from quantization.runtime import LoadedModel, load_model, warm_up
+from quantization.runtime import LoadedModel, as_eager, load_model, warm_up
 from quantization.system import set_batch_scheduling
 from quantization.tasks import Feature, Task, get_task
 from quantization.tasks.ner import NerInput
@@ -29,13 +35,15 @@ from service.protocol import (
     ArtifactRef,
     BatchDone,
     ItemResult,
-    ModelFailure,
+    LoadModels,
     ModelInfo,
+    ModelRefused,
+    ModelServing,
     RunBatch,
     WorkerFailed,
     WorkerProgress,
-    WorkerReady,
     WorkerSpec,
+    WorkerStarted,
 )
 
 logger = logging.getLogger("qbert.worker")
@@ -81,42 +89,103 @@ class PreparedBatch:
     errors: list[ItemResult | None]
 
 
+@dataclass
+class SetupResult:
+    """What `InferenceWorker.setup` made of the spec's artifacts."""
+
+    models: list[ModelInfo] = field(default_factory=list)  # as finally served (compiled where it could be)
+    failures: list[ModelRefused] = field(default_factory=list)
+
+
 class InferenceWorker:
-    """Loads artifacts, then turns batches of payloads into per-input results."""
+    """Loads and compiles artifacts (`add`, then `work` until it returns False), and turns batches of payloads
+    into per-input results for the models it serves. Every step is reported to `send`."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, send: Callable[[Any], None] = lambda message: None) -> None:
         self.spec = spec
-        self.models: dict[tuple[str, str], LoadedModel] = {}
+        self.send = send
+        self.models: dict[tuple[str, str], LoadedModel] = {}  # what batches run on now (eager while warming)
+        self._to_load: deque[ArtifactRef] = deque()
+        self._to_compile: dict[tuple[str, str], tuple[ArtifactRef, LoadedModel]] = {}
+        self._compiled: dict[tuple[str, str], tuple[ArtifactRef, LoadedModel]] = {}
+        self._classes: set[type] = set()
 
-    def setup(self, report: Callable[[WorkerProgress], None] = lambda progress: None) -> WorkerReady:
-        """Load every artifact, then compile (warm up) each, reporting each step to `report`.
+    def add(self, refs: tuple[ArtifactRef, ...]) -> None:
+        self._to_load.extend(refs)  # deque appends and pops are atomic: the loader thread takes them
 
-        Compiling waits until all are built: building the first model of a class adds to a registry of
-        transformers that compiled graphs guard on, so graphs compiled before the last task's model was built
-        would all compile again on their first request (seconds to minutes of stall, in every worker).
+    def work(self) -> bool:
+        """One step: load the next artifact added, else compile the next model waiting for it; False: none left.
+
+        Compiles wait until every added artifact is loaded: building the first model of a class adds to a registry
+        of transformers that compiled graphs guard on, so graphs compiled before would all compile again on their
+        first request. A model of a new class arriving later sends the compiled ones back to eager to re-warm.
         """
-        refs = self.spec.artifacts
-        steps = 2 * len(refs)  # a load and a compile each
+        try:
+            ref = self._to_load.popleft()
+        except IndexError:
+            ref = None
+        if ref is not None:
+            self._load(ref)
+            return True
+        if self._to_compile:
+            key = next(iter(self._to_compile))
+            self._compile(*self._to_compile.pop(key))
+            return True
+        return False
 
-        def step(ref: ArtifactRef, state: str, done: int) -> None:
-            report(WorkerProgress(self.spec.index, ref.task, ref.precision, state, done, steps))
+    def setup(self) -> SetupResult:
+        """Load and compile the spec's artifacts here and now (what the loader thread does, in one call)."""
+        result, send = SetupResult(), self.send
 
-        built, failures = [], []
-        for done, ref in enumerate(refs):
-            step(ref, "loading", done)
-            try:
-                built.append((ref, load_model(ref.path, self.spec.backend)))
-                step(ref, "loaded", done + 1)
-            except (ArtifactError, OSError, ValueError) as exc:  # refuse this one, serve the others
-                logger.error("worker %d refused %s/%s: %s", self.spec.index, ref.task, ref.precision, exc)
-                failures.append(ModelFailure(ref.task, ref.precision, str(exc)))
-                step(ref, "refused", done + 1)
-        infos = []
-        for done, (ref, loaded) in enumerate(built, start=len(refs)):
-            step(ref, "compiling", done)
-            warm = self.models[(ref.task, ref.precision)] = warm_up(loaded)
-            infos.append(model_info(ref, warm))
-        return WorkerReady(self.spec.index, os.getpid(), tuple(infos), tuple(failures))
+        def collect(message: Any) -> None:
+            if isinstance(message, ModelServing) and not message.warming:
+                result.models.append(message.info)
+            elif isinstance(message, ModelRefused):
+                result.failures.append(message)
+            send(message)
+
+        self.send = collect
+        try:
+            self.add(self.spec.artifacts)
+            while self.work():
+                pass
+        finally:
+            self.send = send
+        return result
+
+    def _step(self, ref: ArtifactRef, state: str) -> None:
+        self.send(WorkerProgress(self.spec.index, ref.task, ref.precision, state))
+
+    def _load(self, ref: ArtifactRef) -> None:
+        self._step(ref, "loading")
+        try:
+            loaded = load_model(ref.path, self.spec.backend)
+        except (ArtifactError, OSError, ValueError) as exc:  # refuse this one, serve the others
+            logger.error("worker %d refused %s/%s: %s", self.spec.index, ref.task, ref.precision, exc)
+            self.send(ModelRefused(self.spec.index, ref.task, ref.precision, str(exc)))
+            return
+        eager = as_eager(loaded)
+        model_class = type(eager.model)
+        if model_class not in self._classes:
+            self._classes.add(model_class)
+            for key, (compiled_ref, compiled) in list(self._compiled.items()):  # their guards no longer hold
+                del self._compiled[key]
+                self._serve(compiled_ref, compiled, warming=True)
+        self._serve(ref, loaded, warming=loaded.backend == "compiled")
+
+    def _serve(self, ref: ArtifactRef, loaded: LoadedModel, warming: bool) -> None:
+        key = (ref.task, ref.precision)
+        served = as_eager(loaded) if warming else loaded
+        self.models[key] = served
+        if warming:
+            self._to_compile[key] = (ref, loaded)
+        elif loaded.backend == "compiled":
+            self._compiled[key] = (ref, loaded)
+        self.send(ModelServing(self.spec.index, model_info(ref, served), warming))
+
+    def _compile(self, ref: ArtifactRef, loaded: LoadedModel) -> None:
+        self._step(ref, "compiling")
+        self._serve(ref, warm_up(loaded), warming=False)  # warm_up falls back to eager where compiling fails
 
     def batch(self, task: Task, loaded: LoadedModel, payloads: tuple[Any, ...]) -> PreparedBatch:
         prepared = PreparedBatch([], [], [])
@@ -171,8 +240,24 @@ class InferenceWorker:
         return ItemResult(error="invalid_input", detail=f"text is {length} tokens; at most {limit} are allowed")
 
 
+def _load_forever(worker: InferenceWorker, wake: threading.Event) -> None:
+    """The loader thread: work through what the pool adds; sleep when there is nothing to load or compile."""
+    import torch
+
+    torch.set_num_threads(worker.spec.threads)  # OpenMP's thread count is per calling thread
+    while True:
+        wake.clear()
+        worked = False
+        while worker.work():
+            worked = True
+        if worked:
+            # The loaded models and compiled graphs live as long as the worker: frozen, no full collection walks them.
+            gc.freeze()
+        wake.wait()
+
+
 def worker_main(spec: WorkerSpec, inbox: Connection, outbox: Connection) -> None:
-    """Process entry point: set threads, load, report ready, then serve batches until told to stop."""
+    """Process entry point: set threads, start the loader thread, then serve batches until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pool shuts workers down; Ctrl-C goes to the parent
     logging.basicConfig(level=logging.INFO, format=f"%(levelname)s worker{spec.index}: %(message)s")
     # Before torch starts its threads, which inherit it: inference is a normal task, whatever the API process is.
@@ -180,15 +265,23 @@ def worker_main(spec: WorkerSpec, inbox: Connection, outbox: Connection) -> None
     import torch
 
     torch.set_num_threads(spec.threads)
-    worker = InferenceWorker(spec)
+    sending = threading.Lock()  # two threads answer the pool: each message must reach the pipe whole
+
+    def send(message: Any) -> None:
+        with sending:
+            outbox.send(message)
+
+    worker = InferenceWorker(spec, send)
+    wake = threading.Event()
     try:
-        outbox.send(worker.setup(report=outbox.send))
+        worker.add(spec.artifacts)
+        threading.Thread(target=_load_forever, args=(worker, wake), name="qbert-loader", daemon=True).start()
+        wake.set()
+        send(WorkerStarted(spec.index, os.getpid()))
     except Exception as exc:  # report why, then exit: the pool restarts with back-off
         logger.exception("worker %d failed to start", spec.index)
-        outbox.send(WorkerFailed(spec.index, f"{type(exc).__name__}: {exc}"))
+        send(WorkerFailed(spec.index, f"{type(exc).__name__}: {exc}"))
         return
-    # The loaded models and compiled graphs live as long as the worker: frozen, no full collection walks them.
-    gc.freeze()
     while True:
         try:
             request = inbox.recv()
@@ -196,9 +289,13 @@ def worker_main(spec: WorkerSpec, inbox: Connection, outbox: Connection) -> None
             return
         if request is None:
             return
+        if isinstance(request, LoadModels):
+            worker.add(request.refs)
+            wake.set()
+            continue
         try:
-            outbox.send(worker.run(request))
+            send(worker.run(request))
         except Exception as exc:  # a bug or a kernel error fails this batch, not the worker
             logger.exception("batch %s failed", getattr(request, "batch_id", "?"))
             failed = ItemResult(error="inference_failed", detail=f"{type(exc).__name__}: {exc}")
-            outbox.send(BatchDone(request.batch_id, (failed,) * len(request.payloads), 0.0))
+            send(BatchDone(request.batch_id, (failed,) * len(request.payloads), 0.0))

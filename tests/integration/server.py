@@ -41,8 +41,11 @@ class RunningServer:
         return self.process.returncode
 
 
-def launch_server(artifacts: Path, log: Path, **settings: str) -> RunningServer:
-    """Start `qbert serve --no-build` on a free loopback port without waiting for it."""
+def launch_server(
+    artifacts: Path, log: Path, build: bool = False, env: dict[str, str] | None = None, **settings: str
+) -> RunningServer:
+    """Start `qbert serve` (with `--no-build` unless `build`) on a free loopback port without waiting for it;
+    `env`: more environment variables, `settings`: `QBERT_<NAME>` ones."""
     port = free_port()
     env = os.environ | {
         "QBERT_ARTIFACTS": str(artifacts),
@@ -50,9 +53,10 @@ def launch_server(artifacts: Path, log: Path, **settings: str) -> RunningServer:
         "QBERT_TORCH_THREADS": "1",
         "QBERT_BACKEND": "eager",  # compiling costs seconds per start; test_service runs the compiled one
         **{f"QBERT_{k.upper()}": v for k, v in settings.items()},
+        **(env or {}),
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "quantization.cli", "-v", "serve", "--no-build"],
+        [sys.executable, "-m", "quantization.cli", "-v", "serve", *([] if build else ["--no-build"])],
         env=env,
         cwd=REPO_ROOT,
         stdout=log.open("w"),
@@ -61,12 +65,20 @@ def launch_server(artifacts: Path, log: Path, **settings: str) -> RunningServer:
     return RunningServer(process, f"http://127.0.0.1:{port}", log)
 
 
-def start_server(artifacts: Path, log: Path, ready_timeout: float = 120.0, **settings: str) -> RunningServer:
-    """Start `qbert serve --no-build` and wait until /readyz says 200; record the statuses seen before."""
+SETTLED_STATES = {"ready", "refused", "failed"}
+
+
+def start_server(
+    artifacts: Path, log: Path, ready_timeout: float = 120.0, settled: bool = True, **settings: str
+) -> RunningServer:
+    """Start `qbert serve --no-build` and wait until /readyz says 200 and, with `settled`, every model in /models is
+    ready (or refused); record the statuses seen before it was ready."""
     server = launch_server(artifacts, log, **settings)
     process = server.process
     deadline = time.monotonic() + ready_timeout
-    with httpx.Client(base_url=server.url, timeout=5) as client:
+    key = settings.get("api_key")  # /models is behind the API key where one is set
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with httpx.Client(base_url=server.url, timeout=5, headers=headers) as client:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
@@ -75,9 +87,11 @@ def start_server(artifacts: Path, log: Path, ready_timeout: float = 120.0, **set
             except httpx.TransportError:
                 time.sleep(0.02)
                 continue
-            if ready.status_code == 200:
+            if ready.status_code == 200 and (
+                not settled or {m["state"] for m in client.get("/models").json()["models"]} <= SETTLED_STATES
+            ):
                 return server
-            if not server.before_ready:
+            if not server.before_ready and ready.status_code != 200:
                 server.before_ready["readyz"] = ready.status_code
                 server.before_ready["predict"] = client.post("/predict/sst2", json={"text": "good"}).status_code
             time.sleep(0.05)

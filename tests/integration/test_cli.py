@@ -33,7 +33,7 @@ def _qbert(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 
 def test_build_eval_and_report(env: dict[str, str], tiny_data: Path, tmp_path: Path) -> None:
-    args = ["build", "--precision", "fp32", "--precision", "w2g128", "--precision", "direct-w2"]
+    args = ["build", "--study", "--precision", "fp32", "--precision", "w2g128", "--precision", "direct-w2"]
     first = _qbert(env, *args)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("sst2/w2g128: accuracy=") == 1

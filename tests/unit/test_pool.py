@@ -28,7 +28,7 @@ def test_a_returning_batch_hands_the_worker_its_next_batch_before_answering_its_
         settings = ServiceSettings(workers=1, max_batch_size=2, max_wait_ms=0, artifacts=tmp_path, tasks=["sst2"])
         pool = WorkerPool(settings, [ArtifactRef("sst2", "w8", tmp_path)], ServiceMetrics())
         slot, inbox = pool._slots[0], RecordingInbox()
-        slot.ready, slot.inbox = True, inbox
+        slot.started, slot.inbox, slot.serving = True, inbox, dict.fromkeys([("sst2", "w8")])
         dispatcher = asyncio.create_task(pool._dispatch_forever())
         first = asyncio.create_task(pool.submit("sst2", "w8", ["a", "b"]))
         await asyncio.sleep(0.01)
@@ -59,7 +59,7 @@ def test_a_burst_is_shared_between_idle_workers_and_a_second_queue_keeps_one(tmp
         pool = WorkerPool(settings, refs, ServiceMetrics())
         inboxes = [RecordingInbox() for _ in pool._slots]
         for slot, inbox in zip(pool._slots, inboxes, strict=True):
-            slot.ready, slot.inbox = True, inbox
+            slot.started, slot.inbox, slot.serving = True, inbox, dict.fromkeys([("sst2", "w8"), ("sst2", "fp32")])
         burst = [asyncio.create_task(pool.submit("sst2", "w8", [f"t{i}"])) for i in range(9)]
         await asyncio.sleep(0)
         pool._dispatch_due()
@@ -81,3 +81,24 @@ def test_a_burst_is_shared_between_idle_workers_and_a_second_queue_keeps_one(tmp
     alone, mixed = asyncio.run(scenario())
     assert alone == [[("t0", "t1", "t2")], [("t3", "t4", "t5")], [("t6", "t7", "t8")]]
     assert mixed == [[("w8", ("u0", "u1"))], [("w8", ("u2", "u3"))], [("fp32", ("v",))]]
+
+
+def test_a_batch_goes_only_to_a_worker_that_serves_its_model(tmp_path: Path) -> None:
+    """Workers load models while they serve others: one still loading a model is not sent its batches."""
+
+    async def scenario() -> list[list]:
+        settings = ServiceSettings(workers=2, max_batch_size=16, max_wait_ms=0, artifacts=tmp_path, tasks=["sst2"])
+        pool = WorkerPool(settings, [ArtifactRef("sst2", "w8", tmp_path)], ServiceMetrics())
+        inboxes = [RecordingInbox() for _ in pool._slots]
+        for slot, inbox in zip(pool._slots, inboxes, strict=True):
+            slot.started, slot.inbox = True, inbox
+        pool._slots[1].serving = dict.fromkeys([("sst2", "w8")])  # worker 0 is still loading it
+        requests = [asyncio.create_task(pool.submit("sst2", "w8", [f"t{i}"])) for i in range(4)]
+        await asyncio.sleep(0)
+        pool._dispatch_due()
+        sent = [[batch.payloads for batch in inbox.sent] for inbox in inboxes]
+        for task in requests:
+            task.cancel()
+        return sent
+
+    assert asyncio.run(scenario()) == [[], [("t0", "t1", "t2", "t3")]]
