@@ -96,6 +96,8 @@ class Service:
         self.keys: list[Key] = [(a.task, a.precision) for a in ready_now] + [job.key for job in self.builds]
         self.pool = WorkerPool(settings, ready_now, metrics)
         self.build_events: dict[Key, BuildEvent] = {}
+        # Compiles wait while the first builds run: on the same cores they would slow them several times over.
+        self.pool.hold_compiles(self.first_builds_pending())
         self._on_build_event = on_build_event
         self.builder = (
             CatalogBuilder(
@@ -113,8 +115,20 @@ class Service:
 
     # ----- the builder's reports (on the event loop's thread) ------------------------------------
 
+    def first_builds_pending(self) -> bool:
+        """Whether the builder still works on a task's default precision (every request waits for those)."""
+        for job in self.builds:
+            event = self.build_events.get(job.key)
+            if job.precision == self.settings.default_precision and (
+                event is None or event.state not in ("built", "failed")
+            ):
+                return True
+        return False
+
     def on_build_event(self, event: BuildEvent) -> None:
         self.build_events[event.key] = event
+        if event.state in ("built", "failed") and self.pool.compiles_held and not self.first_builds_pending():
+            self.pool.hold_compiles(False)
         if event.state == "built":
             self.pool.add_artifacts(
                 [ArtifactRef(event.task, event.precision, self.settings.artifacts / event.task / event.precision)]

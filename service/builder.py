@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import signal
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -25,6 +26,10 @@ def build_main(jobs: tuple[BuildJob, ...], root: Path, threads: int, outbox: Con
     """Process entry point: build `jobs` in order, sending every `BuildEvent` to `outbox`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service stops the builder; Ctrl-C goes to the parent
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s builder: %(message)s")
+    # A background job on the cores that serve: the workers' threads go first whenever they have work (nice 19),
+    # and the builder's idle OpenMP threads sleep rather than spin on a core a worker needs (read at torch import).
+    os.nice(19)
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     import torch
 
     from quantization.catalog import load_catalog

@@ -31,6 +31,7 @@ from service.protocol import (
     WORKER_MODEL_STATES,
     ArtifactRef,
     BatchDone,
+    HoldCompiles,
     ItemResult,
     LoadModels,
     ModelInfo,
@@ -110,6 +111,7 @@ class WorkerPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dispatcher: asyncio.Task | None = None
         self._closing = False
+        self._hold_compiles = False
         metrics.workers_configured.set(settings.workers)
         metrics.workers_ready.set(0)
 
@@ -152,6 +154,7 @@ class WorkerPool:
             max_tokens=self.settings.max_tokens,
             max_batch_size=self.settings.max_batch_size,
             backend=self.settings.backend,
+            hold_compiles=self._hold_compiles,
         )
         process = self._context.Process(
             target=run_worker, args=(spec, parent_inbox, child_outbox), name=f"qbert-worker-{slot.index}", daemon=True
@@ -198,6 +201,12 @@ class WorkerPool:
         slot.watched = False
         if slot.settled or not (slot.process and slot.process.is_alive()):
             return
+        if (
+            slot.started
+            and self._hold_compiles
+            and all(slot.model_states.get(k) == "compiling" for k in slot.outstanding)
+        ):
+            slot.progressed_at = time.monotonic()  # it waits for compiles to resume: not stuck
         stalled_s = time.monotonic() - slot.progressed_at
         if stalled_s < self.settings.worker_start_timeout_s:
             slot.watched = True
@@ -279,6 +288,19 @@ class WorkerPool:
             except OSError:  # it just died; its respawn loads them
                 continue
             self._watch(slot)
+
+    @property
+    def compiles_held(self) -> bool:
+        return self._hold_compiles
+
+    def hold_compiles(self, hold: bool) -> None:
+        """Have every worker hold back (or resume) compiling; models still load and serve eagerly meanwhile."""
+        self._hold_compiles = hold
+        for slot in self._slots:
+            slot.progressed_at = time.monotonic()  # the stall clock of held compiles starts now
+            if slot.inbox is not None and slot.pid is not None:
+                with contextlib.suppress(OSError):  # it just died; its respawn gets the setting in its spec
+                    slot.inbox.send(HoldCompiles(hold))
 
     def set_accuracy(self, key: Key, accuracy: tuple[dict[str, Any], ...]) -> None:
         """An evaluation finished after the model began serving: `/models` and the metrics show it from now on."""

@@ -26,6 +26,7 @@ class WorkerSpec:
     max_tokens: int
     max_batch_size: int
     backend: str = "eager"
+    hold_compiles: bool = False  # load and serve eagerly, but compile only once told to (`HoldCompiles(False)`)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,14 @@ class LoadModels:
     """Pool to worker: load these artifacts too (built since the worker started), then serve them."""
 
     refs: tuple[ArtifactRef, ...]
+
+
+@dataclass(frozen=True)
+class HoldCompiles:
+    """Pool to worker: hold back (or resume) compiling. While the first start builds each task's default model,
+    a compile on the same cores would slow those builds several times over (both run multi-threaded)."""
+
+    hold: bool
 
 
 @dataclass(frozen=True)

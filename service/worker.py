@@ -34,6 +34,7 @@ from quantization.tasks.qa import QAInput
 from service.protocol import (
     ArtifactRef,
     BatchDone,
+    HoldCompiles,
     ItemResult,
     LoadModels,
     ModelInfo,
@@ -109,6 +110,7 @@ class InferenceWorker:
         self._to_compile: dict[tuple[str, str], tuple[ArtifactRef, LoadedModel]] = {}
         self._compiled: dict[tuple[str, str], tuple[ArtifactRef, LoadedModel]] = {}
         self._classes: set[type] = set()
+        self.hold_compiles = spec.hold_compiles
 
     def add(self, refs: tuple[ArtifactRef, ...]) -> None:
         self._to_load.extend(refs)  # deque appends and pops are atomic: the loader thread takes them
@@ -127,7 +129,7 @@ class InferenceWorker:
         if ref is not None:
             self._load(ref)
             return True
-        if self._to_compile:
+        if self._to_compile and not self.hold_compiles:
             key = next(iter(self._to_compile))
             self._compile(*self._to_compile.pop(key))
             return True
@@ -291,6 +293,10 @@ def worker_main(spec: WorkerSpec, inbox: Connection, outbox: Connection) -> None
             return
         if isinstance(request, LoadModels):
             worker.add(request.refs)
+            wake.set()
+            continue
+        if isinstance(request, HoldCompiles):
+            worker.hold_compiles = request.hold
             wake.set()
             continue
         try:
