@@ -127,8 +127,6 @@ class Service:
 
     def on_build_event(self, event: BuildEvent) -> None:
         self.build_events[event.key] = event
-        if event.state in ("built", "failed") and self.pool.compiles_held and not self.first_builds_pending():
-            self.pool.hold_compiles(False)
         if event.state == "built":
             self.pool.add_artifacts(
                 [ArtifactRef(event.task, event.precision, self.settings.artifacts / event.task / event.precision)]
@@ -137,6 +135,9 @@ class Service:
             self.pool.set_accuracy(event.key, accuracy)
         elif event.state == "failed":
             logger.error("building %s/%s failed: %s", event.task, event.precision, event.detail)
+        # After the load it sends: the last default model loads before the compiles it releases take the worker.
+        if event.state in ("built", "failed") and self.pool.compiles_held and not self.first_builds_pending():
+            self.pool.hold_compiles(False)
         if self._on_build_event is not None:
             self._on_build_event(event)
 
