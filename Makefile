@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Builds any missing or stale catalog artifact first (with progress), then serves on 127.0.0.1:8000;
-# QBERT_* variables (README) set host, port, workers, default precision and the rest.
+# Serves on 127.0.0.1:8000 at once and builds any missing or stale catalog artifact in the background (one
+# progress display), each task's default first; QBERT_* variables (README) set host, port, workers and the rest.
 serve: $(STAMP)
 	$(BIN)/qbert serve
 

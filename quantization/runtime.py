@@ -435,7 +435,7 @@ def build_model(
 
 # Every BERT model shares transformers' forward wrapper, so Dynamo keeps all their compiled variants (one
 # per architecture and per batch of 1 or more) on that one code object; past its default limit of 8 it
-# would run the rest eager. The 21 served models need about 12.
+# would run the rest eager. The 18 served models need about 12.
 COMPILED_VARIANTS_LIMIT = 64
 
 
