@@ -6,12 +6,13 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.server import launch_server, start_server
+from tests.integration.server import RunningServer, launch_server, start_server
 
 STALL_TIMEOUT_S = 6.0
 COPIES = 40
@@ -26,17 +27,20 @@ def _copies(tiny_artifacts: Path, root: Path, count: int) -> Path:
     return root
 
 
-def test_a_worker_that_stops_making_progress_is_killed_and_restarted(tiny_artifacts: Path, tmp_path: Path) -> None:
-    """The worker is frozen (SIGSTOP: a hung mount, a deadlock) halfway through loading its models: it is killed
-    after the timeout and its successor loads them all."""
-    artifacts = _copies(tiny_artifacts, tmp_path / "artifacts", COPIES)
-    running = launch_server(
+def _serve(launch: Callable[..., RunningServer], artifacts: Path, tmp_path: Path) -> RunningServer:
+    return launch(
         artifacts,
         tmp_path / "serve.log",
         workers="1",
         default_precision="copy0000",
         worker_start_timeout_s=str(STALL_TIMEOUT_S),
     )
+
+
+def test_a_worker_that_stops_making_progress_is_killed_and_restarted(tiny_artifacts: Path, tmp_path: Path) -> None:
+    """The worker is frozen (SIGSTOP: a hung mount, a deadlock) halfway through loading its models: it is killed
+    after the timeout and its successor loads them all."""
+    running = _serve(launch_server, _copies(tiny_artifacts, tmp_path / "artifacts", COPIES), tmp_path)
     try:
         with httpx.Client(base_url=running.url, timeout=10) as client:
             frozen, deadline = None, time.monotonic() + 120
@@ -71,14 +75,7 @@ def test_a_worker_that_stops_making_progress_is_killed_and_restarted(tiny_artifa
 
 def test_a_slow_start_that_keeps_making_progress_is_not_killed(tiny_artifacts: Path, tmp_path: Path) -> None:
     """Hundreds of models at a tenth of a second each: the start outlasts the stall timeout, and no step does."""
-    artifacts = _copies(tiny_artifacts, tmp_path / "artifacts", MANY_COPIES)
-    running = start_server(
-        artifacts,
-        tmp_path / "serve.log",
-        workers="1",
-        default_precision="copy0000",
-        worker_start_timeout_s=str(STALL_TIMEOUT_S),
-    )
+    running = _serve(start_server, _copies(tiny_artifacts, tmp_path / "artifacts", MANY_COPIES), tmp_path)
     try:
         log = running.log.read_text()
         took = float(re.search(rf"worker 0 ready \(pid \d+\): {MANY_COPIES} models in ([\d.]+) s", log).group(1))
