@@ -161,10 +161,20 @@ class InferenceWorker:
     def _load(self, ref: ArtifactRef) -> None:
         self._step(ref, "loading")
         try:
-            loaded = load_model(ref.path, self.spec.backend)
-        except (ArtifactError, OSError, ValueError) as exc:  # refuse this one, serve the others
-            logger.error("worker %d refused %s/%s: %s", self.spec.index, ref.task, ref.precision, exc)
-            self.send(ModelRefused(self.spec.index, ref.task, ref.precision, str(exc)))
+            loaded = self._build(ref)
+        except Exception as exc:  # refuse this one (a faulty artifact, or a bug even eager hits), serve the others
+            expected = isinstance(exc, (ArtifactError, OSError, ValueError))
+            logger.error(
+                "worker %d refused %s/%s: %s", self.spec.index, ref.task, ref.precision, exc, exc_info=not expected
+            )
+            self.send(
+                ModelRefused(
+                    self.spec.index,
+                    ref.task,
+                    ref.precision,
+                    f"{type(exc).__name__}: {exc}" if not expected else str(exc),
+                )
+            )
             return
         eager = as_eager(loaded)
         model_class = type(eager.model)
@@ -174,6 +184,26 @@ class InferenceWorker:
                 del self._compiled[key]
                 self._serve(compiled_ref, compiled, warming=True)
         self._serve(ref, loaded, warming=loaded.backend == "compiled")
+
+    def _build(self, ref: ArtifactRef) -> LoadedModel:
+        """The artifact's model on the configured backend, or on the reference (eager) one where that backend's
+        setup fails unexpectedly (library internals that changed under an upgrade): logged, never a restart loop.
+        A faulty artifact is not retried: it raises `ArtifactError`, `OSError` or `ValueError` to be refused."""
+        try:
+            return load_model(ref.path, self.spec.backend)
+        except (ArtifactError, OSError, ValueError):
+            raise
+        except Exception:
+            if self.spec.backend == "eager":
+                raise
+            logger.exception(
+                "worker %d: the %s backend failed to load %s/%s; it runs on the reference (eager) backend",
+                self.spec.index,
+                self.spec.backend,
+                ref.task,
+                ref.precision,
+            )
+            return load_model(ref.path, "eager")
 
     def _serve(self, ref: ArtifactRef, loaded: LoadedModel, warming: bool) -> None:
         key = (ref.task, ref.precision)
@@ -242,6 +272,16 @@ class InferenceWorker:
         return ItemResult(error="invalid_input", detail=f"text is {length} tokens; at most {limit} are allowed")
 
 
+def _work_logged(worker: InferenceWorker) -> bool:
+    """`worker.work()`, with a bug in a step logged rather than ending the loader thread (the models it
+    loaded keep serving; the step's model stays unserved, and the pool's progress timeout restarts the worker)."""
+    try:
+        return worker.work()
+    except Exception:
+        logger.exception("worker %d: a load or compile step failed", worker.spec.index)
+        return True
+
+
 def _load_forever(worker: InferenceWorker, wake: threading.Event) -> None:
     """The loader thread: work through what the pool adds; sleep when there is nothing to load or compile."""
     import torch
@@ -250,7 +290,7 @@ def _load_forever(worker: InferenceWorker, wake: threading.Event) -> None:
     while True:
         wake.clear()
         worked = False
-        while worker.work():
+        while _work_logged(worker):
             worked = True
         if worked:
             # The loaded models and compiled graphs live as long as the worker: frozen, no full collection walks them.

@@ -1,7 +1,9 @@
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
 from transformers.utils import output_capturing
 
@@ -51,3 +53,33 @@ def test_a_worker_serving_several_tasks_compiles_nothing_on_requests(tmp_path: P
             done = worker.run(RunBatch(batch_id, task, "w8", payloads))
             assert all(result.error is None for result in done.results)
         assert frames["total"] == compiled_frames
+
+
+def test_a_backend_whose_setup_breaks_serves_on_the_reference_path(
+    tmp_path: Path, tiny_checkpoints: dict, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Library internals that change under an upgrade (here the Inductor lowering's registration) degrade the
+    model to eager with the reason logged; they do not fail the load, so the worker never restart-loops."""
+    from quantization import runtime
+
+    data = write_tiny_data(tmp_path / "data")
+    checkpoint = load_checkpoint(str(tiny_checkpoints["sst2"]), "sst2")
+    out = tmp_path / "sst2" / "w8"
+    entry = tiny_entry("sst2", tiny_checkpoints["sst2"], data)
+    build_artifact(checkpoint, entry, load_catalog().precision_for("sst2", "w8"), out)
+
+    def registration_fails() -> None:
+        raise RuntimeError("register_lowering() got an unexpected keyword argument")
+
+    monkeypatch.setattr(runtime, "onednn_int8_is_usable", lambda: True)
+    monkeypatch.setattr(runtime, "_lower_packed_matmul_to_onednn", registration_fails)
+    spec = WorkerSpec(0, 1, (ArtifactRef("sst2", "w8", out),), max_tokens=64, max_batch_size=4, backend="compiled")
+    worker = InferenceWorker(spec)
+    with caplog.at_level(logging.ERROR, logger="qbert.worker"):
+        ready = worker.setup()
+    assert [(m.precision, m.backend) for m in ready.models] == [("w8", "eager")]
+    assert not ready.failures
+    assert any("runs on the reference (eager) backend" in r.getMessage() for r in caplog.records)
+    assert "unexpected keyword" in caplog.text
+    done = worker.run(RunBatch(0, "sst2", "w8", ("a fine film",)))
+    assert done.results[0].error is None
