@@ -12,11 +12,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import queue
 import shutil
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from quantization.allocation import block_bits_to_layer_bits
 from quantization.artifact import TOKENIZER_FILES, WEIGHTS
 from quantization.catalog import Catalog, artifacts_dir, plans_dir, read_plan
 from quantization.config import BACKENDS, PrecisionConfig, Rounding
+from quantization.openvino_backend import BackendMismatchError as RefusedError  # a load-time check failed
 from quantization.structure import encoder_blocks
 from quantization.system import cpu_kernel_flags, cpu_model_name, resident_bytes
 
@@ -223,7 +226,11 @@ def _load_in_child(candidate: Candidate, threads: int, run: bool, results: Any) 
         _load_openvino_libraries()
     before = resident_bytes()
     started = time.perf_counter()
-    runner, _ = load_runner(candidate, threads)
+    try:
+        runner, _ = load_runner(candidate, threads)
+    except RefusedError as exc:
+        results.put({"refused": f"{type(exc).__name__}: {exc}"})
+        return
     load_s = time.perf_counter() - started
     after_load = resident_bytes()
     reading = {"rss_before": before, "rss_after_load": after_load}
@@ -242,15 +249,33 @@ def _load_openvino_libraries() -> None:
     ov.Core().compile_model(converted, "CPU").create_infer_request().infer({0: np.ones((1, 4), np.float32)})
 
 
+def _reading_of(process: BaseProcess, results: Any, timeout_s: float) -> dict:
+    """The child's reading; a child that dies first (a crash in a native library) is reported with its exit code
+    at once, not after the whole timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            return results.get(timeout=1.0)
+        except queue.Empty:
+            if not process.is_alive():
+                process.join(5)
+                raise RuntimeError(
+                    f"the fresh process measuring memory died with exit code {process.exitcode}"
+                ) from None
+    raise TimeoutError(f"no memory reading from the fresh process in {timeout_s:.0f} s")
+
+
 def memory_in_fresh_process(candidate: Candidate, threads: int, run: bool = True) -> dict[str, float | None]:
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     process = context.Process(target=_load_in_child, args=(candidate, threads, run, results))
     process.start()
     try:
-        reading = results.get(timeout=600)
+        reading = _reading_of(process, results, timeout_s=600)
     finally:
         process.join(60)
+    if "refused" in reading:
+        return {"refused": reading["refused"]}
     mb = 1024 * 1024
     return {
         "rss_mb": round(reading["rss_after_load"] / mb, 1),
@@ -404,7 +429,17 @@ def run_bench(plan: BenchPlan, candidates: Sequence[Candidate], progress: Callab
             progress(f"memory: {'/'.join(candidate.key)} in a fresh process")
             memory[candidate.key] = memory_in_fresh_process(candidate, plan.threads, plan.memory_after_run)
     progress("loading every candidate")
-    loaded = {c.key: load_runner(c, plan.threads) for c in candidates}
+    refused = {key: reading["refused"] for key, reading in memory.items() if "refused" in reading}
+    loaded = {}
+    for candidate in candidates:
+        if candidate.key in refused:
+            continue
+        try:
+            loaded[candidate.key] = load_runner(candidate, plan.threads)
+        except RefusedError as exc:  # a backend's load-time check against the reference failed: not timed
+            refused[candidate.key] = f"{type(exc).__name__}: {exc}"
+    for key, reason in refused.items():
+        progress(f"not timed: {'/'.join(key)}: {reason}")
     runners = {key: runner for key, (runner, _) in loaded.items()}
     runtime_mb = {key: round(size / 1e6, 2) for key, (_, size) in loaded.items() if size is not None}
     by_key = {c.key: c for c in candidates}
@@ -451,6 +486,7 @@ def run_bench(plan: BenchPlan, candidates: Sequence[Candidate], progress: Callab
         "openvino_int8_float_precision": peers.openvino_default_inference_precision(),
         "cpu": {"model": cpu_model_name(), "flags": cpu_kernel_flags(), "oneDNN int8 usable": _onednn_usable()},
         "rows": [asdict(r) for r in rows],
+        "refused": [{"candidate": "/".join(key), "reason": reason} for key, reason in refused.items()],
     }
 
 
@@ -544,6 +580,8 @@ def format_table(result: dict) -> str:
             ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    for refused in result.get("refused", []):  # a backend's load-time check against the reference failed
+        lines.append(f"Not timed: {refused['candidate']}: {refused['reason']}")
     return "\n".join(lines)
 
 
