@@ -132,7 +132,8 @@ def openvino_default_inference_precision() -> str | None:
         import openvino as ov
     except ImportError:
         return None
-    return str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+    precision = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+    return precision.get_type_name() if hasattr(precision, "get_type_name") else str(precision)  # "bf16", "f32"
 
 
 def ov_runner(model_file: Path, threads: int, inference_precision: str | None = None) -> Runner:
