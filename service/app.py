@@ -42,7 +42,7 @@ from service.json_io import (
 from service.metrics import ServiceMetrics
 from service.middleware import BodySizeLimit
 from service.pool import Key, WorkerPool
-from service.protocol import ArtifactRef, ItemResult
+from service.protocol import ArtifactRef, ItemError, ItemResult
 from service.schemas import (
     BuildProgressEntry,
     ClassResult,
@@ -67,9 +67,9 @@ logger = logging.getLogger("qbert.service")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 404, 413, 422, 429, 503, 504)
 }
-_ITEM_ERRORS: dict[str, type[ServiceError]] = {
-    "invalid_input": InvalidInputError,
-    "inference_failed": InferenceFailedError,
+_ITEM_ERRORS: dict[ItemError, type[ServiceError]] = {
+    ItemError.INVALID_INPUT: InvalidInputError,
+    ItemError.INFERENCE_FAILED: InferenceFailedError,
 }
 
 

@@ -7,6 +7,7 @@ pipe between processes this service spawned itself; artifacts are never loaded t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -122,12 +123,20 @@ class RunBatch:
     payloads: tuple[Any, ...]  # str for sst2 and ner, (question, context) for qa
 
 
+class ItemError(StrEnum):
+    """Why a worker has no prediction for one input: the codes of `service.errors` it can cause, shared so that
+    a misspelt code is an AttributeError here rather than a silent 500 in the API process."""
+
+    INVALID_INPUT = "invalid_input"
+    INFERENCE_FAILED = "inference_failed"
+
+
 @dataclass(frozen=True)
 class ItemResult:
-    """One input's prediction, or the reason it has none (`error` is a service error code)."""
+    """One input's prediction, or the reason it has none."""
 
     value: Any = None
-    error: str | None = None
+    error: ItemError | None = None
     detail: str = ""
 
 

@@ -35,6 +35,7 @@ from service.protocol import (
     ArtifactRef,
     BatchDone,
     HoldCompiles,
+    ItemError,
     ItemResult,
     LoadModels,
     ModelInfo,
@@ -228,7 +229,7 @@ class InferenceWorker:
                 features = prepare(loaded, task, item)
                 error = self._length_error(task, loaded, item, features)
             except ValueError as exc:  # the task refused the input (e.g. a question longer than a window)
-                error = ItemResult(error="invalid_input", detail=str(exc))
+                error = ItemResult(error=ItemError.INVALID_INPUT, detail=str(exc))
             prepared.inputs.append(item)
             prepared.features.append([] if error else features)
             prepared.errors.append(error)
@@ -269,7 +270,7 @@ class InferenceWorker:
         length = task.untruncated_length(loaded.tokenizer, item)  # None: the task never truncates
         if length is None or length <= limit:
             return None
-        return ItemResult(error="invalid_input", detail=f"text is {length} tokens; at most {limit} are allowed")
+        return ItemResult(error=ItemError.INVALID_INPUT, detail=f"text is {length} tokens; at most {limit} are allowed")
 
 
 def _work_logged(worker: InferenceWorker) -> bool:
@@ -343,5 +344,5 @@ def worker_main(spec: WorkerSpec, inbox: Connection, outbox: Connection) -> None
             send(worker.run(request))
         except Exception as exc:  # a bug or a kernel error fails this batch, not the worker
             logger.exception("batch %s failed", getattr(request, "batch_id", "?"))
-            failed = ItemResult(error="inference_failed", detail=f"{type(exc).__name__}: {exc}")
+            failed = ItemResult(error=ItemError.INFERENCE_FAILED, detail=f"{type(exc).__name__}: {exc}")
             send(BatchDone(request.batch_id, (failed,) * len(request.payloads), 0.0))
