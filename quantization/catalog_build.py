@@ -69,9 +69,17 @@ def serving_order(jobs: Iterable[BuildJob], first_precision: str) -> list[BuildJ
 
 @dataclass
 class _Checkpoints:
-    """Each task's FP32 checkpoint, loaded once on first need (a build of eighteen artifacts reads three)."""
+    """Each task's FP32 checkpoint and its digest, each read once (eighteen artifacts share three checkpoints)."""
 
     loaded: dict[str, Any] = field(default_factory=dict)
+    digests: dict[Path, str] = field(default_factory=dict)  # each checkpoint hashed once, not once per precision
+
+    def sha256(self, location: Path) -> str:
+        from quantization.build import checkpoint_sha256
+
+        if location not in self.digests:
+            self.digests[location] = checkpoint_sha256(location)
+        return self.digests[location]
 
     def get(self, entry: TaskEntry) -> Any:
         from quantization.build import load_checkpoint
@@ -90,19 +98,21 @@ def _evaluation(out: Path) -> tuple[dict[str, Any], ...]:
         return ()
 
 
-def _needs(catalog: Catalog, entry: TaskEntry, precision: str, out: Path, force: bool) -> str | None:
+def _needs(
+    catalog: Catalog, entry: TaskEntry, precision: str, out: Path, force: bool, checkpoints: _Checkpoints
+) -> str | None:
     """What `out` needs: "build", "evaluate", or None (up to date and evaluated).
 
     An artifact whose checkpoint is not here (mounted into a container, built elsewhere) is taken as it is.
     """
-    from quantization.build import checkpoint_sha256, inputs_sha256, is_up_to_date
+    from quantization.build import inputs_sha256, is_up_to_date
 
     location = Path(entry.checkpoint_location())
     if not location.is_dir():
         if (out / "manifest.json").is_file() and not force:
             return None if _evaluation(out) else "evaluate"
         return "build"  # from a hub id, where one is reachable
-    expected = inputs_sha256(checkpoint_sha256(location), catalog.precision_for(entry.task, precision), entry.task)
+    expected = inputs_sha256(checkpoints.sha256(location), catalog.precision_for(entry.task, precision), entry.task)
     if force or not is_up_to_date(out, expected):
         return "build"
     return None if _evaluation(out) else "evaluate"
@@ -144,7 +154,7 @@ def _build_job(
     from quantization.build import build_artifact, evaluate_artifact
 
     entry = catalog.task(job.task)
-    needs = _needs(catalog, entry, job.precision, out, force)
+    needs = _needs(catalog, entry, job.precision, out, force, checkpoints)
     if needs == "build":
         precision = catalog.precision_for(job.task, job.precision)
         steps = precision.qat.steps if precision.qat else 0

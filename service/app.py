@@ -73,9 +73,6 @@ _ITEM_ERRORS: dict[ItemError, type[ServiceError]] = {
 }
 
 
-ACCURACY_KEYS = ("metric", "value", "split", "n")
-
-
 class Service:
     """What the routes need: settings, the models known (on disk or being built), the pool and the metrics."""
 
@@ -90,9 +87,9 @@ class Service:
         self.settings = settings
         self.metrics = metrics
         self.builds = builds or []
-        build_keys = {job.key for job in self.builds}
+        self.build_keys = {job.key for job in self.builds}
         # Artifacts the builder will check (and rebuild where stale) load only once it says they are built.
-        ready_now = [a for a in artifacts if (a.task, a.precision) not in build_keys]
+        ready_now = [a for a in artifacts if (a.task, a.precision) not in self.build_keys]
         self.keys: list[Key] = [(a.task, a.precision) for a in ready_now] + [job.key for job in self.builds]
         self.pool = WorkerPool(settings, ready_now, metrics)
         self.build_events: dict[Key, BuildEvent] = {}
@@ -115,24 +112,22 @@ class Service:
 
     # ----- the builder's reports (on the event loop's thread) ------------------------------------
 
+    def build_finished(self, key: Key) -> bool:
+        event = self.build_events.get(key)
+        return event is not None and event.state in ("built", "failed")
+
     def first_builds_pending(self) -> bool:
         """Whether the builder still works on a task's default precision (every request waits for those)."""
-        for job in self.builds:
-            event = self.build_events.get(job.key)
-            if job.precision == self.settings.default_precision and (
-                event is None or event.state not in ("built", "failed")
-            ):
-                return True
-        return False
+        default = self.settings.default_precision
+        return any(job.precision == default and not self.build_finished(job.key) for job in self.builds)
 
     def on_build_event(self, event: BuildEvent) -> None:
         self.build_events[event.key] = event
         if event.state == "built":
+            # Evaluated before it is handed over: the accuracy the worker reads from its manifest is already there.
             self.pool.add_artifacts(
                 [ArtifactRef(event.task, event.precision, self.settings.artifacts / event.task / event.precision)]
             )
-            accuracy = tuple({k: row[k] for k in ACCURACY_KEYS} for row in event.accuracy)
-            self.pool.set_accuracy(event.key, accuracy)
         elif event.state == "failed":
             logger.error("building %s/%s failed: %s", event.task, event.precision, event.detail)
         # After the load it sends: the last default model loads before the compiles it releases take the worker.
@@ -142,12 +137,7 @@ class Service:
             self._on_build_event(event)
 
     def on_builder_exit(self, code: int | None) -> None:
-        unfinished = [
-            job
-            for job in self.builds
-            if self.build_events.get(job.key, None) is None
-            or self.build_events[job.key].state not in ("built", "failed")
-        ]
+        unfinished = [job for job in self.builds if not self.build_finished(job.key)]
         if code != 0 or unfinished:
             logger.error("the builder exited with code %s; %d artifacts unbuilt", code, len(unfinished))
         for index, job in enumerate(unfinished):
@@ -171,7 +161,7 @@ class Service:
         event = self.build_events.get(key)
         if event is not None and event.state != "built":
             return event.state
-        if event is None and key in {job.key for job in self.builds}:
+        if event is None and key in self.build_keys:
             return "pending"
         # Built (handed to the workers) or found on disk at the start: queued in the workers' loaders.
         return self.pool.model_state(key) or ("loading" if event is not None else "pending")

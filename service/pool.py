@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import itertools
 import logging
 import multiprocessing
@@ -302,13 +301,6 @@ class WorkerPool:
                 with contextlib.suppress(OSError):  # it just died; its respawn gets the setting in its spec
                     slot.inbox.send(HoldCompiles(hold))
 
-    def set_accuracy(self, key: Key, accuracy: tuple[dict[str, Any], ...]) -> None:
-        """An evaluation finished after the model began serving: `/models` and the metrics show it from now on."""
-        info = self.models.get(key)
-        if info is not None:
-            self.models[key] = dataclasses.replace(info, accuracy=accuracy)
-            self.metrics.record_models([self.models[key]])
-
     # ----- requests ------------------------------------------------------------------------------
 
     async def submit(self, task: str, precision: str, payloads: list[Any]) -> list[ItemResult]:
@@ -465,9 +457,6 @@ class WorkerPool:
     def _on_serving(self, slot: WorkerSlot, serving: ModelServing) -> None:
         info = serving.info
         key = (info.task, info.precision)
-        known = self.models.get(key)
-        if known is not None and known.accuracy and not info.accuracy:
-            info = dataclasses.replace(info, accuracy=known.accuracy)  # an evaluation the artifact read predates
         slot.serving[key] = self.models[key] = info
         slot.model_states[key] = "compiling" if serving.warming else "ready"
         self.refused.pop(key, None)
