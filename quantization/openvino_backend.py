@@ -1,18 +1,21 @@
 """The `openvino` backend: an artifact's recorded codes run by OpenVINO's CPU plugin, packed in memory.
 
 Each quantized Linear is handed to OpenVINO in its weight-decompression form, `y = x·(s·(c − z))ᵀ + b`: the
-codes `c` as a constant of the artifact's own width (`u2`, `u3`, `u4` or `u8`), the per-row scale `s` and zero
-point `z` as float32 constants. OpenVINO's CPU plugin recognises that pattern and multiplies with the codes
-still packed, unpacking tiles inside its GEMM; no requantization: the weights the artifact records are the
-weights that run. The 8-bit embedding tables are gathered as `u8` codes and dequantized per looked-up row.
-Where the plugin would fold a width into float32 weights (it does so for `u3` on some CPUs), the codes are
-stored one width up, never as float32: see `kept_widths`.
+codes `c` as a constant of a packed width (`u2`, `u3`, `u4` or `u8`), the per-row zero point `z` as a `u8`
+constant and the per-row scale `s` as float32. OpenVINO's CPU plugin recognises that pattern and multiplies with
+the codes still packed, unpacking tiles inside its GEMM; no requantization: the weights the artifact records are
+the weights that run. The 8-bit embedding tables are gathered as `u8` codes and dequantized per looked-up row.
 
-Activations are quantized as the artifact's precision says and as the eager runtime does: each token's input
-to a quantized Linear is rounded to 8 bits with its own scale (`round(x / s_t)`, s_t = max|x| / 127), multiplied
-with the weights, and rescaled by s_t; the integer-valued products are exact in float32. A positive
-`dynamic_quantization_group_size` lets the plugin run such layers with int8 kernels where the CPU has int8 dot
-products (VNNI, AMX).
+Activations, two ways (`OpenVinoOptions.dynamic_quantization_group_size`):
+- int8 kernels (the default, N > 0): the plugin's dynamic quantization rounds each token's input to a
+  quantized Linear to 8 bits with one scale per group of N input channels, at run time, and multiplies with
+  int8 dot products (VNNI, AMX). Finer than the artifact's one scale per token, so no less accurate, but not its
+  formula: the load-time check against that formula allows for it (`int8_rounding_factor`). The plugin's int8
+  kernels take `u4` and `u8` weights only, so 2- and 3-bit codes are stored as `u4` here (still packed, twice
+  their own width).
+- exact (0): each token's input is rounded as the artifact's precision says and as the eager runtime does
+  (`round(x / s_t)`, s_t = max|x| / 127) inside the graph and multiplied in float32, where the integer-valued
+  products are exact; 2- and 3-bit codes stay at their own width (see `kept_widths`). Several times slower.
 """
 
 from __future__ import annotations
@@ -52,13 +55,15 @@ class BackendMismatchError(ValueError):
 class OpenVinoOptions:
     """How the CPU plugin runs a model.
 
-    `dynamic_quantization_group_size`: 0 keeps activations float32 (the codes' formula exactly); N > 0 lets the
-    plugin quantize activations to int8 per token in groups of N input channels where the CPU has int8 dot
-    products, which is faster there and no longer the exact formula (the load-time check widens to `rtol_int8`).
+    `dynamic_quantization_group_size`: N > 0 lets the plugin quantize activations to int8 per token in groups of N
+    input channels and run int8 kernels (the load-time check widens: `int8_rounding_factor`); 0 runs the artifact's
+    per-token formula exactly in float32 (module docstring). N must be a multiple of 16 (the plugin's SIMD width).
     """
 
     threads: int = 1
-    dynamic_quantization_group_size: int = 0
+    # 128: the largest group that divides the hidden widths of BERT-family encoders (384, 768, 1024, 3072) and
+    # the group at which the plugin's kernels ran fastest on bert-base (64 to 768 tried: models/RESULTS.md)
+    dynamic_quantization_group_size: int = 128
     rtol: float = 1e-3  # float32 activations: the same formula in another summation order
     # 8-bit activations: a sum that lands on the other side of a rounding boundary moves one code of one token
     # by one step, and the change travels through the later blocks
@@ -66,34 +71,49 @@ class OpenVinoOptions:
     # the plugin's u8-weight kernels for wide matrices (MiniLM, bert-base) differ from the formula by 1-3 % of
     # the largest logit on an AVX2 CPU (its 2/4-bit ones by 1e-6): models with 8-bit Linear codes get this
     rtol_u8: float = 5e-2
-    rtol_int8: float = 5e-2  # the plugin's own int8 activation kernels, with its own scales
+    # The plugin's int8 kernels round activations with scales of their own: their outputs may differ from the
+    # formula's by up to this many times what the formula's own rounding moves them (against float activations),
+    # plus `rtol` (`rtol_u8` with 8-bit codes) of the largest output. A wrong code moves them far more.
+    int8_rounding_factor: float = 2.0
     atol: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
-        if self.dynamic_quantization_group_size < 0:
-            raise ValueError("dynamic_quantization_group_size must be 0 (off) or a positive group size")
-        if min(self.rtol, self.rtol_quantized, self.rtol_u8, self.rtol_int8, self.atol) < 0:
+        if self.dynamic_quantization_group_size < 0 or self.dynamic_quantization_group_size % 16:
+            raise ValueError(
+                "dynamic_quantization_group_size must be 0 (exact float32 activations) or a positive multiple of 16, "
+                f"got {self.dynamic_quantization_group_size}"
+            )
+        if min(self.rtol, self.rtol_quantized, self.rtol_u8, self.int8_rounding_factor, self.atol) < 0:
             raise ValueError("tolerances must be >= 0")
 
-    def compile_config(self) -> dict[str, Any]:
+    def plugin_quantizes(self, quantized_activations: bool) -> bool:
+        """Whether the plugin's int8 kernels quantize this model's activations (never a float-activation model's)."""
+        return quantized_activations and self.dynamic_quantization_group_size > 0
+
+    def compile_config(self, quantized_activations: bool = True) -> dict[str, Any]:
         return {
             "INFERENCE_NUM_THREADS": self.threads,
             "NUM_STREAMS": 1,
             "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32",  # not bf16 where the CPU has it: the codes' formula, in float32
-            "DYNAMIC_QUANTIZATION_GROUP_SIZE": self.dynamic_quantization_group_size,
+            # f32, not bf16 where the CPU has it: the exact formula is float32, and the plugin's dynamic
+            # quantization applies to float32 inputs only
+            "INFERENCE_PRECISION_HINT": "f32",
+            "DYNAMIC_QUANTIZATION_GROUP_SIZE": (
+                self.dynamic_quantization_group_size if self.plugin_quantizes(quantized_activations) else 0
+            ),
             # The service sizes and places its own processes (workers × threads); pinned OpenVINO threads of two
             # workers could land on one core.
             "ENABLE_CPU_PINNING": False,
         }
 
     def tolerance(self, quantized_activations: bool, has_8bit_codes: bool = False) -> float:
-        if self.dynamic_quantization_group_size:
-            return self.rtol_int8
+        """Of the largest reference output (with int8 kernels, `int8_rounding_factor` adds to it)."""
         if not quantized_activations:
             return self.rtol
+        if self.plugin_quantizes(quantized_activations):
+            return self.rtol_u8 if has_8bit_codes else self.rtol
         return self.rtol_u8 if has_8bit_codes else self.rtol_quantized
 
 
@@ -127,7 +147,9 @@ class CodesLinear(nn.Module):
     """A quantized Linear written as OpenVINO reads weight decompression: y = s_t·(x_q·(s·(c − z))ᵀ) + b, with
     x_q = round(x / s_t) per token (`quantize_activations`; else x_q = x, s_t = 1), in float32.
 
-    Traced for conversion only; run eagerly it is the float reference of the converted model.
+    The codes and zero points are u8 tensors, so that the traced graph converts them (Convert → Subtract →
+    Multiply): the plugin's int8 kernels take only integer zero points. Traced for conversion only; run eagerly it
+    is the float reference of the converted model.
     """
 
     def __init__(
@@ -145,12 +167,11 @@ class CodesLinear(nn.Module):
         self.quantize_activations = quantize_activations
         self.register_buffer("codes", codes.contiguous())
         self.register_buffer("row_scale", row_scale.reshape(-1, 1).to(torch.float32))
-        zero = row_zero.reshape(-1, 1).to(torch.float32)
+        zero = row_zero.reshape(-1, 1).to(torch.uint8)
         self.register_buffer("row_zero", zero if bool(zero.any()) else None)
         self.register_buffer("bias", bias)
-        self.runtime_nbytes = (
-            self.codes.numel() * bits // 8 + self.row_scale.numel() * 4 * (2 if self.row_zero is not None else 1)
-        ) + (0 if bias is None else bias.numel() * 4)
+        # as `build_model` asks of a Linear; the converted model's bytes are counted in `convert_artifact`
+        self.runtime_nbytes = sum(t.numel() * t.element_size() for t in self.buffers())
 
     @classmethod
     def from_quantized(
@@ -168,7 +189,7 @@ class CodesLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.codes.to(torch.float32)
         if self.row_zero is not None:
-            weight = weight - self.row_zero
+            weight = weight - self.row_zero.to(torch.float32)
         weight = weight * self.row_scale
         if not self.quantize_activations:
             return functional.linear(x, weight, self.bias)
@@ -233,12 +254,20 @@ def kept_widths() -> dict[int, int]:
     return {bits: min((k for k in kept if k >= bits), default=8) for bits in _WIDTHS}
 
 
-def _store_codes_packed(ov_model: Any, widths: dict[tuple[tuple[int, ...], str], int]) -> int:
+# The plugin's int8 (dynamic quantization) kernels take u4 and u8 weights; narrower codes go in as u4.
+INT8_KERNEL_WIDTHS = {2: 4, 3: 4, 4: 4, 8: 8}
+
+
+def stored_widths(plugin_quantizes: bool) -> dict[int, int]:
+    """For each code width, the width its codes are stored at for the kernels that will run them."""
+    return INT8_KERNEL_WIDTHS if plugin_quantizes else kept_widths()
+
+
+def _store_codes_packed(ov_model: Any, widths: dict[tuple[tuple[int, ...], str], int], stored: dict[int, int]) -> int:
     """Replace each traced u8 code constant by a constant of its stored width; the codes' packed bytes."""
     ov = _openvino()
     from openvino import opset13 as ops
 
-    stored = kept_widths()
     replaced, packed_bytes = 0, 0
     for node in ov_model.get_ordered_ops():
         if node.get_type_name() != "Constant" or node.get_element_type() != ov.Type.u8:
@@ -306,7 +335,7 @@ class OpenVinoModel:
 class ConvertedModel:
     model: OpenVinoModel
     runtime_bytes: int
-    max_abs_diff: float  # on the check input, against the same formula run by PyTorch
+    max_abs_diff: float  # on the check input, against the artifact's formula run by PyTorch
 
 
 def convert_artifact(
@@ -315,7 +344,8 @@ def convert_artifact(
     """Build, compile and check the OpenVINO model of an artifact.
 
     The check: the compiled model's outputs on `check_inputs` against the PyTorch model it was converted from
-    (the same codes, scales and zero points, in float32), within `atol + tolerance · max |reference|`.
+    (the same codes, scales and zero points, activations rounded per token as the artifact says, in float32),
+    within `atol + tolerance · max |reference|`.
     Raises `BackendUnavailableError` when OpenVINO cannot build it and `BackendMismatchError` past tolerance.
     """
     from quantization.runtime import build_model
@@ -325,9 +355,11 @@ def convert_artifact(
     if activations and (activations.get("bits"), activations.get("granularity")) != (8, "per_token"):
         raise BackendUnavailableError(f"activations {activations} are not 8-bit per token, which this backend runs")
     quantize_activations = bool(activations)
+    plugin_quantizes = options.plugin_quantizes(quantize_activations)
 
     def linear(qweight: QuantizedWeight, bias: torch.Tensor | None) -> CodesLinear:
-        return CodesLinear.from_quantized(qweight, bias, quantize_activations)
+        # where the plugin quantizes, the graph takes float inputs (its kernels must see them unrounded)
+        return CodesLinear.from_quantized(qweight, bias, quantize_activations and not plugin_quantizes)
 
     torch_model, _ = build_model(artifact, stack_qkv=False, linear_factory=linear)
     traced = _OutputTuple(torch_model).eval()
@@ -338,15 +370,11 @@ def convert_artifact(
     if len(widths) != sum(isinstance(m, CodesLinear) for m in torch_model.modules()):
         raise BackendUnavailableError("two quantized weights hold identical codes; cannot tell their widths apart")
     example = tuple(check_inputs[name] for name in INPUT_NAMES)
-    with torch.inference_mode():
-        output = torch_model(**check_inputs)
-        fields = list(output.keys())
-        reference = [t.clone() for t in output.values()]
     try:
         with torch.no_grad():
             ov_model = ov.convert_model(traced, example_input=example)
-        codes_bytes = _store_codes_packed(ov_model, widths)
-        compiled = ov.Core().compile_model(ov_model, "CPU", options.compile_config())
+        codes_bytes = _store_codes_packed(ov_model, widths, stored_widths(plugin_quantizes))
+        compiled = ov.Core().compile_model(ov_model, "CPU", options.compile_config(quantize_activations))
     except BackendUnavailableError:
         raise
     except Exception as exc:  # the frontend and the plugin raise many types
@@ -357,18 +385,34 @@ def convert_artifact(
         for name, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
         if not (isinstance(module, CodesLinear) and name == "codes")  # counted packed, above
     )
+    # The reference is the artifact's formula (per-token rounding) whichever way the plugin runs activations;
+    # where the plugin quantizes, the same weights with float activations measure what 8-bit rounding moves.
+    float_outputs = _outputs(torch_model, check_inputs) if plugin_quantizes else None
+    for module in torch_model.modules():
+        if isinstance(module, CodesLinear):
+            module.quantize_activations = quantize_activations
+    reference = _outputs(torch_model, check_inputs)
+    fields = list(reference)
     del ov_model, traced, torch_model
     model = OpenVinoModel(compiled, artifact_config(artifact), fields)
     ours = model(**check_inputs)
-    diff = max(float((ours[f] - ref).abs().max()) for f, ref in zip(fields, reference, strict=True))
-    scale = max(float(ref.abs().max()) for ref in reference)
+    diff = max(float((ours[f] - ref).abs().max()) for f, ref in reference.items())
+    scale = max(float(ref.abs().max()) for ref in reference.values())
     limit = options.atol + options.tolerance(quantize_activations, 8 in widths.values()) * scale
+    if float_outputs is not None:
+        rounding = max(float((float_outputs[f] - ref).abs().max()) for f, ref in reference.items())
+        limit += options.int8_rounding_factor * rounding
     if not diff <= limit:  # also refuses NaN
         raise BackendMismatchError(
             f"{artifact.path}: the openvino model's outputs differ from the reference by {diff:.3g} "
             f"(limit {limit:.3g}); refused"
         )
     return ConvertedModel(model, runtime_bytes, diff)
+
+
+def _outputs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    with torch.inference_mode():
+        return {name: t.clone() for name, t in model(**inputs).items()}
 
 
 def artifact_config(artifact: Artifact) -> transformers.PretrainedConfig:

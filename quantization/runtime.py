@@ -505,7 +505,7 @@ def check_inputs(vocab_size: int) -> dict[str, torch.Tensor]:
     return random_inputs(*CHECK_SHAPE, vocab_size, torch.Generator().manual_seed(0))
 
 
-def _build_openvino(artifact: Artifact) -> tuple[Any, int] | None:
+def _build_openvino(artifact: Artifact, activation_group_size: int | None) -> tuple[Any, int] | None:
     """The openvino backend's model of an artifact, or None (logged why) where OpenVINO cannot build it.
 
     A model that builds but disagrees with its reference raises `BackendMismatchError`: it is refused, not served.
@@ -513,10 +513,11 @@ def _build_openvino(artifact: Artifact) -> tuple[Any, int] | None:
     from quantization.openvino_backend import BackendUnavailableError, OpenVinoOptions, convert_artifact
 
     config = transformers.AutoConfig.from_pretrained(artifact.path, local_files_only=True)
+    options = OpenVinoOptions(threads=torch.get_num_threads())
+    if activation_group_size is not None:
+        options = dataclasses.replace(options, dynamic_quantization_group_size=activation_group_size)
     try:
-        converted = convert_artifact(
-            artifact, OpenVinoOptions(threads=torch.get_num_threads()), check_inputs(config.vocab_size)
-        )
+        converted = convert_artifact(artifact, options, check_inputs(config.vocab_size))
     except BackendUnavailableError as exc:
         logger.warning(
             "openvino backend cannot load %s (%s); it runs on the reference (eager) backend", artifact.path, exc
@@ -526,10 +527,15 @@ def _build_openvino(artifact: Artifact) -> tuple[Any, int] | None:
     return converted.model, converted.runtime_bytes
 
 
-def build_for_backend(artifact: Artifact, backend: str) -> tuple[Any, int, str]:
+def build_for_backend(
+    artifact: Artifact, backend: str, openvino_activation_group_size: int | None = None
+) -> tuple[Any, int, str]:
     """The model of an artifact on `backend` (compiled lazily: `warm_up` compiles), its runtime weight bytes, and
-    the backend it runs on: the reference (eager) where the openvino backend cannot build it (logged)."""
-    built = _build_openvino(artifact) if backend == "openvino" else None
+    the backend it runs on: the reference (eager) where the openvino backend cannot build it (logged).
+
+    `openvino_activation_group_size`: the openvino backend's activation groups (`OpenVinoOptions`; None: its
+    default, 0: the exact float32 formula)."""
+    built = _build_openvino(artifact, openvino_activation_group_size) if backend == "openvino" else None
     if built is not None:
         return (*built, backend)
     model, runtime_bytes = build_model(artifact)
@@ -538,7 +544,9 @@ def build_for_backend(artifact: Artifact, backend: str) -> tuple[Any, int, str]:
     return model, runtime_bytes, "eager"
 
 
-def load_model(artifact_dir: Path, backend: str = "eager") -> LoadedModel:
+def load_model(
+    artifact_dir: Path, backend: str = "eager", openvino_activation_group_size: int | None = None
+) -> LoadedModel:
     """Verify, load and build an artifact's inference model with its tokenizer.
 
     A backend that cannot build the model here (package missing, an op it cannot compile) falls back to the
@@ -548,7 +556,7 @@ def load_model(artifact_dir: Path, backend: str = "eager") -> LoadedModel:
         raise ValueError(f"unknown backend {backend!r}; known: {list(BACKENDS)}")
     started = time.perf_counter()
     artifact = read_artifact(Path(artifact_dir))
-    model, runtime_bytes, backend = build_for_backend(artifact, backend)
+    model, runtime_bytes, backend = build_for_backend(artifact, backend, openvino_activation_group_size)
     tokenizer = transformers.AutoTokenizer.from_pretrained(artifact.path, local_files_only=True)
     return LoadedModel(
         model=model,

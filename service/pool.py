@@ -153,6 +153,7 @@ class WorkerPool:
             max_tokens=self.settings.max_tokens,
             max_batch_size=self.settings.max_batch_size,
             backend=self.settings.backend,
+            openvino_activation_group_size=self.settings.openvino_activation_group_size,
             hold_compiles=self._hold_compiles,
         )
         process = self._context.Process(

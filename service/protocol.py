@@ -27,6 +27,7 @@ class WorkerSpec:
     max_tokens: int
     max_batch_size: int
     backend: str = "eager"
+    openvino_activation_group_size: int | None = None  # None: the openvino backend's default
     hold_compiles: bool = False  # load and serve eagerly, but compile only once told to (`HoldCompiles(False)`)
 
 

@@ -53,6 +53,14 @@ class ServiceSettings(BaseSettings):
     backend: Literal["compiled", "eager", "openvino"] = Field(
         "compiled", description="compiled: torch.compile, ~1.6× faster, compiles at start (cached on disk)"
     )
+    openvino_activation_group_size: int = Field(
+        128,
+        ge=0,
+        multiple_of=16,
+        description="openvino backend: activations quantized to int8 by the plugin with one scale per this many "
+        "input channels (int8 kernels; 2/3-bit codes kept as 4-bit); 0: the artifact's per-token formula exactly, "
+        "in float32, every width packed at its own bits (slower)",
+    )
     worker_start_timeout_s: float = Field(
         300.0,
         gt=0,

@@ -1,4 +1,5 @@
-"""The openvino backend on tiny random BERTs: the artifact's codes run exactly, packed, with a safe fallback."""
+"""The openvino backend on tiny random BERTs: the artifact's codes run packed, exactly (float32 activations) or
+through the plugin's int8 kernels (its default), with a safe fallback."""
 
 from __future__ import annotations
 
@@ -88,9 +89,15 @@ def test_openvino_runs_the_recorded_codes_exactly(
     points (a rare token whose input lands on a rounding boundary in one precision and not the other moves by
     one code step: hence 1e-3, not 1e-6)."""
     artifact = _build(tmp_path, tiny_checkpoints[task], task, precision, layer_bits)
-    loaded = load_model(artifact, backend="openvino")
+    loaded = load_model(artifact, backend="openvino", openvino_activation_group_size=0)
     assert loaded.backend == "openvino"
-    reference = _float64_reference(tiny_checkpoints[task], task, artifact)
+    ours, exact = _against_float64(loaded, tiny_checkpoints[task], task, artifact)
+    for got, want in zip(ours, exact, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
+
+
+def _against_float64(loaded, checkpoint_dir: Path, task: str, artifact: Path) -> tuple[list, list]:
+    reference = _float64_reference(checkpoint_dir, task, artifact)
     ids = torch.randint(5, 100, (3, 11), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     mask[1, 7:] = 0  # a padded row
@@ -98,8 +105,26 @@ def test_openvino_runs_the_recorded_codes_exactly(
     with torch.inference_mode():
         ours, exact = _outputs(loaded.model(**batch)), _outputs(reference(**batch))
     assert len(ours) == len(exact) == (2 if task == "qa" else 1)
+    return ours, exact
+
+
+@pytest.mark.parametrize(
+    ("task", "precision", "layer_bits"),
+    [("sst2", "w8", None), ("sst2", "w4g128", None), ("sst2", "w2g128", None), ("qa", "w2g128", MIXED)],
+)
+def test_the_plugins_int8_kernels_stay_close_to_the_formula(
+    tmp_path: Path, tiny_checkpoints: dict, task: str, precision: str, layer_bits: dict | None
+) -> None:
+    """The default: the plugin rounds activations per group of 16 channels (finer than per token) and multiplies
+    in int8. Not the formula, but close to it: within 2 % of the largest output;
+    and not the float32 model (which the int8 rounding would be if the plugin did not quantize)."""
+    artifact = _build(tmp_path, tiny_checkpoints[task], task, precision, layer_bits)
+    loaded = load_model(artifact, backend="openvino", openvino_activation_group_size=16)
+    assert loaded.backend == "openvino"
+    ours, exact = _against_float64(loaded, tiny_checkpoints[task], task, artifact)
     for got, want in zip(ours, exact, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
+        diff = float((got - want).abs().max())
+        assert 0 < diff <= 0.02 * float(want.abs().max()), diff
 
 
 def _fully_connected_weight_precisions(loaded) -> list[str]:
@@ -114,17 +139,26 @@ def _fully_connected_weight_precisions(loaded) -> list[str]:
     return precisions
 
 
-def test_codes_stay_packed_in_the_plugin_and_runtime_bytes_follow_bits(tmp_path: Path, tiny_checkpoints: dict) -> None:
-    widths = openvino_backend.kept_widths()
+@pytest.mark.parametrize("group_size", [0, 16])
+def test_codes_stay_packed_in_the_plugin_and_runtime_bytes_follow_bits(
+    tmp_path: Path, tiny_checkpoints: dict, group_size: int
+) -> None:
+    """Exact (0): each width at its own bits where the plugin keeps it; int8 kernels (16): 2 bits as u4."""
+    widths = openvino_backend.stored_widths(plugin_quantizes=group_size > 0)
     loaded = {
-        p: load_model(_build(tmp_path, tiny_checkpoints["sst2"], "sst2", p), backend="openvino")
+        p: load_model(
+            _build(tmp_path, tiny_checkpoints["sst2"], "sst2", p),
+            backend="openvino",
+            openvino_activation_group_size=group_size,
+        )
         for p in ("w8", "w4g128", "w2g128")
     }
     for precision, bits in (("w8", 8), ("w4g128", 4), ("w2g128", 2)):
         encoder = _fully_connected_weight_precisions(loaded[precision])
         assert encoder.count(f"u{widths[bits]}") == 2 * 6, encoder  # 2 blocks × Q, K, V, out, FFN in, FFN out
     sizes = {p: m.runtime_bytes for p, m in loaded.items()}
-    assert sizes["w2g128"] < sizes["w4g128"] < sizes["w8"], sizes
+    assert sizes["w2g128"] <= sizes["w4g128"] < sizes["w8"], sizes
+    assert (sizes["w2g128"] < sizes["w4g128"]) == (widths[2] < widths[4]), sizes
     # exactly: the encoder's codes shrink by 6 bits per weight from w8 to w2 (2 blocks of 12 · 48² weights)
     codes = 2 * 12 * 48 * 48
     assert sizes["w8"] - sizes["w2g128"] == codes * (8 - widths[2]) // 8
@@ -169,7 +203,7 @@ def test_a_model_outside_tolerance_is_refused_and_the_others_serve(
     bad = _build(tmp_path / "bad", tiny_checkpoints["ner"], "ner", "w4g128")
     store = openvino_backend._store_codes_packed
 
-    def store_reversed(ov_model, widths):
+    def store_reversed(ov_model, widths, stored):
         widths = dict(widths)
         for node in ov_model.get_ordered_ops():
             if node.get_type_name() != "Constant" or widths.get(openvino_backend._digest(node.get_data())) != 4:
@@ -180,7 +214,7 @@ def test_a_model_outside_tolerance_is_refused_and_the_others_serve(
             widths[openvino_backend._digest(15 - node.get_data())] = widths.pop(
                 openvino_backend._digest(node.get_data())
             )
-        return store(ov_model, widths)
+        return store(ov_model, widths, stored)
 
     monkeypatch.setattr(openvino_backend, "_store_codes_packed", store_reversed)
     with pytest.raises(openvino_backend.BackendMismatchError, match=r"w4g128.*differ from the reference by"):
