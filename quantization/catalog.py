@@ -83,6 +83,14 @@ class Catalog:
     tasks: dict[str, TaskEntry]
     precisions: dict[str, PrecisionConfig]
     plans: dict[str, str] = dataclasses.field(default_factory=dict)  # precision -> plan name (per task)
+    # served precision -> its stand-in: built first (in seconds), it serves under the served precision's name until
+    # that one's artifact is built (a QAT recipe takes minutes per task), then gives way to it
+    stand_ins: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for served, stand_in in self.stand_ins.items():
+            if served not in self.precisions or stand_in not in self.precisions or served == stand_in:
+                raise ValueError(f"stand-in {served!r} = {stand_in!r}: both must be other, defined precisions")
 
     def precision(self, name: str) -> PrecisionConfig:
         if name not in self.precisions:
@@ -163,4 +171,4 @@ def load_catalog(path: Path | None = None) -> Catalog:
             train_articles=tuple(training["articles"]) if "articles" in training else None,
             qat=dict(training.get("qat", {})),
         )
-    return Catalog(tasks, precisions, plans)
+    return Catalog(tasks, precisions, plans, dict(raw.get("stand_ins", {})))

@@ -5,7 +5,7 @@ reported as it happens (`qbert build`'s progress display, and `qbert serve`'s bu
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,14 +14,18 @@ from quantization.catalog import Catalog, TaskEntry
 
 logger = logging.getLogger(__name__)
 
-# An artifact's steps in a build, in order. `built`: written and evaluated (or found so: `detail` "up to date").
-BUILD_STATES = ("pending", "building", "evaluating", "built", "failed")
+# An artifact's steps in a build, in order. `built`: written and evaluated (or found so: `detail` "up to date");
+# `skipped`: a stand-in not needed, since the artifact it stands in for is already up to date.
+BUILD_STATES = ("pending", "building", "evaluating", "built", "failed", "skipped")
+FINISHED_STATES = frozenset({"built", "failed", "skipped"})
 
 
 @dataclass(frozen=True)
 class BuildJob:
     task: str
     precision: str
+    stands_in_for: str = ""  # a stand-in's served precision (`Catalog.stand_ins`): it serves under that name too
+    served: bool = True  # under its own name; a stand-in that is not is skipped where the one it stands in for is built
 
     @property
     def key(self) -> tuple[str, str]:
@@ -51,20 +55,38 @@ class BuildEvent:
 def catalog_jobs(
     catalog: Catalog, tasks: Sequence[str] | None = None, precisions: Sequence[str] | None = None, study: bool = False
 ) -> list[BuildJob]:
-    """Every catalog artifact of `tasks` at `precisions` (None: all), and of the reproduction study with `study`."""
-    return [
-        BuildJob(task, precision)
-        for task in (list(catalog.tasks) if tasks is None else [t for t in tasks if t in catalog.tasks])
-        for precision in (*catalog.task(task).precisions, *(catalog.task(task).study if study else ()))
-        if precisions is None or precision in precisions
-    ]
+    """Every catalog artifact of `tasks` at `precisions` (None: all), and of the reproduction study with `study`;
+    a precision with a stand-in comes after its stand-in's job (one job per artifact)."""
+    jobs: dict[tuple[str, str], BuildJob] = {}
+    for task in list(catalog.tasks) if tasks is None else [t for t in tasks if t in catalog.tasks]:
+        entry = catalog.task(task)
+        wanted = [
+            p for p in (*entry.precisions, *(entry.study if study else ())) if precisions is None or p in precisions
+        ]
+        stood_in = {catalog.stand_ins[p]: p for p in wanted if p in catalog.stand_ins}
+        for precision in wanted:
+            stand_in = catalog.stand_ins.get(precision)
+            if stand_in is not None:
+                job = BuildJob(task, stand_in, stands_in_for=precision, served=stand_in in wanted)
+                jobs.setdefault(job.key, job)
+            jobs.setdefault((task, precision), BuildJob(task, precision, stands_in_for=stood_in.get(precision, "")))
+    return list(jobs.values())
 
 
-def serving_order(jobs: Iterable[BuildJob], first_precision: str) -> list[BuildJob]:
+def serving_order(
+    jobs: Iterable[BuildJob], first_precision: str, slow_precisions: Collection[str] = ()
+) -> list[BuildJob]:
     """Each task's `first_precision` (what requests get by default) before every other artifact, tasks in order:
-    the service can answer every task after three builds, not after all of them."""
+    the service can answer every task after three builds, not after all of them. `slow_precisions` (QAT recipes,
+    minutes each) go last, so that every quick artifact serves first."""
     jobs = list(jobs)
-    return [j for j in jobs if j.precision == first_precision] + [j for j in jobs if j.precision != first_precision]
+    first = [j for j in jobs if j.precision == first_precision]
+    rest = [j for j in jobs if j.precision != first_precision]
+    return (
+        first
+        + [j for j in rest if j.precision not in slow_precisions]
+        + [j for j in rest if j.precision in slow_precisions]
+    )
 
 
 @dataclass
@@ -130,7 +152,17 @@ class _Reporter:
 
     def __call__(self, state: str, done: int = 0, total: int = 0, unit: str = "", **extra: Any) -> BuildEvent:
         job = self.job
-        event = BuildEvent(job.task, job.precision, state, self.index, self.jobs_total, done, total, unit, **extra)
+        event = BuildEvent(
+            job.task,
+            job.precision,
+            state,
+            self.index,
+            self.jobs_total,
+            done,
+            total,
+            unit,
+            **extra,
+        )
         self.on_event(event)
         return event
 
@@ -154,6 +186,10 @@ def _build_job(
     from quantization.build import build_artifact, evaluate_artifact
 
     entry = catalog.task(job.task)
+    if not job.served:
+        served = out.parent / job.stands_in_for
+        if _needs(catalog, entry, job.stands_in_for, served, force, checkpoints) is None:
+            return report("skipped", detail=f"{job.stands_in_for} is up to date")
     needs = _needs(catalog, entry, job.precision, out, force, checkpoints)
     if needs == "build":
         precision = catalog.precision_for(job.task, job.precision)
@@ -179,7 +215,8 @@ def build_catalog(
     """Build and evaluate each job's artifact under `root/<task>/<precision>/` that is missing or stale, in order.
 
     Every step is reported to `on_event`; one artifact failing (a missing plan or checkpoint) fails that artifact
-    only. Returns each job's last event (`built` or `failed`).
+    only. A stand-in whose served precision is up to date is skipped. Returns each job's last event (`built`,
+    `failed` or `skipped`).
     """
     checkpoints = _Checkpoints()
     outcomes = []

@@ -9,7 +9,7 @@ from typing import IO
 
 from tqdm import tqdm
 
-from quantization.catalog_build import BuildEvent
+from quantization.catalog_build import FINISHED_STATES, BuildEvent
 
 logger = logging.getLogger("qbert.build")
 
@@ -19,8 +19,8 @@ def _step(event: BuildEvent) -> str:
     if event.state == "built":
         metrics = ", ".join(f"{row['metric']}={row['value']:.4f}" for row in event.accuracy)
         return f"{where} {event.detail or 'built'}" + (f" ({metrics})" if metrics else "")
-    if event.state == "failed":
-        return f"{where} failed: {event.detail}"
+    if event.state in ("failed", "skipped"):
+        return f"{where} {event.state}: {event.detail}"
     count = f" {event.done}/{event.total} {event.unit}" if event.total else ""
     return f"{where} {event.state}{count}"
 
@@ -44,14 +44,14 @@ class BuildProgress:
     def eta_s(self, event: BuildEvent) -> float | None:
         if not self.worked:
             return None
-        return self.worked_s / self.worked * (event.jobs_total - event.jobs_done - (event.state in ("built", "failed")))
+        return self.worked_s / self.worked * (event.jobs_total - event.jobs_done - (event.state in FINISHED_STATES))
 
     def __call__(self, event: BuildEvent) -> None:
         now = time.monotonic()
         if (event.task, event.precision) != (self._last or ("", "", ""))[:2]:
             self.job_started = now
-        finished = event.state in ("built", "failed")
-        if finished and event.detail != "up to date":
+        finished = event.state in FINISHED_STATES
+        if event.state in ("built", "failed") and event.detail != "up to date":
             self.worked += 1
             self.worked_s += now - self.job_started
         if self.stream.isatty():

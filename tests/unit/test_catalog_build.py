@@ -21,10 +21,37 @@ def test_serving_order_puts_each_tasks_default_first_and_keeps_the_rest_in_order
     assert sorted(ordered, key=jobs.index) == jobs
 
 
+def test_serving_order_puts_slow_recipes_after_every_quick_artifact() -> None:
+    jobs = [BuildJob(t, p) for t in ("sst2", "ner") for p in ("w8", "mp23-ptq", "mp23", "w2g128")]
+    ordered = serving_order(jobs, "w8", slow_precisions={"mp23"})
+    assert [j.key for j in ordered] == [
+        ("sst2", "w8"),
+        ("ner", "w8"),
+        ("sst2", "mp23-ptq"),
+        ("sst2", "w2g128"),
+        ("ner", "mp23-ptq"),
+        ("ner", "w2g128"),
+        ("sst2", "mp23"),
+        ("ner", "mp23"),
+    ]
+
+
+def test_a_served_precision_with_a_stand_in_is_built_after_it() -> None:
+    catalog = load_catalog()
+    served = catalog_jobs(catalog, ["sst2"])
+    stand_in = BuildJob("sst2", "mp23-ptq", stands_in_for="mp23", served=False)
+    assert served[served.index(stand_in) + 1] == BuildJob("sst2", "mp23")
+    assert [j.precision for j in served if j.served] == list(catalog.task("sst2").precisions)
+    # Named itself (the study names it), the stand-in is a model of its own too, built once
+    with_study = catalog_jobs(catalog, ["sst2"], study=True)
+    assert BuildJob("sst2", "mp23-ptq", stands_in_for="mp23") in with_study
+    assert sum(j.precision == "mp23-ptq" for j in with_study) == 1
+
+
 def test_catalog_jobs_are_the_served_precisions_and_the_study_only_when_asked() -> None:
     catalog = load_catalog()
     served = catalog_jobs(catalog, ["sst2"])
-    assert [j.precision for j in served] == list(catalog.task("sst2").precisions)
+    assert [j.precision for j in served if j.served] == list(catalog.task("sst2").precisions)
     with_study = catalog_jobs(catalog, ["sst2"], study=True)
     assert BuildJob("sst2", "direct-w2") in with_study
     assert BuildJob("sst2", "direct-w2") not in served
@@ -60,6 +87,16 @@ def test_each_artifact_is_built_then_evaluated_then_found_up_to_date(tiny_catalo
     outcomes = build_catalog(tiny_catalog, jobs, tmp_path, again.append)
     assert [(e.state, e.detail) for e in again] == [("built", "up to date")] * 2
     assert outcomes[1].accuracy[0]["metric"] == "entity_f1"  # read back from the manifest
+
+
+def test_a_stand_in_is_skipped_where_the_precision_it_stands_in_for_is_built(tiny_catalog, tmp_path: Path) -> None:
+    stand_in = BuildJob("sst2", "fp32", stands_in_for="w8", served=False)
+    first = build_catalog(tiny_catalog, [stand_in, BuildJob("sst2", "w8")], tmp_path, lambda event: None)
+    assert [(o.state, o.detail) for o in first] == [("built", ""), ("built", "")]  # w8 was not built yet
+    again = build_catalog(tiny_catalog, [stand_in, BuildJob("sst2", "w8")], tmp_path, lambda event: None)
+    assert [(o.state, o.detail) for o in again] == [("skipped", "w8 is up to date"), ("built", "up to date")]
+    named = BuildJob("sst2", "fp32", stands_in_for="w8")  # a model of its own too: never skipped
+    assert build_catalog(tiny_catalog, [named], tmp_path, lambda event: None)[0].state == "built"
 
 
 def test_a_failing_artifact_fails_alone(tiny_catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,10 +41,14 @@ def test_catalog_defines_every_precision_the_tasks_name() -> None:
     catalog = load_catalog()
     assert set(catalog.tasks) == {"sst2", "ner", "qa"}
     for entry in catalog.tasks.values():
-        # Served by default: the uniform precisions and Hessian 2/3-bit mix (GPTQ); the DirectQ controls are study
-        assert entry.precisions == ("fp32", "w8", "w4g128", "w3g128", "w2g128", "mp23-ptq")
-        assert {"direct-w4", "direct-w2", "mp23"} <= set(entry.study)
-        assert catalog.plans["mp23-ptq"] == "mp23"
+        # Served by default: the uniform precisions and the Hessian 2/3-bit mix (QAT, its GPTQ variant standing in
+        # while it trains); the DirectQ controls are study
+        assert entry.precisions == ("fp32", "w8", "w4g128", "w3g128", "w2g128", "mp23")
+        assert {"direct-w4", "direct-w2", "mp23-ptq"} <= set(entry.study)
+        assert catalog.plans["mp23-ptq"] == catalog.plans["mp23"] == "mp23"
+    assert catalog.stand_ins == {"mp23": "mp23-ptq"}
+    assert catalog.precision("mp23").qat is not None
+    assert catalog.precision("mp23-ptq").qat is None
     assert catalog.precision("fp32").is_fp32
     assert catalog.precision("direct-w2").weights.granularity is Granularity.PER_TENSOR
     assert catalog.precision("w2g128").weights.num_groups == 128
@@ -57,8 +61,9 @@ def test_catalog_study_resolves_plans_and_task_training_recipes(tmp_path, monkey
     import json
 
     catalog = load_catalog()
-    for name in ("w4g128-qat", "w3g128-qat", "w2g128-qat", "mp23", "mp23-reversed", "mp24", "budget"):
+    for name in ("w4g128-qat", "w3g128-qat", "w2g128-qat", "mp23-ptq", "mp23-reversed", "mp24", "budget"):
         assert all(name in entry.study for entry in catalog.tasks.values()), name
+    assert all("mp23" in entry.precisions for entry in catalog.tasks.values())  # served, with QAT
     assert catalog.task("qa").train_articles == (0, 36)  # never the evaluation articles [36, 48)
     assert set(range(*catalog.task("qa").train_articles)).isdisjoint(range(*catalog.task("qa").articles))
     monkeypatch.setenv("QBERT_PLANS", str(tmp_path))
