@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
-from quantization.catalog import load_catalog
-from quantization.catalog_build import BuildEvent, BuildJob, catalog_jobs, serving_order
+from quantization.catalog import Catalog, load_catalog
+from quantization.catalog_build import FINISHED_STATES, BuildEvent, BuildJob, catalog_jobs, serving_order
 from quantization.system import set_batch_scheduling
 from service.builder import CatalogBuilder
 from service.discovery import discover_artifacts
@@ -87,10 +87,14 @@ class Service:
         self.settings = settings
         self.metrics = metrics
         self.builds = builds or []
-        self.build_keys = {job.key for job in self.builds}
+        self.build_jobs = {job.key: job for job in self.builds}
+        # A stand-in's build serves under another model's key; it is a model of its own only where it was named.
+        self.build_keys = {job.key for job in self.builds if job.served}
         # Artifacts the builder will check (and rebuild where stale) load only once it says they are built.
         ready_now = [a for a in artifacts if (a.task, a.precision) not in self.build_keys]
-        self.keys: list[Key] = [(a.task, a.precision) for a in ready_now] + [job.key for job in self.builds]
+        self.keys: list[Key] = [(a.task, a.precision) for a in ready_now] + [
+            job.key for job in self.builds if job.served
+        ]
         self.pool = WorkerPool(settings, ready_now, metrics)
         self.build_events: dict[Key, BuildEvent] = {}
         # Compiles wait while the first builds run: on the same cores they would slow them several times over.
@@ -114,7 +118,7 @@ class Service:
 
     def build_finished(self, key: Key) -> bool:
         event = self.build_events.get(key)
-        return event is not None and event.state in ("built", "failed")
+        return event is not None and event.state in FINISHED_STATES
 
     def first_builds_pending(self) -> bool:
         """Whether the builder still works on a task's default precision (every request waits for those)."""
@@ -125,16 +129,23 @@ class Service:
         self.build_events[event.key] = event
         if event.state == "built":
             # Evaluated before it is handed over: the accuracy the worker reads from its manifest is already there.
-            self.pool.add_artifacts(
-                [ArtifactRef(event.task, event.precision, self.settings.artifacts / event.task / event.precision)]
-            )
+            self.pool.add_artifacts(self._serves_as(self.build_jobs[event.key]))
         elif event.state == "failed":
             logger.error("building %s/%s failed: %s", event.task, event.precision, event.detail)
         # After the load it sends: the last default model loads before the compiles it releases take the worker.
-        if event.state in ("built", "failed") and self.pool.compiles_held and not self.first_builds_pending():
+        if event.state in FINISHED_STATES and self.pool.compiles_held and not self.first_builds_pending():
             self.pool.hold_compiles(False)
         if self._on_build_event is not None:
             self._on_build_event(event)
+
+    def _serves_as(self, job: BuildJob) -> list[ArtifactRef]:
+        """What a built artifact serves as: its own model, and the one it stands in for until that one is built."""
+        path = self.settings.artifacts / job.task / job.precision
+        refs = [ArtifactRef(job.task, job.precision, path)] if job.served else []
+        stood_in = (job.task, job.stands_in_for)
+        if job.stands_in_for and stood_in in self.build_keys and not self.build_finished(stood_in):
+            refs.append(ArtifactRef(*stood_in, path))
+        return refs
 
     def on_builder_exit(self, code: int | None) -> None:
         unfinished = [job for job in self.builds if not self.build_finished(job.key)]
@@ -352,6 +363,8 @@ def _model_entry(service: Service, key: Key) -> ModelEntry:
         progress = BuildProgressEntry(done=event.done, total=event.total, unit=event.unit)
     reason = service.pool.refused.get(key) if state == "refused" else event.detail if state == "failed" else None
     common = {"task": key[0], "precision": key[1], "state": state, "serving": serving, "progress": progress}
+    if info is not None and serving:
+        common["artifact"] = info.artifact or key[1]
     if info is None or not serving:
         status = "refused" if state in ("refused", "failed") else "loading"
         return ModelEntry(**common, model="", status=status, reason=reason)
@@ -402,11 +415,16 @@ def _ops_router(service: Service) -> APIRouter:
     return router
 
 
-def study_precisions() -> frozenset[str]:
-    """The catalog's reproduction-study precisions (served only when QBERT_PRECISIONS names them)."""
+def _catalog_if_present() -> Catalog | None:
     try:
-        catalog = load_catalog()
+        return load_catalog()
     except FileNotFoundError:  # an image or folder without the catalog serves whatever is there
+        return None
+
+
+def study_precisions(catalog: Catalog | None) -> frozenset[str]:
+    """The catalog's reproduction-study precisions (served only when QBERT_PRECISIONS names them)."""
+    if catalog is None:
         return frozenset()
     return frozenset(p for entry in catalog.tasks.values() for p in entry.study) - {
         p for entry in catalog.tasks.values() for p in entry.precisions
@@ -420,11 +438,17 @@ def create_app(
     builder process that builds missing or stale catalog artifacts (each `BuildEvent` also goes to
     `on_build_event`: a progress display); both stop with it."""
     settings = settings or ServiceSettings()
-    artifacts = discover_artifacts(settings.artifacts, settings.tasks, settings.precisions, study_precisions())
+    catalog = _catalog_if_present()
+    stand_ins = catalog.stand_ins if catalog else {}
+    artifacts = discover_artifacts(
+        settings.artifacts, settings.tasks, settings.precisions, study_precisions(catalog), stand_ins
+    )
     builds = []
     if settings.build:
-        jobs = catalog_jobs(load_catalog(), settings.tasks, settings.precisions)
-        builds = serving_order(jobs, settings.default_precision)
+        catalog = catalog or load_catalog()  # raises: building needs the catalog
+        jobs = catalog_jobs(catalog, settings.tasks, settings.precisions)
+        slow = {name for name, precision in catalog.precisions.items() if precision.qat is not None}
+        builds = serving_order(jobs, settings.default_precision, slow)
     if not artifacts and not builds:
         raise ValueError(f"no artifacts under {settings.artifacts} for tasks {settings.tasks}; run `qbert build`")
     service = Service(settings, artifacts, ServiceMetrics(), builds, on_build_event)

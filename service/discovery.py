@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 from quantization.artifact_files import MANIFEST
@@ -12,19 +13,33 @@ logger = logging.getLogger("qbert.service")
 
 
 def discover_artifacts(
-    root: Path, tasks: list[str], precisions: list[str] | None, unless_named: frozenset[str] = frozenset()
+    root: Path,
+    tasks: list[str],
+    precisions: list[str] | None,
+    unless_named: frozenset[str] = frozenset(),
+    stand_ins: Mapping[str, str] | None = None,
 ) -> list[ArtifactRef]:
     """Artifacts of `tasks` under `root`: every precision found except `unless_named` (the catalog's reproduction
-    study, dozens of artifacts), or exactly `precisions` (missing ones warned)."""
+    study, dozens of artifacts), or exactly `precisions` (missing ones warned).
+
+    `stand_ins` (served precision -> stand-in, `Catalog.stand_ins`): a served precision whose own artifact is not
+    there is served from its stand-in's, where that one is."""
+    stand_ins = stand_ins or {}
     refs = []
     for task in tasks:
         task_dir = Path(root) / task
         found = sorted(p.name for p in task_dir.iterdir() if (p / MANIFEST).is_file()) if task_dir.is_dir() else []
+        folders = {p: p for p in found}
+        for served, stand_in in stand_ins.items():
+            if served not in folders and stand_in in folders and (precisions is None or served in precisions):
+                folders[served] = stand_in
         wanted = (
-            [p for p in found if p not in unless_named] if precisions is None else [p for p in precisions if p in found]
+            [p for p in folders if p not in unless_named]
+            if precisions is None
+            else [p for p in precisions if p in folders]
         )
-        missing = [] if precisions is None else sorted(set(precisions) - set(found))
+        missing = [] if precisions is None else sorted(set(precisions) - set(folders))
         if missing:
             logger.warning("%s: no artifact for %s under %s (run `qbert build`)", task, missing, task_dir)
-        refs.extend(ArtifactRef(task, precision, task_dir / precision) for precision in wanted)
+        refs.extend(ArtifactRef(task, precision, task_dir / folders[precision]) for precision in wanted)
     return refs

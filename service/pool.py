@@ -267,12 +267,16 @@ class WorkerPool:
         return max(serving, key=WORKER_MODEL_STATES.index)
 
     def add_artifacts(self, refs: list[ArtifactRef]) -> None:
-        """Have every worker load `refs` too (and every worker started from now on)."""
-        known = {(a.task, a.precision) for a in self.artifacts}
-        refs = [ref for ref in refs if (ref.task, ref.precision) not in known]
+        """Have every worker load `refs` too (and every worker started from now on).
+
+        A ref for a model already known with another artifact replaces it (a stand-in giving way): each worker
+        serves the old one until the new one is loaded."""
+        known = {(a.task, a.precision): a for a in self.artifacts}
+        refs = [ref for ref in refs if known.get((ref.task, ref.precision)) != ref]
         if not refs:
             return
-        self.artifacts.extend(refs)
+        replaced = {(ref.task, ref.precision) for ref in refs}
+        self.artifacts[:] = [a for a in self.artifacts if (a.task, a.precision) not in replaced] + refs
         for ref in refs:
             key = (ref.task, ref.precision)
             self._queues.setdefault(key, deque())

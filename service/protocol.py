@@ -14,6 +14,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ArtifactRef:
+    """An artifact served as (task, precision). A stand-in's folder is another precision's (`Catalog.stand_ins`)."""
+
     task: str
     precision: str
     path: Path
@@ -46,6 +48,7 @@ class ModelInfo:
     labels: tuple[str, ...]
     accuracy: tuple[dict[str, Any], ...]
     backend: str = "eager"
+    artifact: str = ""  # the artifact folder's precision name: a stand-in's differs from `precision`
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,11 @@ class ModelEntry(BaseModel):
     )
     serving: bool = Field(False, description="whether requests for it are answered now (else 503 with Retry-After)")
     progress: BuildProgressEntry | None = Field(None, description="while building or evaluating: how far")
+    artifact: str | None = Field(
+        None,
+        description="the artifact that answers, by its precision name: this model's own, or its stand-in (built in "
+        "seconds) while this one is still being built",
+    )
     bits_per_weight: float | None = None
     packed_bytes: int | None = None
     runtime_bytes: int | None = None

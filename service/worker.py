@@ -71,6 +71,7 @@ def model_info(ref: ArtifactRef, loaded: LoadedModel) -> ModelInfo:
         labels=tuple(loaded.labels),
         accuracy=accuracy,
         backend=loaded.backend,
+        artifact=ref.path.name,
     )
 
 
@@ -210,6 +211,9 @@ class InferenceWorker:
         key = (ref.task, ref.precision)
         served = as_eager(loaded) if warming else loaded
         self.models[key] = served
+        # A model replaced (a stand-in giving way) is neither compiled nor served again.
+        self._compiled.pop(key, None)
+        self._to_compile.pop(key, None)
         if warming:
             self._to_compile[key] = (ref, loaded)
         elif loaded.backend == "compiled":

@@ -102,3 +102,25 @@ def test_a_batch_goes_only_to_a_worker_that_serves_its_model(tmp_path: Path) -> 
         return sent
 
     assert asyncio.run(scenario()) == [[], [("t0", "t1", "t2", "t3")]]
+
+
+def test_an_artifact_for_a_known_model_replaces_its_stand_in_in_every_worker(tmp_path: Path) -> None:
+    settings = ServiceSettings(workers=2, artifacts=tmp_path, tasks=["sst2"])
+    stand_in = ArtifactRef("sst2", "mp23", tmp_path / "sst2" / "mp23-ptq")
+    pool = WorkerPool(settings, [ArtifactRef("sst2", "w8", tmp_path / "sst2" / "w8"), stand_in], ServiceMetrics())
+    inboxes = [RecordingInbox() for _ in pool._slots]
+    for slot, inbox in zip(pool._slots, inboxes, strict=True):
+        slot.started, slot.inbox, slot.pid = True, inbox, 1
+        slot.serving = dict.fromkeys([("sst2", "w8"), ("sst2", "mp23")])
+    pool._loop = asyncio.new_event_loop()  # progress checks are scheduled on it, never run here
+    try:
+        own = ArtifactRef("sst2", "mp23", tmp_path / "sst2" / "mp23")
+        pool.add_artifacts([own])
+        pool.add_artifacts([own])  # known as it is now: nothing to load
+    finally:
+        pool._loop.close()
+    assert [a.path.name for a in pool.artifacts] == ["w8", "mp23"]  # a restarted worker loads the model's own
+    for slot, inbox in zip(pool._slots, inboxes, strict=True):
+        assert [message.refs for message in inbox.sent] == [(own,)]
+        assert ("sst2", "mp23") in slot.serving  # the stand-in answers until the worker says the new one serves
+        assert slot.outstanding == {("sst2", "mp23")}

@@ -83,3 +83,43 @@ def test_a_backend_whose_setup_breaks_serves_on_the_reference_path(
     assert "unexpected keyword" in caplog.text
     done = worker.run(RunBatch(0, "sst2", "w8", ("a fine film",)))
     assert done.results[0].error is None
+
+
+def test_a_stand_in_gives_way_to_the_artifact_it_stands_in_for(tmp_path: Path, tiny_checkpoints: dict) -> None:
+    """The model key stays; the artifact behind it changes once, and the stand-in is never served again (not even
+    when compiles it was waiting for are released)."""
+    catalog = load_catalog()
+    data = write_tiny_data(tmp_path / "data")
+    checkpoint = load_checkpoint(str(tiny_checkpoints["sst2"]), "sst2")
+    for precision in ("w2g128", "w8"):
+        build_artifact(
+            checkpoint,
+            tiny_entry("sst2", tiny_checkpoints["sst2"], data),
+            catalog.precision_for("sst2", precision),
+            tmp_path / "sst2" / precision,
+        )
+    stand_in, own = (ArtifactRef("sst2", "w8", tmp_path / "sst2" / p) for p in ("w2g128", "w8"))
+    sent: list = []
+    spec = WorkerSpec(0, 1, (stand_in,), max_tokens=64, max_batch_size=4, backend="compiled", hold_compiles=True)
+    with fresh_process_state():
+        worker = InferenceWorker(spec, sent.append)
+        worker.add(spec.artifacts)
+        while worker.work():
+            pass
+        assert worker.models[("sst2", "w8")].path == stand_in.path  # served eagerly, its compile held
+        worker.add((own,))
+        while worker.work():
+            pass
+        worker.hold_compiles = False
+        while worker.work():
+            pass
+    served = [m.info for m in sent if type(m).__name__ == "ModelServing"]
+    assert [(info.artifact, info.backend) for info in served] == [
+        ("w2g128", "eager"),
+        ("w8", "eager"),
+        ("w8", "compiled"),
+    ]
+    assert served[0].model != served[-1].model  # the weights digest names which artifact answers
+    assert worker.models[("sst2", "w8")].path == own.path
+    done = worker.run(RunBatch(0, "sst2", "w8", ("a fine film",)))
+    assert done.results[0].error is None
