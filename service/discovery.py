@@ -34,7 +34,7 @@ def discover_artifacts(
             if served not in folders and stand_in in folders and (precisions is None or served in precisions):
                 folders[served] = stand_in
         wanted = (
-            [p for p in folders if p not in unless_named]
+            sorted(p for p in folders if p not in unless_named)
             if precisions is None
             else [p for p in precisions if p in folders]
         )

@@ -57,3 +57,20 @@ def test_discovery_leaves_study_artifacts_out_unless_named(tmp_path: Path) -> No
     assert [r.precision for r in discover_artifacts(tmp_path, ["sst2"], None, study)] == ["w8"]
     named = discover_artifacts(tmp_path, ["sst2"], ["w8", "mp23"], study)
     assert [r.precision for r in named] == ["w8", "mp23"]
+
+
+def test_discovery_serves_a_stand_in_where_only_it_is_built(tmp_path: Path) -> None:
+    from service.discovery import discover_artifacts
+
+    for precision in ("w8", "mp23-ptq"):
+        (tmp_path / "sst2" / precision).mkdir(parents=True)
+        (tmp_path / "sst2" / precision / "manifest.json").write_text("{}")
+    study, stand_ins = frozenset({"mp23-ptq"}), {"mp23": "mp23-ptq"}
+    found = discover_artifacts(tmp_path, ["sst2"], None, study, stand_ins)
+    assert [(r.precision, r.path.name) for r in found] == [("mp23", "mp23-ptq"), ("w8", "w8")]
+    named = discover_artifacts(tmp_path, ["sst2"], ["mp23", "mp23-ptq"], study, stand_ins)
+    assert [(r.precision, r.path.name) for r in named] == [("mp23", "mp23-ptq"), ("mp23-ptq", "mp23-ptq")]
+    (tmp_path / "sst2" / "mp23").mkdir()
+    (tmp_path / "sst2" / "mp23" / "manifest.json").write_text("{}")  # its own artifact, once built, wins
+    found = discover_artifacts(tmp_path, ["sst2"], None, study, stand_ins)
+    assert [(r.precision, r.path.name) for r in found] == [("mp23", "mp23"), ("w8", "w8")]
