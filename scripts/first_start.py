@@ -5,7 +5,7 @@
 
 Clones this checkout's HEAD, runs `make serve` in it (its package install included) and polls the service with
 the standard library only. Prints, in seconds from `make serve`: the install finishing, the first correct answer
-of each task, `/readyz` 200, and every model ready; then the API process's resident memory, the worker restarts
+of each task, `/readyz` 200, every model serving (stand-ins included), and every model ready on its own artifact; then the API process's resident memory, the worker restarts
 and the CPU flags that decide the kernels. Needs ../shared beside the clone (QBERT_CHECKPOINTS, QBERT_DATA).
 """
 
@@ -108,8 +108,11 @@ def main() -> int:
                         marks[f"answer_{task}"] = round(time.monotonic() - started, 1)
             if ready == 200:
                 marks.setdefault("readyz", now)
-            if models and all(m["state"] in ("ready", "refused", "failed") for m in models):
-                marks["all_ready"] = now
+            settled = models and all(m["state"] in ("ready", "refused", "failed") for m in models)
+            if settled:
+                marks.setdefault("all_serving", now)  # stand-ins answering for the QAT models included
+            if settled and all(m.get("artifact") in (None, m["precision"]) for m in models):
+                marks["all_ready"] = now  # every model on its own artifact: the stand-ins gave way
                 result["states"] = {f"{m['task']}/{m['precision']}": m["state"] for m in models}
                 break
             time.sleep(0.5)
