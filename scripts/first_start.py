@@ -5,8 +5,9 @@
 
 Clones this checkout's HEAD, runs `make serve` in it (its package install included) and polls the service with
 the standard library only. Prints, in seconds from `make serve`: the install finishing, the first correct answer
-of each task, `/readyz` 200, every model serving (stand-ins included), and every model ready on its own artifact; then the API process's resident memory, the worker restarts
-and the CPU flags that decide the kernels. Needs ../shared beside the clone (QBERT_CHECKPOINTS, QBERT_DATA).
+of each task, `/readyz` 200, every model serving (stand-ins included) and every model ready on its own artifact;
+then the API process's resident memory, the worker restarts and the CPU flags that decide the kernels. Needs
+../shared beside the clone (QBERT_CHECKPOINTS, QBERT_DATA).
 """
 
 from __future__ import annotations
