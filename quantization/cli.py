@@ -182,6 +182,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune_api_process(scheduling: str) -> None:
+    """What the API process asks of the operating system, here in its entry point rather than in the app factory.
+
+    SCHED_BATCH on this (the event loop's) thread: its wakeups do not preempt a worker's batch on a shared core;
+    the workers it spawns inherit the policy and set their own. Everything made so far (imports, schemas, routes)
+    lives as long as the process: frozen, it is not walked again by every full collection under load."""
+    import gc
+
+    from quantization.system import set_batch_scheduling
+
+    if scheduling == "batch" and not set_batch_scheduling(True):
+        logger.info("SCHED_BATCH is not available here; the API process keeps the normal scheduling policy")
+    gc.freeze()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -206,6 +221,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         progress = BuildProgress()
     app = create_app(settings, on_build_event=progress)
+    _tune_api_process(settings.api_scheduling)
     uvicorn.run(
         app,
         host=settings.host,

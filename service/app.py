@@ -1,8 +1,11 @@
-"""The FastAPI app factory: routes, the lifespan that owns the worker pool, and metrics."""
+"""The FastAPI app factories: routes, the lifespan that owns the worker pool and the builder, and metrics.
+
+`build_app(service)` is pure: it changes nothing outside the app it returns (process-wide tuning, such as the
+scheduling policy or freezing the collector, belongs to the process entry point, `qbert serve`). `create_app`
+finds the artifacts and builds to serve, makes the `Service` and hands it to `build_app`."""
 
 from __future__ import annotations
 
-import gc
 import logging
 import secrets
 import time
@@ -17,7 +20,6 @@ from pydantic import BaseModel
 
 from quantization.catalog import Catalog, load_catalog
 from quantization.catalog_build import FINISHED_STATES, BuildEvent, BuildJob, catalog_jobs, serving_order
-from quantization.system import set_batch_scheduling
 from service.builder import CatalogBuilder
 from service.discovery import discover_artifacts
 from service.errors import (
@@ -83,6 +85,7 @@ class Service:
         metrics: ServiceMetrics,
         builds: list[BuildJob] | None = None,
         on_build_event: Callable[[BuildEvent], None] | None = None,
+        pool_factory: Callable[[ServiceSettings, list[ArtifactRef], ServiceMetrics], WorkerPool] = WorkerPool,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -95,7 +98,7 @@ class Service:
         self.keys: list[Key] = [(a.task, a.precision) for a in ready_now] + [
             job.key for job in self.builds if job.served
         ]
-        self.pool = WorkerPool(settings, ready_now, metrics)
+        self.pool = pool_factory(settings, ready_now, metrics)
         self.build_events: dict[Key, BuildEvent] = {}
         # Compiles wait while the first builds run: on the same cores they would slow them several times over.
         self.pool.hold_compiles(self.first_builds_pending())
@@ -451,19 +454,18 @@ def create_app(
         builds = serving_order(jobs, settings.default_precision, slow)
     if not artifacts and not builds:
         raise ValueError(f"no artifacts under {settings.artifacts} for tasks {settings.tasks}; run `qbert build`")
-    service = Service(settings, artifacts, ServiceMetrics(), builds, on_build_event)
+    return build_app(Service(settings, artifacts, ServiceMetrics(), builds, on_build_event))
+
+
+def build_app(service: Service) -> FastAPI:
+    """The app serving `service`: its lifespan starts the service's pool (and builder) and stops them; nothing
+    else outside the app changes."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # The event loop's thread; the workers it spawns inherit the policy and set their own.
-        if settings.api_scheduling == "batch" and not set_batch_scheduling(True):
-            logger.info("SCHED_BATCH is not available here; the API process keeps the normal scheduling policy")
         await service.pool.start()
         if service.builder is not None:
             service.builder.start()
-        # Everything made so far (imports, schemas, the pool) lives as long as the process: frozen, it is not
-        # walked again by every full collection under load.
-        gc.freeze()
         try:
             yield
         finally:
@@ -477,7 +479,7 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=service.settings.max_body_bytes)
     install_error_handlers(app)
     app.include_router(_predict_router(service))
     app.include_router(_ops_router(service))
