@@ -16,7 +16,7 @@ from typing import Any
 # the int8 matmuls; the first call at a new kind of shape compiles (seconds, cached on disk), later ones
 # reuse it, across model instances too. "eager": op by op, no compilation; the reference. "openvino": the
 # artifact's codes as packed u2/u3/u4/u8 constants in an OpenVINO model run by its CPU plugin
-# (`quantization.openvino_backend`); where it cannot build a model, that model runs eager.
+# (`quantization.runtime.openvino_backend`); where it cannot build a model, that model runs eager.
 BACKENDS = ("eager", "compiled", "openvino")
 
 SUPPORTED_WEIGHT_BITS = (2, 3, 4, 8)

@@ -19,7 +19,7 @@ from service.worker import InferenceWorker
 from tests.conftest import tiny_entry, write_tiny_data
 
 openvino = pytest.importorskip("openvino")
-from quantization import openvino_backend  # noqa: E402  (after the skip: it needs the package)
+from quantization.runtime import openvino_backend  # noqa: E402  (after the skip: it needs the package)
 
 CATALOG = load_catalog()
 LAYER = "bert.encoder.layer.{}.{}"
@@ -225,7 +225,7 @@ def test_a_model_outside_tolerance_is_refused_and_the_others_serve(
         threads=1,
         artifacts=(ArtifactRef("sst2", "w8", good), ArtifactRef("ner", "w4g128", bad)),
         max_tokens=64,
-        max_batch_size=4,
+        max_batch_tokens=256,
         backend="openvino",
     )
     worker = InferenceWorker(spec)

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from quantization.artifact import WEIGHTS, ArtifactError, read_artifact
-from quantization.build import build_artifact, load_checkpoint
-from quantization.catalog import load_catalog
+from quantization.build import load_checkpoint
 from quantization.runtime import (
     Int8Linear,
     QuantizedEmbedding,
@@ -16,17 +15,7 @@ from quantization.runtime import (
     onednn_int8_is_usable,
 )
 from quantization.tasks import get_task, pad_features
-from tests.conftest import tiny_entry, write_tiny_data
-
-CATALOG = load_catalog()
-
-
-def _build(tmp_path: Path, checkpoint_dir: Path, task: str, precision: str) -> Path:
-    checkpoint = load_checkpoint(str(checkpoint_dir), task)
-    out = tmp_path / task / precision
-    data = write_tiny_data(tmp_path / "data")  # GPTQ precisions calibrate on the training split
-    build_artifact(checkpoint, tiny_entry(task, checkpoint_dir, data), CATALOG.precision_for(task, precision), out)
-    return out
+from tests.conftest import build_tiny_artifact
 
 
 def _batch(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -46,7 +35,7 @@ def _fake_quantized_reference(checkpoint_dir: Path, artifact_dir: Path) -> torch
 
 @pytest.mark.parametrize("precision", ["w8", "w4g128", "w3g128", "w2g128", "direct-w2"])
 def test_int8_runtime_matches_the_dequantized_model(tmp_path: Path, tiny_checkpoints: dict, precision: str) -> None:
-    artifact = _build(tmp_path, tiny_checkpoints["sst2"], "sst2", precision)
+    artifact = build_tiny_artifact(tmp_path, tiny_checkpoints["sst2"], "sst2", precision)
     loaded = load_model(artifact)
     linears = [m for m in loaded.model.modules() if isinstance(m, Int8Linear)]
     assert len(linears) == 8  # per layer: stacked Q/K/V, attention output, FFN in, FFN out
@@ -63,7 +52,7 @@ def test_int8_runtime_matches_the_dequantized_model(tmp_path: Path, tiny_checkpo
 
 
 def test_fp32_artifact_reproduces_the_checkpoint(tmp_path: Path, tiny_checkpoints: dict) -> None:
-    artifact = _build(tmp_path, tiny_checkpoints["sst2"], "sst2", "fp32")
+    artifact = build_tiny_artifact(tmp_path, tiny_checkpoints["sst2"], "sst2", "fp32")
     loaded = load_model(artifact)
     original = load_checkpoint(str(tiny_checkpoints["sst2"]), "sst2").model
     batch = _batch(loaded.tokenizer, ["a terrible film"])
@@ -77,7 +66,7 @@ def test_fp32_artifact_reproduces_the_checkpoint(tmp_path: Path, tiny_checkpoint
 
 
 def test_manifest_records_sizes_hashes_and_tensors(tmp_path: Path, tiny_checkpoints: dict) -> None:
-    artifact = _build(tmp_path, tiny_checkpoints["sst2"], "sst2", "w2g128")
+    artifact = build_tiny_artifact(tmp_path, tiny_checkpoints["sst2"], "sst2", "w2g128")
     manifest = json.loads((artifact / "manifest.json").read_text())
     assert manifest["schema_version"] == 1
     assert manifest["task"] == "sst2"
@@ -111,7 +100,7 @@ def test_manifest_records_sizes_hashes_and_tensors(tmp_path: Path, tiny_checkpoi
 
 
 def test_loaded_model_reports_its_costs(tmp_path: Path, tiny_checkpoints: dict) -> None:
-    loaded = load_model(_build(tmp_path, tiny_checkpoints["sst2"], "sst2", "w4g128"))
+    loaded = load_model(build_tiny_artifact(tmp_path, tiny_checkpoints["sst2"], "sst2", "w4g128"))
     assert loaded.load_seconds > 0
     assert loaded.packed_bytes > 0
     assert loaded.runtime_bytes > loaded.packed_bytes  # sub-8-bit codes run unpacked as int8
@@ -120,7 +109,7 @@ def test_loaded_model_reports_its_costs(tmp_path: Path, tiny_checkpoints: dict) 
 
 
 def test_corrupted_weights_are_refused_naming_the_file(tmp_path: Path, tiny_checkpoints: dict) -> None:
-    artifact = _build(tmp_path, tiny_checkpoints["sst2"], "sst2", "w4g128")
+    artifact = build_tiny_artifact(tmp_path, tiny_checkpoints["sst2"], "sst2", "w4g128")
     data = bytearray((artifact / WEIGHTS).read_bytes())
     data[-10] ^= 0xFF
     (artifact / WEIGHTS).write_bytes(bytes(data))
@@ -129,7 +118,7 @@ def test_corrupted_weights_are_refused_naming_the_file(tmp_path: Path, tiny_chec
 
 
 def test_tampered_tokenizer_and_missing_files_are_refused(tmp_path: Path, tiny_checkpoints: dict) -> None:
-    artifact = _build(tmp_path, tiny_checkpoints["sst2"], "sst2", "w8")
+    artifact = build_tiny_artifact(tmp_path, tiny_checkpoints["sst2"], "sst2", "w8")
     with (artifact / "vocab.txt").open("a") as handle:
         handle.write("injected\n")
     with pytest.raises(ArtifactError, match="vocab.txt: sha256"):
@@ -140,7 +129,7 @@ def test_tampered_tokenizer_and_missing_files_are_refused(tmp_path: Path, tiny_c
 
 
 def test_schema_mismatch_and_bad_manifest_are_refused(tmp_path: Path, tiny_checkpoints: dict) -> None:
-    artifact = _build(tmp_path, tiny_checkpoints["sst2"], "sst2", "w8")
+    artifact = build_tiny_artifact(tmp_path, tiny_checkpoints["sst2"], "sst2", "w8")
     manifest = json.loads((artifact / "manifest.json").read_text())
     (artifact / "manifest.json").write_text(json.dumps(manifest | {"schema_version": 99}))
     with pytest.raises(ArtifactError, match="schema_version 99"):
@@ -154,7 +143,7 @@ def test_schema_mismatch_and_bad_manifest_are_refused(tmp_path: Path, tiny_check
 
 @pytest.mark.parametrize("task", ["ner", "qa"])
 def test_token_and_span_heads_load_quantized(tmp_path: Path, tiny_checkpoints: dict, task: str) -> None:
-    loaded = load_model(_build(tmp_path, tiny_checkpoints[task], task, "w3g128"))
+    loaded = load_model(build_tiny_artifact(tmp_path, tiny_checkpoints[task], task, "w3g128"))
     assert sum(isinstance(m, Int8Linear) for m in loaded.model.modules()) == 8
 
 
@@ -162,7 +151,7 @@ def test_token_and_span_heads_load_quantized(tmp_path: Path, tiny_checkpoints: d
 def test_stacked_qkv_gives_exactly_the_separate_projections_results(
     tmp_path: Path, tiny_checkpoints: dict, precision: str
 ) -> None:
-    artifact = read_artifact(_build(tmp_path, tiny_checkpoints["qa"], "qa", precision))
+    artifact = read_artifact(build_tiny_artifact(tmp_path, tiny_checkpoints["qa"], "qa", precision))
     separate, _ = build_model(artifact, stack_qkv=False)
     stacked, _ = build_model(read_artifact(artifact.path), stack_qkv=True)
     assert not any(isinstance(m, StackedQKVSelfAttention) for m in separate.modules())
@@ -173,62 +162,6 @@ def test_stacked_qkv_gives_exactly_the_separate_projections_results(
     with torch.inference_mode():
         for a, b in zip(separate(**batch).values(), stacked(**batch).values(), strict=True):
             assert torch.equal(a, b)
-
-
-def test_the_compiled_backend_computes_what_eager_does(tmp_path: Path, tiny_checkpoints: dict) -> None:
-    from quantization.runtime import warm_up
-
-    artifact = _build(tmp_path, tiny_checkpoints["ner"], "ner", "w4g128")
-    eager = load_model(artifact)
-    compiled = warm_up(load_model(artifact, backend="compiled"))
-    assert compiled.backend == "compiled"  # compiled at warm-up, not fallen back to eager
-    frames = torch._dynamo.utils.counters["frames"]
-    compiled_frames = frames["total"]
-    for shape in ((1, 5), (3, 17)):  # batch 1 and above, lengths never seen at warm-up
-        ids = torch.randint(5, 100, shape)  # made as callers make inputs: outside inference mode
-        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
-        with torch.inference_mode():
-            torch.testing.assert_close(
-                compiled.model(**batch).logits, eager.model(**batch).logits, atol=1e-3, rtol=1e-3
-            )
-    assert frames["total"] == compiled_frames  # warm-up compiled every graph requests need: none on a request
-    with pytest.raises(ValueError, match="backend"):
-        load_model(artifact, backend="tensorrt")
-
-
-def test_compiled_graphs_call_onednn_directly_not_the_python_op(tmp_path: Path, tiny_checkpoints: dict) -> None:
-    """The packed matmul runs with no Python per call once compiled (the op's Python body is for eager)."""
-    from torch.profiler import profile
-
-    from quantization.runtime import warm_up
-
-    if not onednn_int8_is_usable():
-        pytest.skip(
-            "oneDNN's int8 GEMM is not exact or not fast on this CPU: the layers multiply int8 values in float32"
-        )
-    compiled = warm_up(load_model(_build(tmp_path, tiny_checkpoints["sst2"], "sst2", "w8"), backend="compiled"))
-    eager = load_model(compiled.path)
-    ids = torch.randint(5, 100, (2, 9))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
-    for loaded, python_op_calls in ((compiled, 0), (eager, 2 * 4)):  # tiny BERT: 2 layers × (QKV, out, FFN × 2)
-        with profile() as trace, torch.inference_mode():
-            loaded.model(**batch)
-        counts = {event.key: event.count for event in trace.key_averages()}
-        assert counts.get("onednn::qlinear_pointwise") == 2 * 4
-        assert counts.get("qbert::packed_int8_matmul", 0) == python_op_calls
-
-
-def test_compiled_models_of_every_task_and_kind_all_stay_compiled(tmp_path: Path, tiny_checkpoints: dict) -> None:
-    """Models share one compiled frame (transformers' forward wrapper): 3 tasks × FP32/int8 × batch 1/more
-    is 12 variants, over Dynamo's default limit of 8, after which it would silently run eager."""
-    from quantization.runtime import warm_up
-
-    loaded = [
-        warm_up(load_model(_build(tmp_path / task, tiny_checkpoints[task], task, precision), backend="compiled"))
-        for task in ("sst2", "ner", "qa")
-        for precision in ("fp32", "w8")
-    ]
-    assert [m.backend for m in loaded] == ["compiled"] * 6
 
 
 @pytest.mark.parametrize("asymmetric", [False, True])

@@ -9,6 +9,7 @@ from transformers.utils import output_capturing
 
 from quantization.build import build_artifact, load_checkpoint
 from quantization.catalog import load_catalog
+from quantization.runtime.torch_internals import dynamo_frame_counts
 from service.protocol import ArtifactRef, RunBatch, WorkerSpec
 from service.worker import InferenceWorker
 from tests.conftest import tiny_entry, write_tiny_data
@@ -40,13 +41,15 @@ def test_a_worker_serving_several_tasks_compiles_nothing_on_requests(tmp_path: P
             checkpoint, tiny_entry(task, tiny_checkpoints[task], data), catalog.precision_for(task, "w8"), out
         )
         refs.append(ArtifactRef(task, "w8", out))
-    spec = WorkerSpec(index=0, threads=1, artifacts=tuple(refs), max_tokens=64, max_batch_size=4, backend="compiled")
+    spec = WorkerSpec(
+        index=0, threads=1, artifacts=tuple(refs), max_tokens=64, max_batch_tokens=256, backend="compiled"
+    )
     with fresh_process_state():  # building the artifacts above registered both classes already
         worker = InferenceWorker(spec)
         ready = worker.setup()
         assert [m.backend for m in ready.models] == ["compiled", "compiled"]
 
-        frames = torch._dynamo.utils.counters["frames"]
+        frames = dynamo_frame_counts()  # asserts the counters exist: a renamed one would read 0 and pass
         compiled_frames = frames["total"]
         texts = ("a fine film", "dull and long , really", "the cast shines")
         for batch_id, (task, payloads) in enumerate([("sst2", texts[:1]), ("sst2", texts), ("ner", texts)]):
@@ -60,7 +63,9 @@ def test_a_backend_whose_setup_breaks_serves_on_the_reference_path(
 ) -> None:
     """Library internals that change under an upgrade (here the Inductor lowering's registration) degrade the
     model to eager with the reason logged; they do not fail the load, so the worker never restart-loops."""
-    from quantization import runtime
+    import torch._inductor.lowering
+
+    from quantization.runtime import compiling, int8_linear
 
     data = write_tiny_data(tmp_path / "data")
     checkpoint = load_checkpoint(str(tiny_checkpoints["sst2"]), "sst2")
@@ -68,12 +73,13 @@ def test_a_backend_whose_setup_breaks_serves_on_the_reference_path(
     entry = tiny_entry("sst2", tiny_checkpoints["sst2"], data)
     build_artifact(checkpoint, entry, load_catalog().precision_for("sst2", "w8"), out)
 
-    def registration_fails() -> None:
-        raise RuntimeError("register_lowering() got an unexpected keyword argument")
+    def registration_fails(*args: object, **kwargs: object) -> None:
+        raise TypeError("register_lowering() got an unexpected keyword argument")
 
-    monkeypatch.setattr(runtime, "onednn_int8_is_usable", lambda: True)
-    monkeypatch.setattr(runtime, "_lower_packed_matmul_to_onednn", registration_fails)
-    spec = WorkerSpec(0, 1, (ArtifactRef("sst2", "w8", out),), max_tokens=64, max_batch_size=4, backend="compiled")
+    monkeypatch.setattr(compiling, "onednn_int8_is_usable", lambda: True)  # the lowering is tried on every CPU
+    monkeypatch.setattr(torch._inductor.lowering, "register_lowering", registration_fails)
+    int8_linear.lower_packed_matmul_to_onednn.cache_clear()  # registered by an earlier test: try again, and fail
+    spec = WorkerSpec(0, 1, (ArtifactRef("sst2", "w8", out),), max_tokens=64, max_batch_tokens=256, backend="compiled")
     worker = InferenceWorker(spec)
     with caplog.at_level(logging.ERROR, logger="qbert.worker"):
         ready = worker.setup()
@@ -100,7 +106,7 @@ def test_a_stand_in_gives_way_to_the_artifact_it_stands_in_for(tmp_path: Path, t
         )
     stand_in, own = (ArtifactRef("sst2", "w8", tmp_path / "sst2" / p) for p in ("w2g128", "w8"))
     sent: list = []
-    spec = WorkerSpec(0, 1, (stand_in,), max_tokens=64, max_batch_size=4, backend="compiled", hold_compiles=True)
+    spec = WorkerSpec(0, 1, (stand_in,), max_tokens=64, max_batch_tokens=256, backend="compiled", hold_compiles=True)
     with fresh_process_state():
         worker = InferenceWorker(spec, sent.append)
         worker.add(spec.artifacts)

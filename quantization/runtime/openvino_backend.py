@@ -36,6 +36,7 @@ from torch.nn import functional
 from quantization.artifact import Artifact
 from quantization.primitives import token_scales
 from quantization.qtensor import QuantizedWeight
+from quantization.runtime.building import build_model
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +152,11 @@ class CodesLinear(nn.Module):
     Multiply): the plugin's int8 kernels take only integer zero points. Traced for conversion only; run eagerly it
     is the float reference of the converted model.
     """
+
+    codes: torch.Tensor
+    row_scale: torch.Tensor
+    row_zero: torch.Tensor | None
+    bias: torch.Tensor | None
 
     def __init__(
         self,
@@ -348,8 +354,6 @@ def convert_artifact(
     within `atol + tolerance · max |reference|`.
     Raises `BackendUnavailableError` when OpenVINO cannot build it and `BackendMismatchError` past tolerance.
     """
-    from quantization.runtime import build_model
-
     ov = _openvino()
     activations = artifact.manifest["precision"].get("activations") or {}
     if activations and (activations.get("bits"), activations.get("granularity")) != (8, "per_token"):

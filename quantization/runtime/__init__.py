@@ -1,0 +1,36 @@
+"""The runtime: loading an artifact and running it on real integer kernels, consumed by the service, evaluation
+and the bench. The offline algorithms (`quantization/`) choose the codes; this package decides how they are stored
+in memory and multiplied.
+
+- `int8_linear`: `Int8Linear`, a quantized Linear on oneDNN's int8 GEMM, and the custom op that runs it;
+- `modules`: 8-bit embeddings and BERT self-attention with Q, K and V stacked into one `Int8Linear`;
+- `building`: an artifact's inference model (`build_model`);
+- `compiling`: the compiled backend (torch.compile), warmed up at load;
+- `openvino_backend`: the openvino backend (the artifact's codes, packed, in OpenVINO's CPU plugin);
+- `loading`: `load_model`, which picks the backend and falls back to the reference (eager) one;
+- `torch_internals`, `transformers_internals`: every use of those libraries' private APIs, behind capability
+  checks; where one changed, the runtime degrades to the reference path with the reason logged.
+"""
+
+from quantization.runtime.building import build_model
+from quantization.runtime.compiling import as_eager, compile_model, warm_up
+from quantization.runtime.int8_linear import Int8Linear, onednn_int8_is_usable
+from quantization.runtime.loaded import LoadedModel, check_inputs, random_inputs
+from quantization.runtime.loading import build_for_backend, load_model
+from quantization.runtime.modules import QuantizedEmbedding, StackedQKVSelfAttention
+
+__all__ = [
+    "Int8Linear",
+    "LoadedModel",
+    "QuantizedEmbedding",
+    "StackedQKVSelfAttention",
+    "as_eager",
+    "build_for_backend",
+    "build_model",
+    "check_inputs",
+    "compile_model",
+    "load_model",
+    "onednn_int8_is_usable",
+    "random_inputs",
+    "warm_up",
+]

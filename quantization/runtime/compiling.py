@@ -1,0 +1,76 @@
+"""The compiled backend: a model under torch.compile (Inductor), warmed up at load, eager where compiling fails."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import typing
+from typing import Any
+
+import torch
+from torch import nn
+
+from quantization.runtime.int8_linear import lower_packed_matmul_to_onednn, onednn_int8_is_usable
+from quantization.runtime.loaded import LoadedModel, random_inputs
+from quantization.runtime.torch_internals import dynamo_frame_counts, original_module, raise_recompile_limit
+
+logger = logging.getLogger(__name__)
+
+# Every BERT model shares transformers' forward wrapper, so Dynamo keeps all their compiled variants (one
+# per architecture and per batch of 1 or more) on that one code object; past its default limit of 8 it
+# would run the rest eager. The 18 served models need about 12.
+COMPILED_VARIANTS_LIMIT = 64
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """The model under torch.compile with dynamic shapes (batch and sequence vary from call to call).
+
+    The graph's wrapper is generated as C++ (`cpp_wrapper`): the kernel and library calls of a forward then cost no
+    Python each (the first compile of an architecture takes longer; later processes load it from Inductor's
+    cache). A lower `realize_opcount_threshold` (default 30) has Inductor keep GELU's output instead of computing
+    its erf again in each pass of the next layer's per-token quantization: the same numbers, faster.
+
+    Raises `InternalsChangedError` where torch's private APIs it relies on changed (`torch_internals`).
+    """
+    raise_recompile_limit(COMPILED_VARIANTS_LIMIT)
+    if onednn_int8_is_usable():
+        lower_packed_matmul_to_onednn()
+    options: dict[str, Any] = {"cpp_wrapper": True, "realize_opcount_threshold": 8}
+    compiled = typing.cast(nn.Module, torch.compile(model, dynamic=True, options=options))
+    original_module(compiled)  # checked here, where a failure still means eager: `as_eager` needs it later
+    return compiled
+
+
+def as_eager(loaded: LoadedModel) -> LoadedModel:
+    """A compiled model's eager twin: the same module and weights, run without its compiled graphs."""
+    if loaded.backend != "compiled":
+        return loaded
+    return dataclasses.replace(loaded, model=original_module(loaded.model), backend="eager")
+
+
+def warm_up(loaded: LoadedModel) -> LoadedModel:
+    """Compile now rather than on a request: one call at batch 1 and one above (Dynamo specializes 1).
+
+    The inputs are made as callers make theirs, outside inference mode: Dynamo guards on that, and inputs
+    made inside it would leave every first request to compile the graphs again.
+
+    Where compiling fails (no C++ compiler, an unsupported op), the model falls back to eager, logged.
+    """
+    if loaded.backend != "compiled":
+        return loaded
+    vocab = loaded.config.vocab_size
+    before = dynamo_frame_counts(after_a_compile=False)
+    seen, compiled = before["total"], before["ok"]
+    try:
+        for batch in (1, 2):
+            inputs = random_inputs(batch, 8, vocab)
+            with torch.inference_mode():
+                loaded.model(**inputs)
+        frames = dynamo_frame_counts()
+    except Exception:  # Inductor raises many types; serving eager beats not serving
+        logger.exception("compiling %s failed; it runs eager", loaded.path)
+        return as_eager(loaded)
+    if frames["total"] - seen > frames["ok"] - compiled:  # Dynamo gave up on a frame (it logged why): eager
+        logger.error("torch.compile did not compile %s; it runs eager", loaded.path)
+        return as_eager(loaded)
+    return loaded

@@ -1,0 +1,56 @@
+"""A model as the runtime hands it out (`LoadedModel`), and the inputs it is warmed up and checked on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+
+@dataclass
+class LoadedModel:
+    """An inference-ready model with its tokenizer and what it costs."""
+
+    model: Any  # an nn.Module (eager, or compiled), or an OpenVinoModel: all called alike
+    tokenizer: Any
+    manifest: dict[str, Any]
+    path: Path
+    load_seconds: float
+    packed_bytes: int
+    runtime_bytes: int
+    backend: str = "eager"
+
+    @property
+    def config(self) -> transformers.PretrainedConfig:
+        return self.model.config
+
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]
+
+    @property
+    def precision(self) -> str:
+        return self.manifest["precision"]["name"]
+
+    @property
+    def labels(self) -> list[str]:
+        return self.manifest["labels"]
+
+
+def random_inputs(
+    batch: int, seq: int, vocab_size: int, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    """Unpadded model inputs of ordinary word pieces (ids past the special tokens) for warm-ups and benchmarks."""
+    ids = torch.randint(min(1000, vocab_size // 2), vocab_size, (batch, seq), generator=generator)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+
+
+CHECK_SHAPE = (2, 16)  # the fixed input a backend's model is checked on at load, against the reference
+
+
+def check_inputs(vocab_size: int) -> dict[str, torch.Tensor]:
+    """The fixed (seeded) input every backend's model is checked on at load time."""
+    return random_inputs(*CHECK_SHAPE, vocab_size, torch.Generator().manual_seed(0))

@@ -1,0 +1,91 @@
+"""Loading an artifact: its inference model on the configured backend, with its tokenizer and what it costs; the
+reference (eager) backend wherever another cannot run it."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from quantization.artifact import Artifact, read_artifact
+from quantization.config import BACKENDS
+from quantization.runtime.building import build_model
+from quantization.runtime.compiling import compile_model
+from quantization.runtime.loaded import LoadedModel, check_inputs
+from quantization.runtime.torch_internals import InternalsChangedError
+from quantization.system import release_free_heap
+
+logger = logging.getLogger(__name__)
+
+
+def _build_openvino(artifact: Artifact, activation_group_size: int | None) -> tuple[Any, int] | None:
+    """The openvino backend's model of an artifact, or None (logged why) where OpenVINO cannot build it.
+
+    A model that builds but disagrees with its reference raises `BackendMismatchError`: it is refused, not served.
+    """
+    from quantization.runtime.openvino_backend import BackendUnavailableError, OpenVinoOptions, convert_artifact
+
+    config = transformers.AutoConfig.from_pretrained(artifact.path, local_files_only=True)
+    options = OpenVinoOptions(threads=torch.get_num_threads())
+    if activation_group_size is not None:
+        options = dataclasses.replace(options, dynamic_quantization_group_size=activation_group_size)
+    try:
+        converted = convert_artifact(artifact, options, check_inputs(config.vocab_size))
+    except BackendUnavailableError as exc:
+        logger.warning(
+            "openvino backend cannot load %s (%s); it runs on the reference (eager) backend", artifact.path, exc
+        )
+        return None
+    release_free_heap()  # the conversion's torch model and graph copies
+    return converted.model, converted.runtime_bytes
+
+
+def build_for_backend(
+    artifact: Artifact, backend: str, openvino_activation_group_size: int | None = None
+) -> tuple[Any, int, str]:
+    """The model of an artifact on `backend` (compiled lazily: `warm_up` compiles), its runtime weight bytes, and
+    the backend it runs on: the reference (eager) where the openvino backend cannot build it (logged).
+
+    `openvino_activation_group_size`: the openvino backend's activation groups (`OpenVinoOptions`; None: its
+    default, 0: the exact float32 formula)."""
+    built = _build_openvino(artifact, openvino_activation_group_size) if backend == "openvino" else None
+    if built is not None:
+        return (*built, backend)
+    model, runtime_bytes = build_model(artifact)
+    if backend == "compiled":
+        try:
+            return compile_model(model), runtime_bytes, backend
+        except InternalsChangedError as exc:
+            logger.error("cannot compile %s (%s); it runs on the reference (eager) backend", artifact.path, exc)
+    return model, runtime_bytes, "eager"
+
+
+def load_model(
+    artifact_dir: Path, backend: str = "eager", openvino_activation_group_size: int | None = None
+) -> LoadedModel:
+    """Verify, load and build an artifact's inference model with its tokenizer.
+
+    A backend that cannot build the model here (package missing, an op it cannot compile) falls back to the
+    reference (eager) backend, logged; `LoadedModel.backend` says which one runs.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; known: {list(BACKENDS)}")
+    started = time.perf_counter()
+    artifact = read_artifact(Path(artifact_dir))
+    model, runtime_bytes, backend = build_for_backend(artifact, backend, openvino_activation_group_size)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(artifact.path, local_files_only=True)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        manifest=artifact.manifest,
+        path=artifact.path,
+        load_seconds=time.perf_counter() - started,
+        packed_bytes=artifact.manifest["summary"]["total_packed_bytes"],
+        runtime_bytes=runtime_bytes,
+        backend=backend,
+    )

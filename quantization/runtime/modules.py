@@ -1,0 +1,106 @@
+"""The other modules a quantized model is built of: 8-bit embedding tables and BERT self-attention with its
+quantized Q, K and V projections stacked into one `Int8Linear`."""
+
+from __future__ import annotations
+
+import logging
+import typing
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+from quantization.qtensor import QuantizedWeight
+from quantization.runtime.int8_linear import Int8Linear
+from quantization.runtime.transformers_internals import (
+    attention_function,
+    is_encoder_self_attention,
+    self_attention_fields,
+    stacking_unavailable_reason,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, leaf, module)
+
+
+class QuantizedEmbedding(nn.Module):
+    """An embedding table of unsigned codes with one (scale, zero point) per row, dequantized on lookup."""
+
+    codes: torch.Tensor
+    row_scale: torch.Tensor
+    row_zero: torch.Tensor
+
+    def __init__(self, qweight: QuantizedWeight, padding_idx: int | None) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = qweight.shape
+        self.padding_idx = padding_idx
+        self.bits = qweight.bits
+        self.register_buffer("codes", qweight.codes.contiguous())  # freshly unpacked: not the weights file's memory
+        self.register_buffer("row_scale", qweight.row_scale().to(torch.float32))
+        self.register_buffer("row_zero", qweight.row_zero_point().to(torch.float32))
+        self.runtime_nbytes = self.codes.numel() + self.num_embeddings * 8
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        codes = self.codes[ids].to(torch.float32)
+        return (codes - self.row_zero[ids].unsqueeze(-1)) * self.row_scale[ids].unsqueeze(-1)
+
+
+class StackedQKVSelfAttention(nn.Module):
+    """BERT self-attention whose quantized Q, K and V projections run as one stacked `Int8Linear`.
+
+    Same inputs, outputs and attention kernel as the module it replaces (transformers' BERT self-attention,
+    encoder use), so results are unchanged; the hidden states are quantized once, not three times.
+    """
+
+    config: transformers.PretrainedConfig
+    num_attention_heads: int
+    attention_head_size: int
+    scaling: float
+
+    def __init__(self, original: nn.Module) -> None:
+        super().__init__()
+        for name, value in self_attention_fields(original).items():
+            setattr(self, name, value)
+        projections = [original.get_submodule(name) for name in ("query", "key", "value")]
+        if not all(isinstance(p, Int8Linear) for p in projections):
+            raise ValueError("only quantized (Int8Linear) Q, K and V projections stack")
+        self.qkv = Int8Linear.stacked(typing.cast(list[Int8Linear], projections))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if past_key_values is not None:
+            raise ValueError("StackedQKVSelfAttention serves encoders: no key/value cache")
+        input_shape = hidden_states.shape[:-1]
+        qkv = self.qkv(hidden_states).view(*input_shape, 3, self.num_attention_heads, self.attention_head_size)
+        query, key, value = (qkv.select(-3, i).transpose(1, 2) for i in range(3))
+        attention = attention_function(self.config)
+        output, weights = attention(
+            self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling, **kwargs
+        )
+        return output.reshape(*input_shape, -1).contiguous(), weights
+
+
+def stack_attention_projections(model: nn.Module) -> None:
+    """Replace every encoder BERT self-attention whose Q, K and V are all `Int8Linear` by the stacked form; where
+    transformers' internals are not what this was written against, leave the model as it is (logged)."""
+    reason = stacking_unavailable_reason()
+    if reason is not None:
+        logger.warning("Q, K and V run as three matmuls, not one stacked: %s", reason)
+        return
+    for name, module in list(model.named_modules()):
+        if (
+            is_encoder_self_attention(module)
+            and all(isinstance(getattr(module, p), Int8Linear) for p in ("query", "key", "value"))
+            and module.query.bits == module.key.bits == module.value.bits
+        ):
+            set_submodule(model, name, StackedQKVSelfAttention(module))

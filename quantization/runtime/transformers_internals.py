@@ -1,0 +1,68 @@
+"""Every use of transformers' internals in the runtime: the attention dispatch and BERT's self-attention module.
+
+Pinned to `TESTED_TRANSFORMERS` in pyproject.toml. Where an internal is missing (another release), the runtime
+runs the checkpoint's own modules unchanged: Q, K and V as three quantized Linear layers instead of one stacked
+one, the same numbers a little slower, with the reason logged.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import transformers
+from torch import nn
+
+TESTED_TRANSFORMERS = (5, 25)
+SELF_ATTENTION_FIELDS = ("config", "num_attention_heads", "attention_head_size", "scaling", "is_causal", "is_decoder")
+
+
+class TransformersChangedError(RuntimeError):
+    """An internal of transformers is not what the runtime was written against."""
+
+
+@functools.cache
+def _bert_internals() -> tuple[Any, type[nn.Module], Callable[..., Any]]:
+    try:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+        from transformers.models.bert.modeling_bert import BertSelfAttention, eager_attention_forward
+    except ImportError as exc:
+        raise TransformersChangedError(f"transformers {transformers.__version__}: {exc}") from exc
+    return ALL_ATTENTION_FUNCTIONS, BertSelfAttention, eager_attention_forward
+
+
+def stacking_unavailable_reason() -> str | None:
+    """Why BERT's self-attention cannot be replaced by the stacked form here, or None."""
+    try:
+        _bert_internals()
+    except TransformersChangedError as exc:
+        return str(exc)
+    return None
+
+
+def use_sdpa(config: transformers.PretrainedConfig) -> None:
+    """Have models built from `config` run attention through torch's scaled_dot_product_attention."""
+    config._attn_implementation = "sdpa"
+
+
+def attention_function(config: transformers.PretrainedConfig) -> Callable[..., Any]:
+    """The attention kernel `config` selects, as BERT's own self-attention calls it."""
+    registry, _, eager = _bert_internals()
+    return registry.get_interface(config._attn_implementation, eager)
+
+
+def is_encoder_self_attention(module: nn.Module) -> bool:
+    """Whether `module` is exactly BERT's self-attention (a subclass may compute something else), in an encoder."""
+    _, self_attention, _ = _bert_internals()
+    return type(module) is self_attention and not module.is_decoder
+
+
+def self_attention_fields(module: nn.Module) -> dict[str, Any]:
+    """What a replacement of BERT's self-attention needs of the original to compute the same thing."""
+    missing = [name for name in SELF_ATTENTION_FIELDS if not hasattr(module, name)]
+    if missing:
+        raise TransformersChangedError(f"transformers {transformers.__version__}'s BertSelfAttention lacks {missing}")
+    return {name: getattr(module, name) for name in SELF_ATTENTION_FIELDS} | {
+        "layer_idx": getattr(module, "layer_idx", None)
+    }
