@@ -23,6 +23,7 @@ from torch import nn
 from quantization.config import Rounding, WeightQuantConfig
 from quantization.hessian import BlockSensitivity
 from quantization.qtensor import QuantizedWeight
+from quantization.sensitivity import module_traces
 from quantization.structure import linear_targets
 
 
@@ -42,11 +43,11 @@ def qbert_block_bits(
 
 def block_bits_to_layer_bits(model: nn.Module, block_bits: Mapping[str, int]) -> dict[str, int]:
     """Every encoder Linear gets its block's width; each of the model's blocks must be named, and only those."""
-    targets = linear_targets(model)
-    blocks = {t.block for t in targets}
+    targets = [(t.name, t.block) for t in linear_targets(model) if t.block is not None]
+    blocks = {block for _, block in targets}
     if set(block_bits) != blocks:
         raise ValueError(f"block bits name {sorted(block_bits)}, the model's blocks are {sorted(blocks)}")
-    return {t.name: block_bits[t.block] for t in targets}
+    return {name: block_bits[block] for name, block in targets}
 
 
 @dataclass(frozen=True)
@@ -143,3 +144,67 @@ def allocate_under_budget(options: Mapping[str, Sequence[LayerOption]], budget_b
     assert size == 0
     ordered = {name: layer_bits[name] for name in options}
     return Allocation(ordered, end * unit, total_cost)
+
+
+ALLOCATION_RULES = ("qbert", "reversed", "budget")
+
+
+@dataclass(frozen=True)
+class AllocationPlan:
+    """Widths for every encoder Linear, what they cost, and what decided them (the rule's own numbers)."""
+
+    rule: str
+    bits: list[int]
+    layer_bits: dict[str, int]
+    packed_bytes: int
+    second_order_cost: float
+    decided_by: dict[str, object]  # qbert/reversed: block_bits and omega; budget: budget_bytes
+
+    def record(self) -> dict[str, object]:
+        """As `qbert allocate` writes it (models/plans/TASK/NAME.json)."""
+        return {
+            "rule": self.rule,
+            "bits": self.bits,
+            **self.decided_by,
+            "packed_bytes": self.packed_bytes,
+            "second_order_cost": self.second_order_cost,
+            "layer_bits": self.layer_bits,
+        }
+
+
+def allocation_plan(
+    model: nn.Module,
+    sensitivities: Sequence[BlockSensitivity],
+    weights: WeightQuantConfig,
+    bits: Sequence[int],
+    rule: str,
+    budget_bytes: int | None = None,
+    budget_layer_bits: Mapping[str, int] | None = None,
+) -> AllocationPlan:
+    """A plan by `rule`: `layer_bits` for every encoder Linear, its packed size and second-order cost, and what
+    decided it.
+
+    - `qbert` / `reversed`: Q-BERT's rule over two widths (`bits` = LOW, HIGH), block by block;
+    - `budget`: the cheapest widths under `budget_bytes`, or under the packed size of `budget_layer_bits` (another
+      plan, so that two rules are compared at one size).
+    """
+    if rule not in ALLOCATION_RULES:
+        raise ValueError(f"unknown rule {rule!r}; known: {ALLOCATION_RULES}")
+    bits = sorted(bits)
+    options = layer_options(model, weights, bits, module_traces(sensitivities))
+    decided_by: dict[str, object] = {}
+    if rule in ("qbert", "reversed"):
+        if len(bits) != 2:
+            raise ValueError("the Q-BERT rule mixes two widths: --bits LOW,HIGH")
+        block_bits = qbert_block_bits(sensitivities, bits[0], bits[1], reverse=rule == "reversed")
+        layer_bits = block_bits_to_layer_bits(model, block_bits)
+        decided_by = {"block_bits": block_bits, "omega": {s.block: s.omega for s in sensitivities}}
+    else:
+        if budget_bytes is None and budget_layer_bits is not None:
+            budget_bytes, _ = plan_size(options, budget_layer_bits)
+        if budget_bytes is None:
+            raise ValueError("the budget rule needs a budget: --budget-mb or --budget-as PLAN")
+        layer_bits = allocate_under_budget(options, budget_bytes).layer_bits
+        decided_by = {"budget_bytes": budget_bytes}
+    size, cost = plan_size(options, layer_bits)
+    return AllocationPlan(rule, bits, layer_bits, size, cost, decided_by)

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.loadtest import LoadPlan
-from service.soak import run_soak
+from quantization.loadgen.loadtest import LoadPlan
+from quantization.loadgen.soak import run_soak
 from tests.integration.server import RunningServer, launch_server, start_server
 
 logger = logging.getLogger(__name__)

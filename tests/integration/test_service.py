@@ -252,7 +252,7 @@ def test_concurrent_requests_coalesce_into_batches(server: RunningServer, client
 
 
 def test_loadtest_reports_latency_and_what_serving_costs_in_cpu(server: RunningServer) -> None:
-    from service.loadtest import BUILT_IN_SAMPLES, LoadPlan, run_load
+    from quantization.loadgen.loadtest import BUILT_IN_SAMPLES, LoadPlan, run_load
 
     plan = LoadPlan(url=server.url, mix=(("sst2", "w8"), ("ner", "fp32")), concurrency=4, requests=40, warmup=4)
     result = asyncio.run(run_load(plan, {task: list(BUILT_IN_SAMPLES[task]) for task in ("sst2", "ner")}))
@@ -269,7 +269,7 @@ def test_loadtest_reports_latency_and_what_serving_costs_in_cpu(server: RunningS
 
 
 def test_bulk_loadtest_sends_texts_and_counts_inputs(server: RunningServer, client: httpx.Client) -> None:
-    from service.loadtest import BUILT_IN_SAMPLES, LoadPlan, run_load
+    from quantization.loadgen.loadtest import BUILT_IN_SAMPLES, LoadPlan, run_load
 
     def inputs_batched() -> float:
         family = _metrics(client)["qbert_batch_size"]
@@ -287,8 +287,8 @@ def test_bulk_loadtest_sends_texts_and_counts_inputs(server: RunningServer, clie
 
 def test_raw_throughput_times_the_bare_model_on_the_cpus_given(tiny_artifacts: Path) -> None:
     """What `qbert loadtest --compare-raw --raw-cpus` runs: the model in process, pinned, collector left as found."""
+    from quantization.loadgen.loadtest import BUILT_IN_SAMPLES, raw_throughput
     from quantization.system import cpu_affinity
-    from service.loadtest import BUILT_IN_SAMPLES, raw_throughput
 
     frozen_before = gc.get_freeze_count()
     cpu = min(os.sched_getaffinity(0))

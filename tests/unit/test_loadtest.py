@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from service.loadtest import LoadPlan, request_bodies
+from quantization.loadgen.loadtest import LoadPlan, request_bodies
 
 
 def test_one_input_per_body_by_default() -> None:

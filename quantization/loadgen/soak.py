@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.loadtest import LoadPlan, run_load
+from quantization.loadgen.loadtest import LoadPlan, run_load
 
 RESIDENT_METRICS = ("qbert_worker_resident_bytes", "process_resident_memory_bytes")
 
@@ -46,7 +46,9 @@ def growth(samples: list[dict[str, float]]) -> dict[str, float]:
 
 async def soak(plan: LoadPlan, payloads: dict[str, list[Any]], duration_s: float, sample_every_s: float) -> dict:
     """Load for `duration_s` in slices of `sample_every_s`, sampling memory after each slice."""
-    samples, statuses, requests = [], {}, 0
+    samples: list[dict[str, float]] = []
+    statuses: dict[str, int] = {}
+    requests = 0
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=plan.url, timeout=30) as client:
         while time.perf_counter() - started < duration_s:

@@ -30,7 +30,7 @@ logger = logging.getLogger("qbert.loadtest")
 JSON_CONTENT = {"content-type": "application/json"}
 ROUTES = {"sst2": "/predict/sst2", "ner": "/predict/ner", "qa": "/qa"}
 MULTI_TEXT_TASKS = ("sst2", "ner")  # the routes that take {"texts": [...]}
-BUILT_IN_SAMPLES = {
+BUILT_IN_SAMPLES: dict[str, list[Any]] = {
     "sst2": ["a gripping , beautifully acted film .", "it 's slow -- very , very slow .", "a charming journey ."],
     "ner": ["John Smith works for Acme Corp in Paris .", "EU rejects German call to boycott British lamb ."],
     "qa": [("Where does John live?", "John Smith lives in Paris, where he works for Acme Corp as an engineer.")],
@@ -189,6 +189,7 @@ async def run_load(plan: LoadPlan, payloads: dict[str, list[Any]]) -> dict[str, 
             task, precision, url = next(jobs)
             body = next(bodies[task])
             started = time.perf_counter()
+            status: int | str
             try:
                 response = await client.post(url, content=body, headers=JSON_CONTENT)
                 status = response.status_code
@@ -255,8 +256,7 @@ def raw_throughput(
     """
     from quantization.evaluate import predict
     from quantization.runtime import load_model, warm_up
-    from quantization.tasks import get_task
-    from service.worker import task_input
+    from quantization.tasks import get_task, task_input
 
     loaded = warm_up(load_model(artifact, backend))
     task = get_task(loaded.task)
@@ -297,3 +297,18 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['throughput_rps']} | {r['throughput_ips']} |"
         )
     return "\n".join(lines)
+
+
+def compared_with_raw(result: dict[str, Any], raw: list[dict[str, Any]], raw_cpus: Any = None) -> dict[str, Any]:
+    """A load's `result` with the bare models' readings beside it, and (one model) served over raw throughput and
+    CPU per answer (the load generator's own CPU aside)."""
+    if not raw:
+        return result
+    result = {**result, "raw": raw}
+    if raw_cpus:
+        result["raw_cpus"] = sorted(raw_cpus)
+    if len(raw) == 1:
+        result["served_vs_raw"] = round(result["throughput_ips"] / raw[0]["throughput_ips"], 3)
+        if "service_cpu_ms_per_input" in result:
+            result["served_cpu_vs_raw"] = round(result["service_cpu_ms_per_input"] / raw[0]["cpu_ms_per_input"], 3)
+    return result

@@ -1,0 +1,5 @@
+import sys
+
+from quantization.cli.main import main
+
+sys.exit(main())
