@@ -35,30 +35,39 @@ def prepare(loaded: LoadedModel, task: Task, item: Any) -> list[Feature]:
     return task.preprocess(loaded.tokenizer, item, max_length_for(task, loaded))
 
 
-# What one forward pass costs beyond its tokens, in tokens: Python, dispatch and each kernel's fixed work. Measured
-# for MiniLM-L6 on this CPU, 1 thread (compiled w8): a 1×7 forward takes 2.0 ms, and each further token ~0.05 ms.
+# What one forward pass costs beyond its tokens, in tokens: Python, dispatch and each kernel's fixed work (MiniLM-L6,
+# compiled w8, 1 thread: a short forward costs about what 32 more tokens do; README, serving figures).
 FORWARD_OVERHEAD_TOKENS = 32
 
 
 def plan_forward_batches(
-    lengths: Sequence[int], max_batch: int, overhead_tokens: int = FORWARD_OVERHEAD_TOKENS
+    lengths: Sequence[int],
+    max_batch: int | None,
+    overhead_tokens: int = FORWARD_OVERHEAD_TOKENS,
+    max_tokens: int | None = None,
 ) -> list[list[int]]:
-    """Indices of `lengths` in forward batches of at most `max_batch`, padding as little as is worth it.
+    """Indices of `lengths` in forward batches of at most `max_batch` sequences (None: any number) and at most
+    `max_tokens` padded tokens (sequences × the longest; a longer sequence runs alone), padding as little as is
+    worth it.
 
     A forward pass pads its sequences to the longest, so it costs about `overhead_tokens + n * longest`.
     Sequences are taken in order of length and cut into the contiguous runs that minimise the total cost
-    (dynamic programming): a batch of 16 short and long sentences runs as two or three passes rather than
-    one padded to the longest (NER w8, batch 16, 1 thread: 472 → 745 inputs/s), while same-length sequences
-    stay in full batches.
+    (dynamic programming): a batch of short and long sentences runs as two or three passes rather than one
+    padded to the longest, while same-length sequences stay in full batches.
     """
-    if max_batch < 1:
+    if max_batch is not None and max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     best = [0.0] + [float("inf")] * len(order)  # best[j]: cost of the first j sequences
     cut = [0] * (len(order) + 1)
     for end in range(1, len(order) + 1):
         longest = lengths[order[end - 1]]
-        for start in range(max(0, end - max_batch), end):
+        most = end if max_batch is None else max_batch
+        if max_tokens is not None:
+            most = min(most, max(1, max_tokens // max(longest, 1)))
+        for start in range(max(0, end - most), end):
             cost = best[start] + overhead_tokens + (end - start) * longest
             if cost < best[end]:
                 best[end], cut[end] = cost, start
@@ -73,17 +82,20 @@ def run_features(
     loaded: LoadedModel,
     task: Task,
     per_input: Sequence[Sequence[Feature]],
-    batch_size: int,
+    batch_size: int | None,
     on_batch: Callable[[int, int], None] | None = None,
+    max_tokens: int | None = None,
 ) -> list[list[Any]]:
-    """Per-input, per-feature outputs, in forward passes of at most `batch_size` similar-length features.
+    """Per-input, per-feature outputs, in forward passes of at most `batch_size` similar-length features (None: any
+    number) and at most `max_tokens` padded tokens (None: any number).
 
     Each forward pass pads to the longest feature of its batch (see `plan_forward_batches`). `on_batch(done,
     total)` is called after each pass with the number of features it held and the total number of features.
     """
     flat = [(i, j) for i, feats in enumerate(per_input) for j in range(len(feats))]
     outputs: list[list[Any]] = [[None] * len(feats) for feats in per_input]
-    for batch in plan_forward_batches([len(per_input[i][j]) for i, j in flat], batch_size):
+    lengths = [len(per_input[i][j]) for i, j in flat]
+    for batch in plan_forward_batches(lengths, batch_size, max_tokens=max_tokens):
         chunk = [flat[k] for k in batch]
         results = forward_features(loaded, task, [per_input[i][j] for i, j in chunk])
         for (i, j), result in zip(chunk, results, strict=True):

@@ -151,7 +151,7 @@ class WorkerPool:
             threads=self.settings.threads_per_worker,
             artifacts=tuple(self.artifacts),
             max_tokens=self.settings.max_tokens,
-            max_batch_size=self.settings.max_batch_size,
+            max_batch_tokens=self.settings.max_batch_tokens,
             backend=self.settings.backend,
             openvino_activation_group_size=self.settings.openvino_activation_group_size,
             hold_compiles=self._hold_compiles,

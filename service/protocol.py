@@ -27,7 +27,7 @@ class WorkerSpec:
     threads: int
     artifacts: tuple[ArtifactRef, ...]
     max_tokens: int
-    max_batch_size: int
+    max_batch_tokens: int  # padded tokens per forward pass (a pool batch of QA inputs spans several windows each)
     backend: str = "eager"
     openvino_activation_group_size: int | None = None  # None: the openvino backend's default
     hold_compiles: bool = False  # load and serve eagerly, but compile only once told to (`HoldCompiles(False)`)

@@ -51,7 +51,7 @@ class ServiceSettings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, description="worker processes, each loading every artifact")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per worker (default: cores / workers)")
     backend: Literal["compiled", "eager", "openvino"] = Field(
-        "compiled", description="compiled: torch.compile, ~1.6× faster, compiles at start (cached on disk)"
+        "compiled", description="compiled: torch.compile (faster: README, bench), compiles at start (cached on disk)"
     )
     openvino_activation_group_size: int = Field(
         128,
@@ -74,6 +74,12 @@ class ServiceSettings(BaseSettings):
     )
 
     max_batch_size: int = Field(16, ge=1, le=256, description="inputs per batch of one (task, precision)")
+    max_batch_tokens: int = Field(
+        6144,
+        ge=64,
+        description="padded tokens per forward pass (sequences × the longest): a batch's inputs run in as many "
+        "passes as this needs (a QA input spans several windows); the default holds 16 full 384-token windows",
+    )
     max_wait_ms: float = Field(
         2.0,
         ge=0,

@@ -28,9 +28,7 @@ from quantization.artifact import ArtifactError
 from quantization.evaluate import finish, max_length_for, prepare, run_features
 from quantization.runtime import LoadedModel, as_eager, load_model, warm_up
 from quantization.system import set_batch_scheduling
-from quantization.tasks import Feature, Task, get_task
-from quantization.tasks.ner import NerInput
-from quantization.tasks.qa import QAInput
+from quantization.tasks import Feature, Task, get_task, task_input
 from service.protocol import (
     ArtifactRef,
     BatchDone,
@@ -73,16 +71,6 @@ def model_info(ref: ArtifactRef, loaded: LoadedModel) -> ModelInfo:
         backend=loaded.backend,
         artifact=ref.path.name,
     )
-
-
-def task_input(task: str, payload: Any) -> Any:
-    """The task's input dataclass from a request payload."""
-    if task == "ner":
-        return NerInput.from_text(payload)
-    if task == "qa":
-        question, context = payload
-        return QAInput(question, context)
-    return payload
 
 
 @dataclass
@@ -240,7 +228,7 @@ class InferenceWorker:
         return prepared
 
     def predict(self, task: Task, loaded: LoadedModel, prepared: PreparedBatch) -> list[list[Any]]:
-        return run_features(loaded, task, prepared.features, self.spec.max_batch_size)
+        return run_features(loaded, task, prepared.features, None, max_tokens=self.spec.max_batch_tokens)
 
     def unbatch(
         self, task: Task, loaded: LoadedModel, prepared: PreparedBatch, outputs: list[list[Any]]

@@ -53,3 +53,16 @@ def test_nothing_to_run_and_bad_limits() -> None:
     assert plan_forward_batches([], max_batch=16) == []
     with pytest.raises(ValueError, match="max_batch"):
         plan_forward_batches([3], max_batch=0)
+
+
+def test_a_token_budget_caps_each_pass_and_a_longer_sequence_runs_alone() -> None:
+    """The pool batches inputs, the planner forward passes: a QA input of several 384-token windows fills passes
+    by tokens (TEI's max_batch_tokens), not by a count of inputs."""
+    windows = [384] * 20 + [50] * 4
+    planned = plan_forward_batches(windows, None, overhead_tokens=32, max_tokens=384 * 8)
+    assert sorted(i for batch in planned for i in batch) == list(range(24))
+    assert all(len(batch) * max(windows[i] for i in batch) <= 384 * 8 for batch in planned)
+    assert [len(b) for b in planned if windows[b[0]] == 384] == [4, 8, 8]  # the fewest passes the budget allows
+    assert plan_forward_batches([500, 10], None, max_tokens=100) == [[1], [0]]  # over the budget: alone
+    with pytest.raises(ValueError, match="max_tokens"):
+        plan_forward_batches([3], None, max_tokens=0)
