@@ -161,10 +161,16 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_data(tmp_path_factory.mktemp("data"))
 
 
+FOLDER_MARKERS = {"tests/unit/": "unit", "tests/integration/": "integration", "tests/slow/": "slow"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Markers follow folders: `-m unit` runs the fast in-process tests, `-m "not slow"` skips the baselines."""
     for item in items:
-        if "tests/slow/" in str(item.fspath).replace(os.sep, "/"):
-            item.add_marker(pytest.mark.slow)
+        path = str(item.fspath).replace(os.sep, "/")
+        for folder, marker in FOLDER_MARKERS.items():
+            if folder in path:
+                item.add_marker(getattr(pytest.mark, marker))
 
 
 def tiny_entry(task: str, checkpoint_dir: Path, data: Path):  # noqa: ANN201 — a catalog TaskEntry
@@ -178,6 +184,20 @@ def tiny_entry(task: str, checkpoint_dir: Path, data: Path):  # noqa: ANN201 —
         data=data / entry.data.relative_to(data_dir()),
         train_data=data / entry.train_data.relative_to(data_dir()),
     )
+
+
+def build_tiny_artifact(tmp_path: Path, checkpoint_dir: Path, task: str, precision: str) -> Path:
+    """One tiny checkpoint quantized at a catalog precision into `tmp_path/<task>/<precision>/` (not evaluated)."""
+    from quantization.build import build_artifact, load_checkpoint
+    from quantization.catalog import load_catalog
+
+    checkpoint = load_checkpoint(str(checkpoint_dir), task)
+    out = tmp_path / task / precision
+    data = write_tiny_data(tmp_path / "data")  # GPTQ precisions calibrate on the training split
+    build_artifact(
+        checkpoint, tiny_entry(task, checkpoint_dir, data), load_catalog().precision_for(task, precision), out
+    )
+    return out
 
 
 def build_tiny_artifacts(

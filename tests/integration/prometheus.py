@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import subprocess
 import time
@@ -20,26 +19,13 @@ from tests.integration.server import free_port
 logger = logging.getLogger(__name__)
 
 
-def ensure_prometheus() -> tuple[str | None, str]:
-    """Path of the `prometheus` binary, installing the Debian package when missing; else (None, why not)."""
+def find_prometheus() -> tuple[str | None, str]:
+    """Path of the `prometheus` binary (promtool beside it), or (None, why not). Tests never install it: `make test`
+    does (the Debian package `prometheus`)."""
     found = shutil.which("prometheus")
     if found:
         return found, "present"
-    apt = shutil.which("apt-get")
-    if apt is None:
-        return None, "no prometheus binary and no apt-get to install the Debian package `prometheus`"
-    prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    install = [*prefix, apt, "install", "-y", "-q", "--no-install-recommends", "prometheus"]
-    for attempt in ([install], [[*prefix, apt, "update", "-q"], install]):
-        try:
-            results = [subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600) for cmd in attempt]
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return None, f"installing the Debian package `prometheus` failed: {exc}"
-        if results[-1].returncode == 0 and shutil.which("prometheus"):
-            logger.info("installed the Debian package prometheus")
-            return shutil.which("prometheus"), "installed"
-    return None, f"`apt-get install prometheus` failed: {results[-1].stderr.strip()[-400:]}"
+    return None, "no prometheus binary: `make test` installs the Debian package `prometheus` where apt-get can"
 
 
 def config_for_tests(service_address: str, port: int, interval: str = "1s") -> dict:

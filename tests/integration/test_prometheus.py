@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.deployment import ALERT_TESTS, PROMETHEUS_CONFIG, RULE_FILES, dashboard_expressions, rule_expressions
-from tests.integration.prometheus import RunningPrometheus, ensure_prometheus, start_prometheus
+from tests.integration.prometheus import RunningPrometheus, find_prometheus, start_prometheus
 from tests.integration.server import RunningServer, start_server
 
 PRECISIONS = ("fp32", "w8", "w2g128")  # what `tiny_artifacts` builds
@@ -27,7 +27,7 @@ GRAFANA_VARIABLES = {"task": ".*", "precision": ".*", "__rate_interval": "1m", "
 
 @pytest.fixture(scope="module")
 def prometheus_binary() -> str:
-    binary, why = ensure_prometheus()
+    binary, why = find_prometheus()
     if binary is None:
         pytest.skip(f"no real Prometheus: {why}")
     return binary
