@@ -4,7 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint build report bench reproduce
+.PHONY: install system-packages serve test lint build report bench reproduce
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +22,23 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/qbert serve
 
-test: $(STAMP)
+# System packages the tests use: a real Prometheus (Debian's `prometheus`, promtool beside it). Installed here, in
+# the README's test path, never inside a test; where apt-get cannot, those tests skip and say why.
+system-packages:
+	@command -v prometheus >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && export DEBIAN_FRONTEND=noninteractive && \
+	  { $(SUDO) apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || \
+	    { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q --no-install-recommends prometheus >/dev/null; }; }; } || \
+	  echo "prometheus could not be installed: its tests will skip"
+
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q
 
+# Style, the import contract (tests/unit/test_layering.py: no cycles, layers, fences) and types.
 lint: $(STAMP)
 	$(BIN)/ruff check quantization service tests
 	$(BIN)/ruff format --check quantization service tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_layering.py
+	$(BIN)/mypy
 
 build: $(STAMP)
 	$(BIN)/qbert build

@@ -31,7 +31,7 @@ from quantization.allocation import block_bits_to_layer_bits
 from quantization.artifact import TOKENIZER_FILES, WEIGHTS
 from quantization.catalog import Catalog, artifacts_dir, plans_dir, read_plan
 from quantization.config import BACKENDS, PrecisionConfig, Rounding
-from quantization.openvino_backend import BackendMismatchError as RefusedError  # a load-time check failed
+from quantization.runtime.openvino_backend import BackendMismatchError as RefusedError  # a load-time check failed
 from quantization.structure import encoder_blocks
 from quantization.system import cpu_kernel_flags, cpu_model_name, resident_bytes
 
@@ -186,7 +186,7 @@ def make_inputs(shape: Shape, vocab_size: int, seed: int = 0) -> peers.Inputs:
 
 def sample_ms(call: Callable[[], Any], seconds: float, min_calls: int = 3) -> float:
     """Median milliseconds per call over a window of at least `seconds` and `min_calls` calls."""
-    times = []
+    times: list[float] = []
     window_end = time.perf_counter() + seconds
     while len(times) < min_calls or time.perf_counter() < window_end:
         start = time.perf_counter()
@@ -294,7 +294,9 @@ def bert_base_checkpoint(cache: Path, catalog: Catalog) -> Path:
     if (out / "model.safetensors").exists():
         return out
     torch.manual_seed(0)
-    model = transformers.BertForSequenceClassification(transformers.BertConfig(num_labels=2)).eval()
+    config = transformers.BertConfig()
+    config.num_labels = 2
+    model = transformers.BertForSequenceClassification(config).eval()
     model.config.id2label, model.config.label2id = {0: "negative", 1: "positive"}, {"negative": 0, "positive": 1}
     model.save_pretrained(out)
     vocab_source = Path(catalog.task(VOCAB_SOURCE_TASK).checkpoint_location())
@@ -314,7 +316,7 @@ def prepare_candidates(plan: BenchPlan, catalog: Catalog, cache: Path) -> list[C
     """Checkpoints, ONNX exports and our artifacts for every candidate of the plan (reused when present)."""
     from quantization.build import inputs_sha256, is_up_to_date, load_checkpoint, quantize_checkpoint
 
-    candidates = []
+    candidates: list[Candidate] = []
     for name in plan.models:
         if name == BERT_BASE:
             task, directory = "sst2", bert_base_checkpoint(cache, catalog)
@@ -322,7 +324,7 @@ def prepare_candidates(plan: BenchPlan, catalog: Catalog, cache: Path) -> list[C
             task, directory = name, Path(catalog.task(name).checkpoint_location())
         checkpoint = load_checkpoint(str(directory), task)
         model_name = directory.name
-        vocab = checkpoint.model.config.vocab_size
+        vocab: int = checkpoint.model.config.vocab_size  # type: ignore[union-attr, assignment]
         work = cache / model_name / checkpoint.sha256[:12]
         work.mkdir(parents=True, exist_ok=True)
         weights = _size(directory)
@@ -429,7 +431,9 @@ def run_bench(plan: BenchPlan, candidates: Sequence[Candidate], progress: Callab
             progress(f"memory: {'/'.join(candidate.key)} in a fresh process")
             memory[candidate.key] = memory_in_fresh_process(candidate, plan.threads, plan.memory_after_run)
     progress("loading every candidate")
-    refused = {key: reading["refused"] for key, reading in memory.items() if "refused" in reading}
+    refused: dict[tuple[str, str, str, str], str] = {
+        key: str(reading["refused"]) for key, reading in memory.items() if "refused" in reading
+    }
     loaded = {}
     for candidate in candidates:
         if candidate.key in refused:
@@ -605,14 +609,14 @@ def headline(result: dict, model: str = BERT_BASE) -> list[str]:
                 f"{model} b{batch}×{seq}: qbert {backend} ({', '.join(r['precision'] for r in ours)}) "
                 f"{min(ms):.1f}–{max(ms):.1f} ms = " + ", ".join(parts)
             )
-    readings = {}
+    readings: dict[tuple[str, str], dict[str, float]] = {}
     for r in rows:
         if r["rss_model_mb"] is not None:
             readings.setdefault((r["runtime"], r["backend"]), {})[r["precision"]] = r["rss_model_mb"]
     for (runtime, backend), by_precision in readings.items():
         label = f"qbert {backend}" if runtime == "qbert" else runtime
-        values = ", ".join(f"{p} {mb:.0f}" for p, mb in by_precision.items())
-        lines.append(f"{model} RSS growth of a loaded model, MB: {label}: {values}")
+        sizes = ", ".join(f"{p} {mb:.0f}" for p, mb in by_precision.items())
+        lines.append(f"{model} RSS growth of a loaded model, MB: {label}: {sizes}")
     return lines
 
 

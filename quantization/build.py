@@ -50,7 +50,7 @@ class Checkpoint:
 
     @property
     def labels(self) -> list[str]:
-        id2label = self.model.config.id2label  # type: ignore[attr-defined]
+        id2label: dict[int, str] = self.model.config.id2label  # type: ignore[union-attr, assignment]
         return [id2label[i] for i in sorted(id2label)]
 
 
@@ -226,9 +226,10 @@ def evaluate_artifact(
     examples = task.read_examples(path, **options)
     result = evaluate(loaded, task, examples, batch_size=batch_size, on_batch=on_batch)
     latency = latency_b1_ms(loaded, task, [ex.input for ex in examples[:latency_samples]])
-    split = f"{path.name}" + (f" articles [{entry.articles[0]}, {entry.articles[1]})" if options else "")
+    articles = entry.articles
+    split = f"{path.name}" + (f" articles [{articles[0]}, {articles[1]})" if options and articles else "")
     date = datetime.now(UTC).date().isoformat()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "metric": metric,
             "value": result.metrics[metric],

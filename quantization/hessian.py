@@ -138,7 +138,7 @@ def _power_iteration(hvp: HessianVectorProduct, config: PowerIterationConfig) ->
             return EigenResult(estimate, iteration, True)
         eigenvalue = estimate
         v = _normalized(hv)
-    return EigenResult(float(eigenvalue), config.max_iterations, False)
+    return EigenResult(float(eigenvalue or 0.0), config.max_iterations, False)
 
 
 def hutchinson_trace(loss_fn: LossFn, params: Sequence[torch.Tensor], config: HutchinsonConfig) -> TraceResult:
@@ -166,7 +166,7 @@ def _hutchinson(hvp: HessianVectorProduct, config: HutchinsonConfig) -> TraceRes
     return TraceResult(statistics.fmean(totals), n, error, tuple(total / n for total in per_parameter))
 
 
-def block_weights(block: nn.Module) -> dict[str, nn.Parameter]:
+def block_weights(block: nn.Module) -> dict[str, torch.Tensor]:
     """The weights quantization acts on in a block: every Linear's weight, by local name."""
     return {f"{name}.weight": module.weight for name, module in block.named_modules() if isinstance(module, nn.Linear)}
 
@@ -190,7 +190,8 @@ def block_sensitivities(
         weights = block_weights(block.module)
         params = list(weights.values())
         eigen: list[EigenResult] = []
-        traces, weight_traces = [], {name: [] for name in weights}
+        traces: list[float] = []
+        weight_traces: dict[str, list[float]] = {name: [] for name in weights}
         for batch, loss_fn in enumerate(loss_fns):
             hvp = HessianVectorProduct(loss_fn, params)  # one gradient graph for both estimates
             eigen.append(_power_iteration(hvp, dataclasses.replace(power, seed=power.seed + batch)))

@@ -59,6 +59,7 @@ class WeightFakeQuant(nn.Module):
         self.config = config
         self.refresh_every = refresh_every
         self.offsets = group_offsets(rows, resolve_num_groups(config, rows), head_rows)
+        self.row_group: torch.Tensor
         self.register_buffer("row_group", rows_of_groups(self.offsets), persistent=False)
         self.row_scale: torch.Tensor | None = None
         self.row_zero: torch.Tensor | None = None
@@ -91,6 +92,7 @@ class ActivationFakeQuant(nn.Module):
         super().__init__()
         self.ranges = ranges
         self.ema_decay = ema_decay
+        self.running_max: torch.Tensor
         self.register_buffer("running_max", torch.zeros(()))
         self.seen = False
 
@@ -209,9 +211,9 @@ def train_qat(
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(config))
-    distil = teacher is not None and config.distill_weight > 0
-    if distil:
-        teacher.eval()
+    distil = teacher if teacher is not None and config.distill_weight > 0 else None
+    if distil is not None:
+        distil.eval()
     prepared.train()
     losses = []
     started = time.perf_counter()
@@ -219,9 +221,9 @@ def train_qat(
         batch = next(batches)
         outputs = model(**batch)
         loss = outputs.loss
-        if distil:
+        if distil is not None:
             with torch.no_grad():
-                reference = teacher(**model_inputs(batch))
+                reference = distil(**model_inputs(batch))
             kd = distillation_loss(outputs, reference, batch["attention_mask"])
             loss = (1 - config.distill_weight) * loss + config.distill_weight * kd
         if not torch.isfinite(loss):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from torch import nn
 
@@ -59,8 +60,8 @@ def _role(local_name: str) -> Role:
 
 
 def _head_rows(model: nn.Module) -> int:
-    config = model.config  # type: ignore[attr-defined]
-    return config.hidden_size // config.num_attention_heads
+    config: Any = model.config
+    return int(config.hidden_size // config.num_attention_heads)
 
 
 def linear_targets(model: nn.Module) -> list[QuantTarget]:

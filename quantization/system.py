@@ -64,7 +64,7 @@ def release_free_heap() -> bool:
     """Hand the heap's free pages back to the OS (glibc `malloc_trim`); False where there is no glibc.
 
     Loading a model frees large temporaries (unpacked codes, the row-major matrix once packed) that glibc keeps
-    mapped: without this a loaded bert-base model's RSS varied from 166 to 208 MB by load; with it, 162 MB.
+    mapped: without this a loaded model's RSS varies from load to load by a fifth of its size (README, bench).
     """
     try:
         malloc_trim = ctypes.CDLL(None).malloc_trim  # the process's own symbols: libc is loaded already

@@ -364,8 +364,16 @@ def _model_entry(service: Service, key: Key) -> ModelEntry:
     progress = None
     if event is not None and event.state in ("building", "evaluating"):
         progress = BuildProgressEntry(done=event.done, total=event.total, unit=event.unit)
-    reason = service.pool.refused.get(key) if state == "refused" else event.detail if state == "failed" else None
-    common = {"task": key[0], "precision": key[1], "state": state, "serving": serving, "progress": progress}
+    reason = service.pool.refused.get(key) if state == "refused" else None
+    if state == "failed" and event is not None:
+        reason = event.detail
+    common: dict[str, Any] = {
+        "task": key[0],
+        "precision": key[1],
+        "state": state,
+        "serving": serving,
+        "progress": progress,
+    }
     if info is not None and serving:
         common["artifact"] = info.artifact or key[1]
     if info is None or not serving:

@@ -17,7 +17,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from quantization.catalog_build import BuildJob
+from quantization.catalog_build import BuildEvent, BuildJob
 
 logger = logging.getLogger("qbert.builder")
 
@@ -50,7 +50,7 @@ class CatalogBuilder:
         jobs: list[BuildJob],
         root: Path,
         threads: int,
-        on_event: Callable[[object], None],
+        on_event: Callable[[BuildEvent], None],
         on_exit: Callable[[int | None], None],
     ) -> None:
         self.jobs, self.root, self.threads = jobs, root, threads

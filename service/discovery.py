@@ -25,7 +25,7 @@ def discover_artifacts(
     `stand_ins` (served precision -> stand-in, `Catalog.stand_ins`): a served precision whose own artifact is not
     there is served from its stand-in's, where that one is."""
     stand_ins = stand_ins or {}
-    refs = []
+    refs: list[ArtifactRef] = []
     for task in tasks:
         task_dir = Path(root) / task
         found = sorted(p.name for p in task_dir.iterdir() if (p / MANIFEST).is_file()) if task_dir.is_dir() else []

@@ -118,7 +118,9 @@ def entity_f1(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]])
 
 def read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
     """Sentences of a CoNLL column file (word first, NER tag last), -DOCSTART- lines skipped."""
-    sentences, words, tags = [], [], []
+    sentences: list[tuple[list[str], list[str]]] = []
+    words: list[str] = []
+    tags: list[str] = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         if not line.strip() or line.startswith("-DOCSTART-"):
             if words:
