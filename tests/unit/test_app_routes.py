@@ -17,7 +17,17 @@ import pytest
 from service.app import Service, build_app
 from service.metrics import ServiceMetrics
 from service.pool import Key
-from service.protocol import ArtifactRef, ItemError, ItemResult, ModelInfo
+from service.protocol import (
+    ArtifactRef,
+    BatchDone,
+    ItemError,
+    ItemResult,
+    ModelInfo,
+    ModelRefused,
+    ModelServing,
+    RunBatch,
+    WorkerStarted,
+)
 from service.settings import ServiceSettings
 
 KEYS = [("sst2", "w8"), ("sst2", "w2g128"), ("ner", "w8"), ("qa", "w8")]
@@ -287,3 +297,54 @@ def test_building_and_running_the_app_changes_nothing_in_the_process(tmp_path: P
     assert _call(_service(tmp_path), requests) == 200
     assert gc.get_freeze_count() == frozen
     assert os.sched_getscheduler(0) == policy
+
+
+class AnsweringInbox:
+    """A worker's inbox that answers each batch at once, as a worker that loaded the model would."""
+
+    def __init__(self, pool: Any, index: int) -> None:
+        self.pool, self.index, self.batches = pool, index, 0
+
+    def send(self, message: Any) -> None:
+        if isinstance(message, RunBatch):
+            self.batches += 1
+            results = tuple(ItemResult(value=_prediction(message.task, p)) for p in message.payloads)
+            done = BatchDone(message.batch_id, results, 0.001)
+            asyncio.get_running_loop().call_soon(self.pool._on_message, self.index, 0, done)
+
+
+def test_a_model_one_worker_refused_is_answered_by_the_worker_that_loaded_it(tmp_path: Path) -> None:
+    """Two workers disagree on a model (one refused its artifact): requests go to the one that serves it, and
+    none gets a 500. The real pool routes here; only the worker processes are played by the test."""
+    settings = ServiceSettings(workers=2, max_wait_ms=0, artifacts=tmp_path, tasks=["sst2"])
+    service = Service(settings, [ArtifactRef("sst2", "w8", tmp_path / "sst2" / "w8")], ServiceMetrics())
+    pool = service.pool
+    inboxes = [AnsweringInbox(pool, index) for index in (0, 1)]
+    info = ModelInfo("sst2", "w8", "ckpt@w8", 8.0, 1, 2, 3, 0.1, ("negative", "positive"), (), artifact="w8")
+    for index, inbox in enumerate(inboxes):
+        pool._slots[index].inbox = inbox
+        pool._on_message(index, 0, WorkerStarted(index, 1000 + index))
+    pool._on_message(0, 0, ModelRefused(0, "sst2", "w8", "weights.safetensors: sha256 mismatch"))
+    pool._on_message(1, 0, ModelServing(1, info))
+
+    async def scenario() -> tuple[list[int], dict]:
+        pool._loop = asyncio.get_running_loop()
+        dispatcher = asyncio.create_task(pool._dispatch_forever())
+        try:
+            transport = httpx.ASGITransport(app=build_app(service))  # no lifespan: no worker process is spawned
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                statuses = [
+                    r.status_code
+                    for r in await asyncio.gather(
+                        *(client.post("/predict/sst2", json={"text": f"t{i}"}) for i in range(8))
+                    )
+                ]
+                models = (await client.get("/models")).json()
+        finally:
+            dispatcher.cancel()
+        return statuses, models
+
+    statuses, models = asyncio.run(scenario())
+    assert statuses == [200] * 8
+    assert (inboxes[0].batches, inboxes[1].batches > 0) == (0, True)
+    assert [(m["state"], m["serving"]) for m in models["models"]] == [("ready", True)]
