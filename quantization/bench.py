@@ -70,8 +70,10 @@ class BenchPlan:
     sample_seconds: float = 0.25
     threads: int = 2
     memory: bool = True
-    # RSS after a first call in the fresh process too; for a compiled model that call compiles its architecture
-    # once more per process (~40 s cold on 2 cores), which the quick plan cannot afford
+    # RSS after a first call in the fresh process too, for every runtime; without it, for every runtime but our
+    # compiled backend (whose first call compiles its architecture once more per process, tens of seconds: the quick
+    # plan cannot afford it). A first call allocates a runtime's work buffers (OpenVINO's take over 100 MB on
+    # bert-base), so peers are compared after one: a reading after load alone flatters whoever runs nothing at load.
     memory_after_run: bool = True
     memory_runtimes: tuple[str, ...] = RUNTIMES  # whose fresh-process readings to take (a child each, ~7 s)
 
@@ -134,6 +136,7 @@ class Row:
     rss_mb: float | None = None  # the memory readings: absent when the run takes none
     rss_model_mb: float | None = None
     rss_after_run_mb: float | None = None  # compiled: includes what compiling the first shape kept
+    rss_model_after_run_mb: float | None = None  # the model's own growth, its first call included
     runtime_mb: float | None = None  # ours: the weight bytes the model reports (qbert_model_weight_bytes runtime)
     load_s: float | None = None
     artifact_bytes: int = 0
@@ -276,11 +279,12 @@ def memory_in_fresh_process(candidate: Candidate, threads: int, run: bool = True
         process.join(60)
     if "refused" in reading:
         return {"refused": reading["refused"]}
-    mb = 1024 * 1024
+    mb = 1e6  # MB, as every size in this project
     return {
         "rss_mb": round(reading["rss_after_load"] / mb, 1),
         "rss_model_mb": round((reading["rss_after_load"] - reading["rss_before"]) / mb, 1),
         "rss_after_run_mb": round(reading["rss_after_run"] / mb, 1) if run else None,
+        "rss_model_after_run_mb": round((reading["rss_after_run"] - reading["rss_before"]) / mb, 1) if run else None,
         "load_s": round(reading["load_s"], 3),
     }
 
@@ -429,7 +433,8 @@ def run_bench(plan: BenchPlan, candidates: Sequence[Candidate], progress: Callab
     if plan.memory:
         for candidate in (c for c in candidates if c.runtime in plan.memory_runtimes):
             progress(f"memory: {'/'.join(candidate.key)} in a fresh process")
-            memory[candidate.key] = memory_in_fresh_process(candidate, plan.threads, plan.memory_after_run)
+            run = plan.memory_after_run or candidate.backend != "compiled"
+            memory[candidate.key] = memory_in_fresh_process(candidate, plan.threads, run)
     progress("loading every candidate")
     refused: dict[tuple[str, str, str, str], str] = {
         key: str(reading["refused"]) for key, reading in memory.items() if "refused" in reading
@@ -553,7 +558,7 @@ def format_table(result: dict) -> str:
             header += [f"b{batch}×{seq} ms", *(RATIO_LABELS[a] for a in ratios)]
         header += [
             "RSS MB after load (model's own)",
-            "RSS MB after 1st run",
+            "RSS MB after 1st run (model's own)",
             "runtime weights MB",
             "load s",
             "file MB",
@@ -572,11 +577,11 @@ def format_table(result: dict) -> str:
                 cells += [_ratio(row.get(a)) for a in ratios]
             first = same[0]
             rss = f"{first['rss_mb']:.0f} ({first['rss_model_mb']:.0f})" if first["rss_mb"] is not None else ""
-            after_run = first.get("rss_after_run_mb")
+            after_run, own_after_run = first.get("rss_after_run_mb"), first.get("rss_model_after_run_mb")
             runtime_mb = first.get("runtime_mb")
             cells += [
                 rss,
-                f"{after_run:.0f}" if after_run is not None else "",
+                f"{after_run:.0f} ({own_after_run:.0f})" if after_run is not None and own_after_run is not None else "",
                 f"{runtime_mb:.1f}" if runtime_mb is not None else "",
                 f"{first['load_s']:.2f}" if first["load_s"] is not None else "",
                 f"{first['artifact_bytes'] / 1e6:.1f}",
@@ -609,14 +614,15 @@ def headline(result: dict, model: str = BERT_BASE) -> list[str]:
                 f"{model} b{batch}×{seq}: qbert {backend} ({', '.join(r['precision'] for r in ours)}) "
                 f"{min(ms):.1f}–{max(ms):.1f} ms = " + ", ".join(parts)
             )
-    readings: dict[tuple[str, str], dict[str, float]] = {}
-    for r in rows:
-        if r["rss_model_mb"] is not None:
-            readings.setdefault((r["runtime"], r["backend"]), {})[r["precision"]] = r["rss_model_mb"]
-    for (runtime, backend), by_precision in readings.items():
-        label = f"qbert {backend}" if runtime == "qbert" else runtime
-        sizes = ", ".join(f"{p} {mb:.0f}" for p, mb in by_precision.items())
-        lines.append(f"{model} RSS growth of a loaded model, MB: {label}: {sizes}")
+    for reading, what in (("rss_model_mb", "a loaded model"), ("rss_model_after_run_mb", "a model after a first call")):
+        readings: dict[tuple[str, str], dict[str, float]] = {}
+        for r in rows:
+            if r.get(reading) is not None:
+                readings.setdefault((r["runtime"], r["backend"]), {})[r["precision"]] = r[reading]
+        for (runtime, backend), by_precision in readings.items():
+            label = f"qbert {backend}" if runtime == "qbert" else runtime
+            sizes = ", ".join(f"{p} {mb:.0f}" for p, mb in by_precision.items())
+            lines.append(f"{model} RSS growth of {what}, MB: {label}: {sizes}")
     return lines
 
 

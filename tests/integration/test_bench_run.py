@@ -102,5 +102,7 @@ def test_memory_and_load_time_come_from_a_fresh_process(tiny_bench: tuple) -> No
     assert reading["rss_mb"] > 50  # python + torch at least
     assert 0 <= reading["rss_model_mb"] < reading["rss_mb"]
     assert reading["rss_after_run_mb"] >= reading["rss_mb"] - reading["rss_model_mb"]
+    own = reading["rss_after_run_mb"] - (reading["rss_mb"] - reading["rss_model_mb"])  # the same readings, in MB
+    assert reading["rss_model_after_run_mb"] == pytest.approx(own, abs=0.11)
     assert reading["load_s"] > 0
     assert memory_in_fresh_process(qbert, threads=1, run=False)["rss_after_run_mb"] is None
