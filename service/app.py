@@ -367,6 +367,8 @@ def _model_entry(service: Service, key: Key) -> ModelEntry:
     reason = service.pool.refused.get(key) if state == "refused" else None
     if state == "failed" and event is not None:
         reason = event.detail
+    if serving and key in service.pool.replacement_refused:
+        reason = f"its own artifact was refused ({service.pool.replacement_refused[key]}); the stand-in answers"
     common: dict[str, Any] = {
         "task": key[0],
         "precision": key[1],
@@ -390,6 +392,7 @@ def _model_entry(service: Service, key: Key) -> ModelEntry:
         load_seconds=info.load_seconds,
         backend=info.backend,
         accuracy=list(info.accuracy),
+        reason=reason,
     )
 
 

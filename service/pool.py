@@ -99,6 +99,7 @@ class WorkerPool:
         self.metrics = metrics
         self.models: dict[Key, ModelInfo] = {}  # every model a worker serves, as the last one to report it
         self.refused: dict[Key, str] = {}
+        self.replacement_refused: dict[Key, str] = {}  # own artifact refused while its stand-in serves on
         self._queues: dict[Key, deque[Queued[Pending]]] = {}
         self._arrivals: dict[Key, ArrivalGaps] = {}
         for ref in artifacts:
@@ -474,8 +475,12 @@ class WorkerPool:
 
     def _on_refused(self, slot: WorkerSlot, refused: ModelRefused) -> None:
         key = (refused.task, refused.precision)
-        slot.model_states[key] = "refused"
         slot.outstanding.discard(key)
+        if refused.still_serving:  # its replacement was refused; the stand-in it had goes on answering
+            slot.model_states[key] = "ready"
+            self.replacement_refused[key] = refused.reason
+            return
+        slot.model_states[key] = "refused"
         slot.serving.pop(key, None)
         if not self.serves(key):
             self.refused[key] = refused.reason

@@ -103,12 +103,15 @@ class ModelServing:
 
 @dataclass(frozen=True)
 class ModelRefused:
-    """The worker could not load this artifact (corrupt, incompatible); it serves the others."""
+    """The worker could not load this artifact (corrupt, incompatible); it serves the others.
+
+    `still_serving`: the artifact that answered for this model before (a stand-in) still answers for it."""
 
     index: int
     task: str
     precision: str
     reason: str
+    still_serving: bool = False
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,7 @@ class InferenceWorker:
                     ref.task,
                     ref.precision,
                     f"{type(exc).__name__}: {exc}" if not expected else str(exc),
+                    still_serving=(ref.task, ref.precision) in self.models,
                 )
             )
             return

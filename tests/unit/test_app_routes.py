@@ -66,6 +66,7 @@ class FakePool:
             for a in artifacts
         }
         self.refused: dict[Key, str] = {}
+        self.replacement_refused: dict[Key, str] = {}
         self.compiles_held = False
         self.started = self.closed = False
         self.submitted: list[tuple[str, str, list[Any]]] = []
@@ -256,6 +257,7 @@ def test_the_api_key_guards_predict_routes_and_models_but_not_health(tmp_path: P
 
 def test_models_readiness_and_metrics_describe_what_serves(tmp_path: Path) -> None:
     service = _service(tmp_path)
+    service.pool.replacement_refused[("sst2", "w2g128")] = "weights.safetensors: sha256 mismatch"
 
     async def requests(client: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response, httpx.Response]:
         await client.post("/predict/sst2", json={"text": "a"})
@@ -269,6 +271,12 @@ def test_models_readiness_and_metrics_describe_what_serves(tmp_path: Path) -> No
         (task, precision, "ready", precision) for task, precision in KEYS
     ]
     assert entries[0]["accuracy"] == [{"metric": "m", "value": 1.0, "split": "dev", "n": 1}]
+    assert [m["reason"] for m in entries] == [
+        None,
+        "its own artifact was refused (weights.safetensors: sha256 mismatch); the stand-in answers",
+        None,
+        None,
+    ]
     assert 'qbert_requests_total{outcome="ok",precision="w8",task="sst2"} 1.0' in metrics.text
 
 

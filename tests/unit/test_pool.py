@@ -124,3 +124,21 @@ def test_an_artifact_for_a_known_model_replaces_its_stand_in_in_every_worker(tmp
         assert [message.refs for message in inbox.sent] == [(own,)]
         assert ("sst2", "mp23") in slot.serving  # the stand-in answers until the worker says the new one serves
         assert slot.outstanding == {("sst2", "mp23")}
+
+
+def test_a_refused_replacement_leaves_its_stand_in_answering(tmp_path: Path) -> None:
+    """The QAT artifact that was to replace a stand-in fails its load in a worker: that worker still holds the
+    stand-in, so the pool keeps routing the model to it and says why the model's own artifact is not there."""
+    from service.protocol import ModelRefused
+
+    settings = ServiceSettings(workers=1, artifacts=tmp_path, tasks=["sst2"])
+    pool = WorkerPool(settings, [ArtifactRef("sst2", "mp23", tmp_path / "sst2" / "mp23-ptq")], ServiceMetrics())
+    slot = pool._slots[0]
+    slot.started, slot.inbox, slot.serving = True, RecordingInbox(), dict.fromkeys([("sst2", "mp23")])
+    slot.outstanding = {("sst2", "mp23")}
+    pool._on_message(0, 0, ModelRefused(0, "sst2", "mp23", "weights.safetensors: sha256 mismatch", still_serving=True))
+    assert pool.serves(("sst2", "mp23"))
+    assert pool.model_state(("sst2", "mp23")) == "ready"
+    assert ("sst2", "mp23") not in pool.refused
+    assert pool.replacement_refused == {("sst2", "mp23"): "weights.safetensors: sha256 mismatch"}
+    assert slot.settled
