@@ -46,7 +46,7 @@ build: $(STAMP)
 report: build
 	$(BIN)/qbert report
 
-# Our runtime beside PyTorch and ONNX Runtime (≈15 min on 2 cores; `qbert bench --quick` < 5 min), then the report.
+# Our runtime beside PyTorch, ONNX Runtime and OpenVINO (≈15 min on 2 cores; `qbert bench --quick`: README), then the report.
 bench: build
 	$(BIN)/qbert --threads 2 bench --json models/bench.json
 	$(BIN)/qbert report

@@ -40,7 +40,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add this group's subcommands to `sub` (the parser's subparsers)."""
     p = sub.add_parser("bench", help="our runtime beside PyTorch and ONNX Runtime, interleaved, same inputs")
-    p.add_argument("--quick", action="store_true", help="bert-base shape + SST-2, b1×128 and b8×128 (< 5 min)")
+    p.add_argument("--quick", action="store_true", help="bert-base shape + SST-2, b1×128 and b8×128 (minutes: README)")
     p.add_argument("--json", help="write the rows as JSON here")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 5)")
     p.add_argument("--model", action="append", help="bert-base-random or a catalog task (repeatable)")
