@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
@@ -421,7 +421,7 @@ def _ops_router(service: Service) -> APIRouter:
             return JSONResponse(body)
         return JSONResponse({"error": "not_ready", "detail": detail, **body}, status_code=503)
 
-    @router.get("/metrics", summary="Prometheus metrics")
+    @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         service.metrics.record_workers(service.pool.worker_pids())
         return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
@@ -494,5 +494,13 @@ def build_app(service: Service) -> FastAPI:
     install_error_handlers(app)
     app.include_router(_predict_router(service))
     app.include_router(_ops_router(service))
-    document_request_models(app, [SST2Request, NERRequest, QARequest])
+    settings = service.settings
+    text = {"minLength": 1, "maxLength": settings.max_text_chars, "pattern": r"\S"}  # not blank, as `_check_text`
+    limits = {
+        "text": text,
+        "texts": {**text, "minItems": 1, "maxItems": settings.max_texts},
+        "question": text,
+        "context": {**text, "maxLength": settings.max_context_chars},
+    }
+    document_request_models(app, [SST2Request, NERRequest, QARequest], limits)
     return app

@@ -116,7 +116,10 @@ def install_error_handlers(app: FastAPI) -> None:
         # 400 comes from FastAPI's body reading: bytes that are not UTF-8 JSON.
         codes = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         code = codes.get(exc.status_code, "http_error")
-        return JSONResponse({"error": code, "detail": str(exc.detail)}, status_code=exc.status_code)
+        # Starlette's own headers (405's Allow, RFC 9110) go out with the error
+        return JSONResponse(
+            {"error": code, "detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -65,18 +65,37 @@ def openapi_inputs(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-def document_request_models(app: FastAPI, models: list[type[BaseModel]]) -> None:
-    """Add the bodies that routes read themselves to the OpenAPI components, where `openapi_inputs` points."""
+def document_request_models(
+    app: FastAPI, models: list[type[BaseModel]], limits: dict[str, dict[str, Any]] | None = None
+) -> None:
+    """Add the bodies that routes read themselves to the OpenAPI components, where `openapi_inputs` points.
+
+    `limits`: per property name, the JSON-schema keywords the service enforces on its strings (length, a non-blank
+    character) or lists (item count), published so that a request the schema allows is one the service takes."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schemas = generate().setdefault("components", {}).setdefault("schemas", {})
             for model in models:
-                schemas[model.__name__] = model.model_json_schema(ref_template=_SCHEMA_REF)
+                schema = model.model_json_schema(ref_template=_SCHEMA_REF)
+                for name, prop in schema.get("properties", {}).items():
+                    _constrain(prop, (limits or {}).get(name, {}))
+                schemas[model.__name__] = schema
         return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
+
+
+def _constrain(prop: dict[str, Any], keywords: dict[str, Any]) -> None:
+    """Put `keywords` on the string (or array) branch of a property (an optional one is `anyOf` with null)."""
+    for branch in prop.get("anyOf", [prop]):
+        kind = branch.get("type")
+        if kind == "array":
+            branch.update({k: v for k, v in keywords.items() if k in ("minItems", "maxItems")})
+            _constrain(branch.setdefault("items", {}), keywords)
+        elif kind == "string":
+            branch.update({k: v for k, v in keywords.items() if k not in ("minItems", "maxItems")})
 
 
 def _schema_ref(model: type[BaseModel]) -> str:

@@ -14,8 +14,16 @@ class _Request(BaseModel):
 class TextsRequest(_Request):
     """One text, or several answered in order (one HTTP round trip for a whole batch)."""
 
-    text: str | None = Field(None, description="one text")
-    texts: list[str] | None = Field(None, description="several texts, answered in order")
+    # Absent means None; an explicit null is invalid (the default is not validated), as the schema says
+    text: str = Field(None, description="one text")  # type: ignore[assignment]
+    texts: list[str] = Field(None, description="several texts, answered in order")  # type: ignore[arg-type]
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = handler(core_schema)
+        schema = handler.resolve_ref_schema(schema)
+        schema["oneOf"] = [{"required": ["text"]}, {"required": ["texts"]}]  # exactly one, as validated below
+        return schema
 
     @model_validator(mode="after")
     def _exactly_one(self) -> TextsRequest:

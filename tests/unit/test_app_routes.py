@@ -356,3 +356,29 @@ def test_a_model_one_worker_refused_is_answered_by_the_worker_that_loaded_it(tmp
     assert statuses == [200] * 8
     assert (inboxes[0].batches, inboxes[1].batches > 0) == (0, True)
     assert [(m["state"], m["serving"]) for m in models["models"]] == [("ready", True)]
+
+
+def test_the_published_schema_states_what_the_service_enforces(tmp_path: Path) -> None:
+    """A body the OpenAPI schema allows is one the service takes, and the reverse: exactly one of text/texts, no
+    null, non-blank strings within the configured lengths and counts; /metrics is text; 405 names what is allowed."""
+    service = _service(tmp_path, max_texts=3, max_text_chars=50, max_context_chars=80)
+
+    async def requests(client: httpx.AsyncClient) -> tuple[dict, list[int], httpx.Response]:
+        bodies = [{}, {"text": None}, {"text": None, "texts": ["a"]}, {"texts": ["a"] * 4}, {"text": "x" * 51}]
+        statuses = [(await client.post("/predict/sst2", json=body)).status_code for body in bodies]
+        statuses.append((await client.post("/predict/sst2", json={"texts": ["a", "b", "c"]})).status_code)
+        return (await client.get("/openapi.json")).json(), statuses, await client.get("/predict/sst2")
+
+    document, statuses, wrong_method = _call(service, requests)
+    assert statuses == [422, 422, 422, 422, 422, 200]
+    schemas = document["components"]["schemas"]
+    for name in ("SST2Request", "NERRequest"):
+        assert schemas[name]["oneOf"] == [{"required": ["text"]}, {"required": ["texts"]}]
+        text, texts = schemas[name]["properties"]["text"], schemas[name]["properties"]["texts"]
+        assert (text["type"], text["minLength"], text["maxLength"], text["pattern"]) == ("string", 1, 50, r"\S")
+        assert (texts["minItems"], texts["maxItems"], texts["items"]["maxLength"]) == (1, 3, 50)
+    question, context = (schemas["QARequest"]["properties"][p] for p in ("question", "context"))
+    assert (question["minLength"], question["maxLength"], context["maxLength"]) == (1, 50, 80)
+    assert list(document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["allow"] == "POST"
