@@ -46,13 +46,14 @@ def server(tiny_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 @pytest.fixture(scope="module")
 def tight(tiny_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """Small limits: a short deadline, a short queue, a token limit, a body limit, an API key."""
+    """Small limits: a short deadline, a short queue, small forward passes, a token limit, a body limit, an API key."""
     running = start_server(
         tiny_artifacts,
         tmp_path_factory.mktemp("tight") / "serve.log",
         request_timeout_s="0.25",
         max_queue="4",
         max_batch_size="2",
+        max_batch_tokens="64",  # one QA window per forward pass: a long context takes many, past the deadline
         max_tokens="32",
         max_body_bytes="200000",
         api_key=KEY,
