@@ -152,17 +152,7 @@ class _Reporter:
 
     def __call__(self, state: str, done: int = 0, total: int = 0, unit: str = "", **extra: Any) -> BuildEvent:
         job = self.job
-        event = BuildEvent(
-            job.task,
-            job.precision,
-            state,
-            self.index,
-            self.jobs_total,
-            done,
-            total,
-            unit,
-            **extra,
-        )
+        event = BuildEvent(job.task, job.precision, state, self.index, self.jobs_total, done, total, unit, **extra)
         self.on_event(event)
         return event
 

@@ -92,12 +92,11 @@ class Service:
         self.builds = builds or []
         self.build_jobs = {job.key: job for job in self.builds}
         # A stand-in's build serves under another model's key; it is a model of its own only where it was named.
-        self.build_keys = {job.key for job in self.builds if job.served}
+        built_models = [job.key for job in self.builds if job.served]
+        self.build_keys = set(built_models)
         # Artifacts the builder will check (and rebuild where stale) load only once it says they are built.
         ready_now = [a for a in artifacts if (a.task, a.precision) not in self.build_keys]
-        self.keys: list[Key] = [(a.task, a.precision) for a in ready_now] + [
-            job.key for job in self.builds if job.served
-        ]
+        self.keys: list[Key] = [(a.task, a.precision) for a in ready_now] + built_models
         self.pool = pool_factory(settings, ready_now, metrics)
         self.build_events: dict[Key, BuildEvent] = {}
         # Compiles wait while the first builds run: on the same cores they would slow them several times over.

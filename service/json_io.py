@@ -88,14 +88,12 @@ def document_request_models(
 
 
 def _constrain(prop: dict[str, Any], keywords: dict[str, Any]) -> None:
-    """Put `keywords` on the string (or array) branch of a property (an optional one is `anyOf` with null)."""
-    for branch in prop.get("anyOf", [prop]):
-        kind = branch.get("type")
-        if kind == "array":
-            branch.update({k: v for k, v in keywords.items() if k in ("minItems", "maxItems")})
-            _constrain(branch.setdefault("items", {}), keywords)
-        elif kind == "string":
-            branch.update({k: v for k, v in keywords.items() if k not in ("minItems", "maxItems")})
+    """Put `keywords` on a string property, or on an array property and its string items."""
+    if prop.get("type") == "array":
+        prop.update({k: v for k, v in keywords.items() if k in ("minItems", "maxItems")})
+        _constrain(prop.setdefault("items", {}), keywords)
+    elif prop.get("type") == "string":
+        prop.update({k: v for k, v in keywords.items() if k not in ("minItems", "maxItems")})
 
 
 def _schema_ref(model: type[BaseModel]) -> str:
