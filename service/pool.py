@@ -466,6 +466,8 @@ class WorkerPool:
         slot.serving[key] = self.models[key] = info
         slot.model_states[key] = "compiling" if serving.warming else "ready"
         self.refused.pop(key, None)
+        if info.artifact == info.precision:  # its own artifact serves now: no stand-in left to explain
+            self.replacement_refused.pop(key, None)
         if serving.warming:  # a compile to come (again, where a new model class sent it back to eager)
             slot.outstanding.add(key)
             self._watch(slot)

@@ -142,3 +142,12 @@ def test_a_refused_replacement_leaves_its_stand_in_answering(tmp_path: Path) -> 
     assert ("sst2", "mp23") not in pool.refused
     assert pool.replacement_refused == {("sst2", "mp23"): "weights.safetensors: sha256 mismatch"}
     assert slot.settled
+    from service.protocol import ModelInfo, ModelServing
+
+    def serving(artifact: str) -> ModelServing:
+        return ModelServing(0, ModelInfo("sst2", "mp23", f"m@{artifact}", 2.5, 1, 1, 1, 0.1, (), (), artifact=artifact))
+
+    pool._on_message(0, 0, serving("mp23-ptq"))  # the stand-in's compile finishing: the refusal still stands
+    assert ("sst2", "mp23") in pool.replacement_refused
+    pool._on_message(0, 0, serving("mp23"))  # its own artifact loaded after all (a restarted worker, say)
+    assert pool.replacement_refused == {}
