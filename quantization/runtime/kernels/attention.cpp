@@ -1,0 +1,224 @@
+// softmax(q·kᵀ·scale + mask)·v for every head of a BERT encoder block, read straight from the stacked Q/K/V
+// projection's output [batch, seq, 3, heads, dim] and written as [batch, seq, heads·dim] (no transposes). Float32
+// throughout; the exponential is a degree-6 polynomial on a range-reduced argument (relative error ~1e-7).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+namespace {
+
+int64_t padded(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+
+inline __m512 exp_ps(__m512 x) {
+  const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
+  const __m512 ln2_hi = _mm512_set1_ps(0.693359375f), ln2_lo = _mm512_set1_ps(-2.12194440e-4f);
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, ln2_hi, x);
+  r = _mm512_fnmadd_ps(n, ln2_lo, r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+constexpr int kScoreRows = 3;  // query rows per score pass: 3 x 8 accumulators fit the registers
+constexpr int kQueryRows = 6;  // query rows per tile (two score passes): 6 x 4 value accumulators, enough
+                               // independent sums to hide the FMA latency where a head has 32 dims
+
+// scores[r][c0 + 16c ...] = sum_d q[r][d] * kt[d][c0 + 16c ...] for NC chunks of 16 keys
+template <int NC>
+inline void score_chunks(const float* const* q, int rows, int64_t dim, const float* kt, int64_t ld, int64_t c0,
+                         float* scores, int64_t ld_scores) {
+  __m512 acc[kScoreRows][NC];
+#pragma GCC unroll 3
+  for (int r = 0; r < kScoreRows; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < dim; ++d) {
+    __m512 k[NC];
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) k[c] = _mm512_loadu_ps(kt + d * ld + c0 + 16 * c);
+#pragma GCC unroll 3
+    for (int r = 0; r < kScoreRows; ++r) {
+      if (r >= rows) break;
+      const __m512 qd = _mm512_set1_ps(q[r][d]);
+#pragma GCC unroll 8
+      for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_fmadd_ps(qd, k[c], acc[r][c]);
+    }
+  }
+#pragma GCC unroll 3
+  for (int r = 0; r < kScoreRows; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) _mm512_storeu_ps(scores + r * ld_scores + c0 + 16 * c, acc[r][c]);
+}
+
+template <int NC>
+void score_chunks_upto(int nc, const float* const* q, int rows, int64_t dim, const float* kt, int64_t ld, int64_t c0,
+                       float* scores, int64_t ld_scores) {
+  if (nc == NC) return score_chunks<NC>(q, rows, dim, kt, ld, c0, scores, ld_scores);
+  if constexpr (NC > 1) score_chunks_upto<NC - 1>(nc, q, rows, dim, kt, ld, c0, scores, ld_scores);
+}
+
+// out[r][d0 + 16c ...] = sum_j p[r][j] * v[j][d0 + 16c ...] * inv[r], for ND chunks of 16 (the last one masked)
+template <int ND>
+inline void weighted_values(const float* p, int64_t ld_p, int rows, const float* v, int64_t v_stride, int64_t keys,
+                            int64_t d0, int64_t dim, const float* inv, float* const* out) {
+  __m512 acc[kQueryRows][ND];
+#pragma GCC unroll 6
+  for (int r = 0; r < kQueryRows; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < ND; ++c) acc[r][c] = _mm512_setzero_ps();
+  __mmask16 masks[ND];
+#pragma GCC unroll 4
+  for (int c = 0; c < ND; ++c) {
+    const int64_t left = dim - d0 - 16 * c;
+    masks[c] = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+  }
+  for (int64_t j = 0; j < keys; ++j) {
+    __m512 vj[ND];
+#pragma GCC unroll 4
+    for (int c = 0; c < ND; ++c) vj[c] = _mm512_maskz_loadu_ps(masks[c], v + j * v_stride + d0 + 16 * c);
+#pragma GCC unroll 6
+    for (int r = 0; r < kQueryRows; ++r) {
+      if (r >= rows) break;
+      const __m512 pj = _mm512_set1_ps(p[r * ld_p + j]);
+#pragma GCC unroll 4
+      for (int c = 0; c < ND; ++c) acc[r][c] = _mm512_fmadd_ps(pj, vj[c], acc[r][c]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < kQueryRows; ++r) {
+    if (r >= rows) break;
+#pragma GCC unroll 4
+    for (int c = 0; c < ND; ++c)
+      _mm512_mask_storeu_ps(out[r] + d0 + 16 * c, masks[c], _mm512_mul_ps(acc[r][c], _mm512_set1_ps(inv[r])));
+  }
+}
+
+template <int ND>
+void weighted_values_upto(int nd, const float* p, int64_t ld_p, int rows, const float* v, int64_t v_stride,
+                          int64_t keys, int64_t d0, int64_t dim, const float* inv, float* const* out) {
+  if (nd == ND) return weighted_values<ND>(p, ld_p, rows, v, v_stride, keys, d0, dim, inv, out);
+  if constexpr (ND > 1) weighted_values_upto<ND - 1>(nd, p, ld_p, rows, v, v_stride, keys, d0, dim, inv, out);
+}
+
+// qkv: float32 [batch, seq, 3, heads, dim]; mask: bool, broadcastable to [batch, 1, seq, seq] (true: attend), or
+// absent. Returns float32 [batch, seq, heads * dim].
+at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mask, double scale) {
+  TORCH_CHECK(qkv.dim() == 5 && qkv.size(2) == 3 && qkv.scalar_type() == at::kFloat, "qkv must be float32 "
+              "[batch, seq, 3, heads, dim]");
+  const auto x = qkv.contiguous();
+  const int64_t batch = x.size(0), seq = x.size(1), heads = x.size(3), dim = x.size(4);
+  at::Tensor m;
+  if (mask.has_value() && mask->defined()) {
+    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->dim() == 4 && mask->size(1) == 1, "mask must be bool "
+                "[batch, 1, seq or 1, seq]");
+    m = mask->expand({batch, 1, seq, seq});
+  }
+  const bool masked = m.defined();
+  const bool* mp = masked ? m.data_ptr<bool>() : nullptr;
+  const int64_t mb = masked ? m.stride(0) : 0, mq = masked ? m.stride(2) : 0, mk = masked ? m.stride(3) : 0;
+  auto out = at::empty({batch, seq, heads * dim}, x.options());
+  if (batch == 0 || seq == 0) return out;
+  const float* base = x.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t token_stride = 3 * heads * dim, keys_padded = padded(seq, 16);
+  const float fscale = static_cast<float>(scale);
+  at::parallel_for(0, batch * heads, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> kt(dim * keys_padded), scores(kQueryRows * keys_padded), qs(kQueryRows * dim);
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / heads, h = i % heads;
+      const float* q = base + b * seq * token_stride + h * dim;
+      const float* k = q + heads * dim;
+      const float* v = k + heads * dim;
+      for (int64_t j = 0; j < seq; ++j)
+        for (int64_t d = 0; d < dim; ++d) kt[d * keys_padded + j] = k[j * token_stride + d];
+      for (int64_t d = 0; d < dim; ++d)
+        for (int64_t j = seq; j < keys_padded; ++j) kt[d * keys_padded + j] = 0.0f;
+      for (int64_t t0 = 0; t0 < seq; t0 += kQueryRows) {
+        const int rows = static_cast<int>(std::min<int64_t>(kQueryRows, seq - t0));
+        const float* qrows[kQueryRows];
+        float* orows[kQueryRows];
+        for (int r = 0; r < kQueryRows; ++r) {
+          const int64_t t = t0 + std::min(r, rows - 1);
+          for (int64_t d = 0; d < dim; ++d) qs[r * dim + d] = q[t * token_stride + d] * fscale;
+          qrows[r] = qs.data() + r * dim;
+          orows[r] = op + (b * seq + t) * heads * dim + h * dim;
+        }
+        for (int pass = 0; pass * kScoreRows < rows; ++pass) {
+          const int pass_rows = std::min(kScoreRows, rows - pass * kScoreRows);
+          float* pass_scores = scores.data() + pass * kScoreRows * keys_padded;
+          for (int64_t c0 = 0; c0 < keys_padded; c0 += 128) {
+            const int nc = static_cast<int>(std::min<int64_t>(8, (keys_padded - c0) / 16));
+            score_chunks_upto<8>(nc, qrows + pass * kScoreRows, pass_rows, dim, kt.data(), keys_padded, c0,
+                                 pass_scores, keys_padded);
+          }
+        }
+        float inv[kQueryRows];
+        for (int r = 0; r < rows; ++r) {
+          float* row = scores.data() + r * keys_padded;
+          const bool* allowed = masked ? mp + b * mb + (t0 + r) * mq : nullptr;
+          const __m512 minus_inf = _mm512_set1_ps(-INFINITY);
+          __m512 vmax = minus_inf;
+          for (int64_t j = 0; j < seq; j += 16) {
+            const __mmask16 tail = seq - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (seq - j)) - 1);
+            __mmask16 keep = tail;
+            if (allowed && mk == 1) {
+              keep &= _mm_mask_cmpneq_epi8_mask(tail, _mm_maskz_loadu_epi8(tail, allowed + j), _mm_setzero_si128());
+            } else if (allowed) {
+              for (int64_t l = 0; l < 16 && j + l < seq; ++l)
+                if (!allowed[(j + l) * mk]) keep &= static_cast<__mmask16>(~(1u << l));
+            }
+            const __m512 sj = _mm512_mask_mov_ps(minus_inf, keep, _mm512_maskz_loadu_ps(tail, row + j));
+            _mm512_mask_storeu_ps(row + j, tail, sj);
+            vmax = _mm512_max_ps(vmax, sj);
+          }
+          float top = _mm512_reduce_max_ps(vmax);
+          const __m512 vtop = _mm512_set1_ps(top);
+          __m512 vsum = _mm512_setzero_ps();
+          int64_t j = 0;
+          for (; j + 16 <= seq; j += 16) {
+            const __m512 sj = _mm512_loadu_ps(row + j);
+            const __m512 e = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(sj, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ),
+                                                 exp_ps(_mm512_sub_ps(sj, vtop)));
+            _mm512_storeu_ps(row + j, e);
+            vsum = _mm512_add_ps(vsum, e);
+          }
+          if (j < seq) {
+            const __mmask16 tail = __mmask16((1u << (seq - j)) - 1);
+            const __m512 sj = _mm512_maskz_loadu_ps(tail, row + j);
+            const __mmask16 live = tail & _mm512_cmp_ps_mask(sj, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+            const __m512 e = _mm512_maskz_mov_ps(live, exp_ps(_mm512_sub_ps(sj, vtop)));
+            _mm512_mask_storeu_ps(row + j, tail, e);
+            vsum = _mm512_add_ps(vsum, e);
+          }
+          const float total = _mm512_reduce_add_ps(vsum);
+          inv[r] = total > 0.0f ? 1.0f / total : 0.0f;
+        }
+        for (int64_t d0 = 0; d0 < dim; d0 += 64) {
+          const int nd = static_cast<int>((std::min<int64_t>(64, dim - d0) + 15) / 16);
+          weighted_values_upto<4>(nd, scores.data(), keys_padded, rows, v, token_stride, seq, d0, dim, inv, orows);
+        }
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(qbert_kernels, m) { m.def("attention(Tensor qkv, Tensor? mask, float scale) -> Tensor"); }
+
+TORCH_LIBRARY_IMPL(qbert_kernels, CompositeExplicitAutograd, m) { m.impl("attention", &attention); }

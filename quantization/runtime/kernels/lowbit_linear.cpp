@@ -1,0 +1,307 @@
+// Packed 2/3/4/8-bit weight GEMM with per-token dynamic int8 activations, on AVX-512 VNNI.
+//
+//   y[t, r] = s_t * s_r * (sum_k xq[t, k] * c[r, k]  -  z_r * sum_k xq[t, k])  +  b[r]
+//   xq[t, k] = round(x[t, k] / s_t),  s_t = max(max_k |x[t, k]|, 1e-8) / 127
+//
+// The codes c stay packed at their own width in memory; each tile is unpacked to bytes in registers right
+// before the VNNI dot products (u8 codes x s8 activations -> int32, exact), and sums run over the whole row in
+// int32, so the token and row scales are applied once per output.
+//
+// Layout (see `pack_codes`): rows in blocks of P parts of 16 rows (P = `parts(bits)`), the input dimension in
+// quads of 4. The unit is a 64-byte VNNI tile T(h, q): byte 4*r + i = c[16*(P*b + h) + r][4*q + i]. Per row block,
+// per group of `quads_per_group` quads, each part stores its tiles packed:
+//   8 bits: 1 quad, T(h, q) as is;                          64 bytes per part
+//   4 bits: 2 quads, nibble j of each byte from T(h, 2p+j); 64 bytes per part
+//   2 bits: 4 quads, bit pair j from T(h, 4p+j);            64 bytes per part
+//   3 bits: 4 quads, the low two bits as 2-bit, then 4 x 64-bit masks of each tile's top bit; 96 bytes per part
+// A micro-tile is `tile_rows(bits)` tokens x one row block: its P x tokens accumulators and P weight registers fit
+// the 32 zmm registers (3-bit tiles take two more registers to unpack, so they use narrower blocks).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+constexpr int parts(int64_t bits) { return bits == 3 ? 2 : 4; }
+constexpr int tile_rows(int64_t bits) { return bits == 3 ? 12 : 6; }
+constexpr int64_t block_rows(int64_t bits) { return 16 * parts(bits); }
+
+int64_t quads_per_group(int64_t bits) { return bits == 8 ? 1 : bits == 4 ? 2 : 4; }
+int64_t half_group_bytes(int64_t bits) { return bits == 3 ? 96 : 64; }
+int64_t group_inputs(int64_t bits) { return 4 * quads_per_group(bits); }
+int64_t padded(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+
+bool cpu_supported() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vnni");
+}
+
+void check_bits(int64_t bits) {
+  TORCH_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8, "bits must be 2, 3, 4 or 8, got ", bits);
+}
+
+// codes: uint8 [rows, inputs], each < 2**bits -> packed uint8 [row_blocks, groups, parts, half_group_bytes]
+at::Tensor pack_codes(const at::Tensor& codes, int64_t bits) {
+  check_bits(bits);
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kByte, "codes must be a 2-D uint8 tensor");
+  TORCH_CHECK(codes.max().item<int64_t>() < (int64_t{1} << bits), "a code does not fit in ", bits, " bits");
+  const auto c = codes.contiguous();
+  const int64_t rows = c.size(0), inputs = c.size(1);
+  const int64_t P = parts(bits), blocks = padded(rows, block_rows(bits)) / block_rows(bits);
+  const int64_t groups = padded(inputs, group_inputs(bits)) / group_inputs(bits);
+  const int64_t half_bytes = half_group_bytes(bits), quads = quads_per_group(bits);
+  auto out = at::zeros({blocks, groups, P, half_bytes}, at::kByte);
+  const uint8_t* src = c.data_ptr<uint8_t>();
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  auto code = [&](int64_t r, int64_t k) -> uint8_t { return (r < rows && k < inputs) ? src[r * inputs + k] : 0; };
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t g = 0; g < groups; ++g)
+        for (int64_t h = 0; h < P; ++h) {
+          uint8_t* tile = dst + ((b * groups + g) * P + h) * half_bytes;
+          for (int64_t j = 0; j < quads; ++j) {
+            const int64_t q = g * quads + j;
+            for (int64_t byte = 0; byte < 64; ++byte) {
+              const uint8_t v = code(16 * (b * P + h) + byte / 4, 4 * q + byte % 4);
+              if (bits == 8) {
+                tile[byte] = v;
+              } else if (bits == 4) {
+                tile[byte] |= static_cast<uint8_t>(v << (4 * j));
+              } else {
+                tile[byte] |= static_cast<uint8_t>((v & 3) << (2 * j));
+                if (bits == 3 && (v & 4)) tile[64 + 8 * j + byte / 8] |= static_cast<uint8_t>(1u << (byte % 8));
+              }
+            }
+          }
+        }
+  });
+  return out;
+}
+
+// The inverse of pack_codes (tests check the round trip exactly).
+at::Tensor unpack_codes(const at::Tensor& packed, int64_t bits, int64_t rows, int64_t inputs) {
+  check_bits(bits);
+  const auto p = packed.contiguous();
+  const int64_t groups = p.size(1), half_bytes = half_group_bytes(bits), quads = quads_per_group(bits);
+  const int64_t P = parts(bits);
+  TORCH_CHECK(p.dim() == 4 && p.size(2) == P && p.size(3) == half_bytes, "not codes packed at ", bits, " bits");
+  TORCH_CHECK(p.size(0) * block_rows(bits) >= rows && groups * group_inputs(bits) >= inputs, "shape does not fit");
+  auto out = at::empty({rows, inputs}, at::kByte);
+  const uint8_t* src = p.data_ptr<uint8_t>();
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < inputs; ++k) {
+      const int64_t b = r / block_rows(bits), h = (r % block_rows(bits)) / 16, row = r % 16;
+      const int64_t g = k / group_inputs(bits), j = (k / 4) % quads, byte = 4 * row + k % 4;
+      const uint8_t* tile = src + ((b * groups + g) * P + h) * half_bytes;
+      uint8_t v;
+      if (bits == 8) v = tile[byte];
+      else if (bits == 4) v = (tile[byte] >> (4 * j)) & 15;
+      else {
+        v = (tile[byte] >> (2 * j)) & 3;
+        if (bits == 3) v |= ((tile[64 + 8 * j + byte / 8] >> (byte % 8)) & 1) << 2;
+      }
+      dst[r * inputs + k] = v;
+    }
+  return out;
+}
+
+// Per-token scales, int8 codes and their row sums. The codes go to micro-tile order, so that a micro-tile's
+// kernel reads every token's quad from one pointer: [tiles][quads][mr][4], zero-padded in both directions.
+void quantize_tokens(const float* x, int64_t tokens, int64_t inputs, int64_t quads, int64_t mr, int8_t* tiles,
+                     float* scales, int32_t* sums) {
+  at::parallel_for(0, tokens, 16, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* row = x + t * inputs;
+      __m512 vmax = _mm512_setzero_ps();
+      int64_t k = 0;
+      for (; k + 16 <= inputs; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(row + k)));
+      float amax = _mm512_reduce_max_ps(vmax);
+      for (; k < inputs; ++k) amax = std::max(amax, std::fabs(row[k]));
+      const float scale = std::max(amax, 1e-8f) / 127.0f;
+      scales[t] = scale;
+      const __m512 vscale = _mm512_set1_ps(scale);
+      __m512i vsum = _mm512_setzero_si512();
+      int8_t* out = tiles + (t / mr) * quads * mr * 4 + (t % mr) * 4;
+      for (k = 0; k + 16 <= inputs; k += 16) {
+        // a true division and round-half-to-even, as torch.round(x / s) computes it
+        const __m512 q = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(row + k), vscale),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m512i qi = _mm512_cvtps_epi32(q);
+        vsum = _mm512_add_epi32(vsum, qi);
+        alignas(16) int8_t bytes[16];
+        _mm_store_si128(reinterpret_cast<__m128i*>(bytes), _mm512_cvtsepi32_epi8(qi));
+        for (int quad = 0; quad < 4; ++quad) std::memcpy(out + (k / 4 + quad) * mr * 4, bytes + 4 * quad, 4);
+      }
+      int32_t sum = _mm512_reduce_add_epi32(vsum);
+      for (; k < quads * 4; ++k) {
+        const int32_t q = k < inputs ? static_cast<int32_t>(std::nearbyint(row[k] / scale)) : 0;
+        out[(k / 4) * mr * 4 + k % 4] = static_cast<int8_t>(q);
+        sum += q;
+      }
+      sums[t] = sum;
+    }
+  });
+}
+
+inline __m512i bcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+// One micro-tile: MR tokens (`a`: their codes in micro-tile order) x one 32-row block, over every input group.
+template <int MR, int BITS>
+inline __attribute__((always_inline)) void tile_sums(const int8_t* a, int64_t groups, const uint8_t* w,
+                                                     __m512i (&acc)[MR][parts(BITS)]) {
+  constexpr int kParts = parts(BITS), kTileRows = tile_rows(BITS);
+  for (int t = 0; t < MR; ++t)
+    for (int h = 0; h < kParts; ++h) acc[t][h] = _mm512_setzero_si512();
+  const __m512i low2 = _mm512_set1_epi8(3), low4 = _mm512_set1_epi8(15), four = _mm512_set1_epi8(4);
+  constexpr int64_t kQuads = BITS == 8 ? 1 : BITS == 4 ? 2 : 4;
+  constexpr int64_t kHalf = BITS == 3 ? 96 : 64;
+  for (int64_t g = 0; g < groups; ++g, w += kParts * kHalf) {
+#pragma GCC unroll 4
+    for (int j = 0; j < kQuads; ++j, a += kTileRows * 4) {
+      __m512i wv[kParts];
+#pragma GCC unroll 4
+      for (int h = 0; h < kParts; ++h) {
+        const uint8_t* part = w + h * kHalf;
+        if constexpr (BITS == 8) {
+          wv[h] = _mm512_loadu_si512(part);
+        } else if constexpr (BITS == 4) {
+          wv[h] = _mm512_and_si512(_mm512_srli_epi16(_mm512_loadu_si512(part), 4 * j), low4);
+        } else {
+          wv[h] = _mm512_and_si512(_mm512_srli_epi16(_mm512_loadu_si512(part), 2 * j), low2);
+          if constexpr (BITS == 3) {
+            __mmask64 top;
+            std::memcpy(&top, part + 64 + 8 * j, 8);
+            wv[h] = _mm512_or_si512(wv[h], _mm512_maskz_mov_epi8(top, four));
+          }
+        }
+      }
+#pragma GCC unroll 16
+      for (int t = 0; t < MR; ++t) {
+        const __m512i x = bcast4(a + 4 * t);
+#pragma GCC unroll 4
+        for (int h = 0; h < kParts; ++h) acc[t][h] = _mm512_dpbusd_epi32(acc[t][h], wv[h], x);
+      }
+    }
+  }
+}
+
+template <int MR, int BITS>
+void tile(const int8_t* a, int64_t groups, const uint8_t* w, const float* token_scales,
+          const int32_t* token_sums, const float* row_scale, const int32_t* row_zero, const float* bias,
+          int64_t rows_left, float* y, int64_t ldy) {
+  constexpr int kParts = parts(BITS);
+  __m512i acc[MR][kParts];
+  tile_sums<MR, BITS>(a, groups, w, acc);
+  // h and t unrolled: an accumulator indexed at run time would live in memory, not in a register
+#pragma GCC unroll 4
+  for (int h = 0; h < kParts; ++h) {
+    const int64_t valid = rows_left - 16 * h;
+    const __mmask16 mask = valid >= 16 ? __mmask16(0xFFFF) : valid <= 0 ? __mmask16(0) : __mmask16((1u << valid) - 1);
+    const __m512 scale = _mm512_loadu_ps(row_scale + 16 * h);
+    const __m512i zero = _mm512_loadu_si512(row_zero + 16 * h);
+    const __m512 b = _mm512_loadu_ps(bias + 16 * h);
+#pragma GCC unroll 16
+    for (int t = 0; t < MR; ++t) {
+      const __m512i exact = _mm512_sub_epi32(acc[t][h], _mm512_mullo_epi32(zero, _mm512_set1_epi32(token_sums[t])));
+      const __m512 out = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(scale, _mm512_set1_ps(token_scales[t])), b);
+      _mm512_mask_storeu_ps(y + t * ldy + 16 * h, mask, out);
+    }
+  }
+}
+
+// The micro-tile for n tokens (n <= MR), instantiated for each n up to the full tile.
+template <int BITS, int MR = tile_rows(BITS)>
+void run_tile(int n, const int8_t* a, int64_t groups, const uint8_t* w, const float* ts, const int32_t* tsum,
+              const float* rs, const int32_t* rz, const float* bias, int64_t rows_left, float* y, int64_t ldy) {
+  if (n == MR) return tile<MR, BITS>(a, groups, w, ts, tsum, rs, rz, bias, rows_left, y, ldy);
+  if constexpr (MR > 1) run_tile<BITS, MR - 1>(n, a, groups, w, ts, tsum, rs, rz, bias, rows_left, y, ldy);
+}
+
+// x: float32 [tokens, inputs]; packed from pack_codes; row_scale, bias: float32 [>= padded rows];
+// row_zero: int32 [>= padded rows]. Returns float32 [tokens, rows].
+at::Tensor linear(const at::Tensor& x, const at::Tensor& packed, int64_t bits, int64_t rows,
+                  const at::Tensor& row_scale, const at::Tensor& row_zero, const at::Tensor& bias) {
+  check_bits(bits);
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be a 2-D float32 tensor");
+  const auto xc = x.contiguous();
+  const int64_t tokens = xc.size(0), inputs = xc.size(1);
+  const int64_t blocks = packed.size(0), groups = packed.size(1);
+  const int64_t padded_inputs = groups * group_inputs(bits);
+  TORCH_CHECK(padded_inputs >= inputs && padded_inputs - inputs < group_inputs(bits), "x does not match the weights");
+  const int64_t covered = blocks * block_rows(bits);
+  TORCH_CHECK(packed.dim() == 4 && packed.size(2) == parts(bits) && packed.size(3) == half_group_bytes(bits),
+              "not codes packed at ", bits, " bits");
+  TORCH_CHECK(row_scale.scalar_type() == at::kFloat && row_zero.scalar_type() == at::kInt &&
+                  bias.scalar_type() == at::kFloat && row_scale.is_contiguous() && row_zero.is_contiguous() &&
+                  bias.is_contiguous(),
+              "row_scale and bias must be contiguous float32, row_zero contiguous int32");
+  TORCH_CHECK(covered >= rows && row_scale.numel() >= covered && row_zero.numel() >= covered && bias.numel() >= covered,
+              "row parameters must cover the padded rows");
+  auto y = at::empty({tokens, rows}, x.options());
+  if (tokens == 0) return y;
+  const int64_t mr = tile_rows(bits), quads = padded_inputs / 4, token_tiles = (tokens + mr - 1) / mr;
+  auto xq = at::empty({token_tiles * quads * mr * 4}, at::kChar);  // a partial tile's missing tokens are never read
+  auto scales = at::empty({tokens}, at::kFloat);
+  auto sums = at::empty({tokens}, at::kInt);
+  quantize_tokens(xc.data_ptr<float>(), tokens, inputs, quads, mr, xq.data_ptr<int8_t>(),
+                  scales.data_ptr<float>(), sums.data_ptr<int32_t>());
+  const int8_t* xqp = xq.data_ptr<int8_t>();
+  const uint8_t* wp = packed.data_ptr<uint8_t>();
+  const float *ts = scales.data_ptr<float>(), *rs = row_scale.data_ptr<float>(), *bp = bias.data_ptr<float>();
+  const int32_t *tsum = sums.data_ptr<int32_t>(), *rz = row_zero.data_ptr<int32_t>();
+  float* yp = y.data_ptr<float>();
+  const int64_t block_bytes = groups * parts(bits) * half_group_bytes(bits);
+  // tokens in chunks of whole micro-tiles whose codes stay in cache while every row block passes over them, the
+  // chunks as even as whole micro-tiles allow (the threads split the work evenly by count)
+  const int64_t chunks = std::max<int64_t>(1, tokens * padded_inputs / (96 * 1024));
+  const int64_t chunk = padded((tokens + chunks - 1) / chunks, mr);
+  const int64_t used_chunks = (tokens + chunk - 1) / chunk;
+  at::parallel_for(0, used_chunks * blocks, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / used_chunks, c = i % used_chunks;
+      const int64_t r0 = b * block_rows(bits);
+      const int64_t t_end = std::min(tokens, (c + 1) * chunk);
+      for (int64_t t = c * chunk; t < t_end; t += mr) {
+        const int n = static_cast<int>(std::min<int64_t>(mr, t_end - t));
+        const int8_t* xt = xqp + t * quads * 4;  // t is a multiple of mr: the start of a micro-tile
+        const uint8_t* w = wp + b * block_bytes;
+        float* yt = yp + t * rows + r0;
+        switch (bits) {
+          case 2: run_tile<2>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows); break;
+          case 3: run_tile<3>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows); break;
+          case 4: run_tile<4>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows); break;
+          default: run_tile<8>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows); break;
+        }
+      }
+    }
+  });
+  return y;
+}
+
+
+
+}  // namespace
+
+TORCH_LIBRARY(qbert_kernels, m) {
+  m.def("cpu_supported() -> bool", &cpu_supported);
+  m.def("pack_codes(Tensor codes, int bits) -> Tensor");
+  m.def("unpack_codes(Tensor packed, int bits, int rows, int inputs) -> Tensor");
+  m.def("linear(Tensor x, Tensor packed, int bits, int rows, Tensor row_scale, Tensor row_zero, Tensor bias) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(qbert_kernels, CompositeExplicitAutograd, m) {
+  m.impl("pack_codes", &pack_codes);
+  m.impl("unpack_codes", &unpack_codes);
+  m.impl("linear", &linear);
+}

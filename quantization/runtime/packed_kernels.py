@@ -1,0 +1,99 @@
+"""Our kernels (`kernels/`): the packed low-bit GEMM (`lowbit_linear.cpp`) and BERT attention (`attention.cpp`),
+built on first use by torch's C++ extension loader, cached on disk, and gated on the CPU (AVX-512 with VNNI) and
+on a compiler being there.
+
+`packed_kernels()` returns the ops (`torch.ops.qbert_kernels`) or raises `KernelsUnavailableError` saying why; the
+runtime then falls back to its oneDNN int8 path for that model, logged.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from quantization.system import cpu_kernel_flags
+
+logger = logging.getLogger(__name__)
+
+KERNEL_SOURCES = tuple(Path(__file__).with_name("kernels") / name for name in ("lowbit_linear.cpp", "attention.cpp"))
+# The instructions the kernels are compiled for; `cpu_supported` (compiled in) checks the CPU has them.
+COMPILE_FLAGS = ("-O3", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma")
+# at::parallel_for runs on torch's OpenMP threads only when compiled with OpenMP (else one thread); the libgomp it
+# links is the one torch has loaded already (same soname)
+OPENMP_FLAGS = ("-fopenmp",)
+CACHE_ENV = "QBERT_KERNEL_CACHE"
+
+
+class KernelsUnavailableError(RuntimeError):
+    """The packed kernels cannot run here: no AVX-512 VNNI, no C++ compiler, or the build failed."""
+
+
+def kernel_cache_dir() -> Path:
+    """Where built kernels are kept: one folder per source and torch release (`QBERT_KERNEL_CACHE` overrides the
+    user cache)."""
+    flags = " ".join(COMPILE_FLAGS + OPENMP_FLAGS)
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in KERNEL_SOURCES) + flags.encode()).hexdigest()[:12]
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "qbert" / "kernels")
+    return root / f"torch-{torch.__version__.split('+')[0]}-{digest}"
+
+
+def unavailable_reason() -> str | None:
+    """Why the packed kernels cannot run here, or None (builds them, once per process, where they can)."""
+    try:
+        packed_kernels()
+    except KernelsUnavailableError as exc:
+        return str(exc)
+    return None
+
+
+@functools.cache
+def packed_kernels() -> Any:
+    """The ops, built (or loaded from the cache) once per process."""
+    flags = cpu_kernel_flags()
+    if "avx512_vnni" not in flags or "avx512f" not in flags:
+        raise KernelsUnavailableError(f"the CPU has no AVX-512 VNNI (kernel flags: {', '.join(flags) or 'none'})")
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        raise KernelsUnavailableError("no C++ compiler (c++ or $CXX) to build the packed kernels")
+    build_dir = kernel_cache_dir()
+    try:
+        from torch.utils import cpp_extension
+
+        build_dir.mkdir(parents=True, exist_ok=True)
+        cpp_extension.load(
+            name=f"qbert_kernels_{build_dir.name.replace('.', '_').replace('-', '_')}",
+            sources=[str(p) for p in KERNEL_SOURCES],
+            extra_cflags=[*COMPILE_FLAGS, *OPENMP_FLAGS],
+            extra_ldflags=list(OPENMP_FLAGS),
+            build_directory=str(build_dir),
+            is_python_module=False,
+            verbose=False,
+        )
+        ops = torch.ops.qbert_kernels
+        supported = bool(ops.cpu_supported())
+    except Exception as exc:  # the compiler, ninja and the loader raise many types; all mean the same here
+        raise KernelsUnavailableError(f"the packed kernels did not build: {type(exc).__name__}: {exc}") from exc
+    if not supported:
+        raise KernelsUnavailableError("the CPU lacks an instruction set the packed kernels were compiled for")
+    _register_fakes()
+    logger.info("packed low-bit kernels ready (%s)", build_dir)
+    return ops
+
+
+def _register_fakes() -> None:
+    """The ops' output shapes, for torch.compile's tracing."""
+
+    @torch.library.register_fake("qbert_kernels::linear")
+    def _linear(x, packed, bits, rows, row_scale, row_zero, bias):  # noqa: ANN001, ANN202 (the schema types it)
+        return x.new_empty((x.shape[0], rows))
+
+    @torch.library.register_fake("qbert_kernels::attention")
+    def _attention(qkv, mask, scale):  # noqa: ANN001, ANN202
+        batch, seq, _, heads, dim = qkv.shape
+        return qkv.new_empty((batch, seq, heads * dim))

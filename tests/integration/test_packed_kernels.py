@@ -1,0 +1,172 @@
+"""Our packed low-bit kernels: one pack/unpack pair per bit width with an exact round trip, memory at the codes'
+own width, and the GEMM against the float64 formula."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from quantization.qtensor import QuantizedWeight
+from quantization.runtime.int8_linear import Int8Linear
+from quantization.runtime.packed_kernels import KernelsUnavailableError, packed_kernels
+from quantization.runtime.packed_linear import PackedLinear
+
+try:
+    OPS = packed_kernels()
+except KernelsUnavailableError as exc:  # a CPU without AVX-512 VNNI, or no compiler: the runtime falls back
+    pytest.skip(f"packed kernels unavailable here: {exc}", allow_module_level=True)
+
+BITS = (2, 3, 4, 8)
+PARTS = {2: 4, 3: 2, 4: 4, 8: 4}  # 16-row parts per row block (the kernel's geometry)
+GROUP_INPUTS = {2: 16, 3: 16, 4: 8, 8: 4}  # inputs per packed group
+# Shapes with ragged rows (not a whole block) and inputs (not a whole group), and BERT's.
+SHAPES = [(1, 4), (17, 5), (50, 40), (65, 129), (384, 384), (96, 1536)]
+
+
+def _codes(rows: int, inputs: int, bits: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 2**bits, (rows, inputs), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize(("rows", "inputs"), SHAPES)
+def test_pack_unpack_round_trip_is_exact(bits: int, rows: int, inputs: int) -> None:
+    codes = _codes(rows, inputs, bits)
+    packed = OPS.pack_codes(codes, bits)
+    assert torch.equal(OPS.unpack_codes(packed, bits, rows, inputs), codes)
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_extreme_codes_round_trip(bits: int) -> None:
+    for value in (0, 2**bits - 1):
+        codes = torch.full((33, 48), value, dtype=torch.uint8)
+        assert torch.equal(OPS.unpack_codes(OPS.pack_codes(codes, bits), bits, 33, 48), codes)
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_packed_codes_take_their_own_bits(bits: int) -> None:
+    """bits/8 bytes per weight, plus only the padding of the last row block and input group."""
+    rows, inputs = 384, 1536
+    packed = OPS.pack_codes(_codes(rows, inputs, bits), bits)
+    assert packed.numel() == rows * inputs * bits // 8
+    ragged = OPS.pack_codes(_codes(50, 40, bits), bits)
+    block_rows = 16 * PARTS[bits]
+    padded = math.ceil(50 / block_rows) * block_rows * math.ceil(40 / GROUP_INPUTS[bits]) * GROUP_INPUTS[bits]
+    assert ragged.numel() == padded * bits // 8
+
+
+def test_a_code_too_wide_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="does not fit in 2 bits"):
+        OPS.pack_codes(torch.full((4, 4), 4, dtype=torch.uint8), 2)
+    with pytest.raises(RuntimeError, match="bits must be 2, 3, 4 or 8"):
+        OPS.pack_codes(torch.zeros((4, 4), dtype=torch.uint8), 5)
+
+
+def _qweight(rows: int, inputs: int, bits: int, seed: int) -> QuantizedWeight:
+    generator = torch.Generator().manual_seed(seed)
+    groups = max(1, rows // 16)
+    offsets = torch.linspace(0, rows, groups + 1).round().to(torch.int64)
+    return QuantizedWeight(
+        codes=_codes(rows, inputs, bits, seed),
+        scale=torch.rand(groups, generator=generator) * 0.05 + 1e-3,
+        zero_point=torch.randint(0, 2**bits, (groups,), generator=generator).to(torch.uint8),
+        offsets=offsets,
+        bits=bits,
+    )
+
+
+def _formula_float64(x: torch.Tensor, qweight: QuantizedWeight, bias: torch.Tensor) -> torch.Tensor:
+    """s_t·round(x/s_t)·(s·(c − z))ᵀ + b in float64, with s_t = max|x|/127 as float32 computes it."""
+    token_scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-8) / 127
+    xq = torch.round(x / token_scale).double()
+    return (xq @ qweight.dequantize().double().T) * token_scale.double() + bias.double()
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize(("tokens", "rows", "inputs"), [(1, 64, 48), (5, 50, 40), (13, 1152, 384), (40, 33, 100)])
+def test_the_kernel_computes_the_formula(bits: int, tokens: int, rows: int, inputs: int) -> None:
+    """Integer sums exact; only the final float32 rescaling rounds (every token count: whole and partial tiles)."""
+    qweight = _qweight(rows, inputs, bits, seed=tokens)
+    bias = torch.randn(rows)
+    layer = PackedLinear.from_quantized(qweight, bias)
+    layer.pack()
+    x = torch.randn(tokens, inputs) * 3
+    x[0, :] = 0  # a token of zeros: scale clamped, output the bias
+    want = _formula_float64(x, qweight, bias)
+    got = layer(x).double()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    assert torch.equal(layer.unpacked_codes(), qweight.codes)
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_the_kernel_agrees_with_the_reference_layer(bits: int) -> None:
+    """`Int8Linear` (the reference runtime) and `PackedLinear` on the same codes, batched as the runtime does."""
+    qweight = _qweight(96, 64, bits, seed=3)
+    bias = torch.randn(96)
+    packed = PackedLinear.from_quantized(qweight, bias)
+    packed.pack()
+    reference = Int8Linear.from_quantized(
+        QuantizedWeight(qweight.codes.clone(), qweight.scale, qweight.zero_point, qweight.offsets, bits), bias
+    )
+    x = torch.randn(2, 7, 64)
+    torch.testing.assert_close(packed(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_stacked_layers_give_exactly_their_outputs_joined(bits: int) -> None:
+    rows = (32, 40, 48)
+    layers = [PackedLinear.from_quantized(_qweight(n, 48, bits, seed=n), torch.randn(n)) for n in rows]
+    stacked = PackedLinear.stacked(layers)
+    for layer in (*layers, stacked):
+        layer.pack()
+    x = torch.randn(9, 48)
+    assert torch.equal(stacked(x), torch.cat([layer(x) for layer in layers], dim=-1))
+
+
+def test_a_layers_resident_bytes_follow_its_bits() -> None:
+    """A 768 × 3072 layer: codes at bits/8 bytes per weight, plus 12 bytes per row (scale, zero point, bias)."""
+    sizes = {}
+    for bits in BITS:
+        layer = PackedLinear.from_quantized(_qweight(3072, 768, bits, seed=0), torch.zeros(3072))
+        layer.pack()
+        sizes[bits] = layer.runtime_nbytes
+        assert sizes[bits] == 3072 * 768 * bits // 8 + 3072 * 12
+    # the runtime issue's goals for a model's Linear weights: 4-bit ≤ 0.55 and 2-bit ≤ 0.30 of 8-bit
+    assert sizes[4] / sizes[8] <= 0.55
+    assert sizes[3] / sizes[8] <= 0.40
+    assert sizes[2] / sizes[8] <= 0.30
+
+
+def _sdpa_reference(qkv: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    query, key, value = (qkv.select(2, i).transpose(1, 2).double() for i in range(3))
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
+    return out.transpose(1, 2).reshape(qkv.shape[0], qkv.shape[1], -1)
+
+
+@pytest.mark.parametrize(
+    ("batch", "seq", "heads", "dim"),
+    [(1, 1, 1, 8), (2, 7, 2, 16), (3, 33, 4, 12), (2, 128, 12, 32), (1, 130, 2, 64), (1, 20, 1, 80)],
+)
+@pytest.mark.parametrize("padded", [False, True])
+def test_the_attention_kernel_computes_sdpa(batch: int, seq: int, heads: int, dim: int, padded: bool) -> None:
+    """Against torch's SDPA in float64, with and without a key padding mask as BERT builds it (bool, [b, 1, s, s])."""
+    generator = torch.Generator().manual_seed(seq)
+    qkv = torch.randn(batch, seq, 3, heads, dim, generator=generator) * 2
+    mask = None
+    if padded:
+        lengths = torch.randint(1, seq + 1, (batch,), generator=generator)
+        keys = torch.arange(seq)[None, :] < lengths[:, None]
+        mask = keys[:, None, None, :].expand(batch, 1, seq, seq)
+    scale = dim**-0.5
+    got = OPS.attention(qkv, mask, scale)
+    want = _sdpa_reference(qkv, mask, scale)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_reads_a_non_contiguous_mask_and_a_broadcast_one() -> None:
+    qkv = torch.randn(2, 9, 3, 2, 16)
+    keys = torch.tensor([[True] * 9, [True] * 5 + [False] * 4])
+    full = keys[:, None, None, :].expand(2, 1, 9, 9)
+    torch.testing.assert_close(OPS.attention(qkv, keys[:, None, None, :], 0.25), OPS.attention(qkv, full, 0.25))
+    torch.testing.assert_close(OPS.attention(qkv, full.contiguous(), 0.25), OPS.attention(qkv, full, 0.25))
