@@ -30,8 +30,8 @@ from quantization import peers
 from quantization.allocation import block_bits_to_layer_bits
 from quantization.artifact import TOKENIZER_FILES, WEIGHTS
 from quantization.catalog import Catalog, artifacts_dir, plans_dir, read_plan
-from quantization.config import BACKENDS, PrecisionConfig, Rounding
-from quantization.runtime.openvino_backend import BackendMismatchError as RefusedError  # a load-time check failed
+from quantization.config import BACKENDS, COMPILED_BACKENDS, PrecisionConfig, Rounding
+from quantization.runtime.loaded import BackendMismatchError as RefusedError  # a load-time check failed
 from quantization.structure import encoder_blocks
 from quantization.system import cpu_kernel_flags, cpu_model_name, resident_bytes
 
@@ -98,7 +98,7 @@ QUICK = BenchPlan(  # the goal's shapes on bert-base and one served model
     shapes=(Shape(1, 128), Shape(8, 128)),
     precisions=("w8", "w4g128", "w2g128"),
     runtimes=("torch-fp32", "ort-int8", "ov-int8", "qbert"),
-    backends=("compiled", "openvino"),
+    backends=("packed", "compiled"),
     rounds=4,
     sample_seconds=0.15,
     memory_after_run=False,
@@ -115,7 +115,7 @@ class Candidate:
     path: Path  # what loading reads: checkpoint folder, .onnx file or artifact folder
     artifact_bytes: int
     vocab_size: int
-    backend: str = ""  # ours: eager or compiled
+    backend: str = ""  # ours: one of BACKENDS
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -433,7 +433,7 @@ def run_bench(plan: BenchPlan, candidates: Sequence[Candidate], progress: Callab
     if plan.memory:
         for candidate in (c for c in candidates if c.runtime in plan.memory_runtimes):
             progress(f"memory: {'/'.join(candidate.key)} in a fresh process")
-            run = plan.memory_after_run or candidate.backend != "compiled"
+            run = plan.memory_after_run or candidate.backend not in COMPILED_BACKENDS
             memory[candidate.key] = memory_in_fresh_process(candidate, plan.threads, run)
     progress("loading every candidate")
     refused: dict[tuple[str, str, str, str], str] = {

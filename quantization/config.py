@@ -17,7 +17,10 @@ from typing import Any
 # reuse it, across model instances too. "eager": op by op, no compilation; the reference. "openvino": the
 # artifact's codes as packed u2/u3/u4/u8 constants in an OpenVINO model run by its CPU plugin
 # (`quantization.runtime.openvino_backend`); where it cannot build a model, that model runs eager.
-BACKENDS = ("eager", "compiled", "openvino")
+# "packed": the compiled graph with our VNNI kernels multiplying the codes still packed at their own width
+# (`quantization.runtime.packed_linear`); where those cannot run (no AVX-512 VNNI, no compiler), "compiled".
+BACKENDS = ("eager", "compiled", "packed", "openvino")
+COMPILED_BACKENDS = ("compiled", "packed")  # under torch.compile: warmed up (compiled) at load
 
 SUPPORTED_WEIGHT_BITS = (2, 3, 4, 8)
 _PRECISION_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")

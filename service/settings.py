@@ -50,8 +50,11 @@ class ServiceSettings(BaseSettings):
 
     workers: int = Field(1, ge=1, le=64, description="worker processes, each loading every artifact")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per worker (default: cores / workers)")
-    backend: Literal["compiled", "eager", "openvino"] = Field(
-        "compiled", description="compiled: torch.compile (faster: README, bench), compiles at start (cached on disk)"
+    backend: Literal["packed", "compiled", "eager", "openvino"] = Field(
+        "packed",
+        description="packed: torch.compile with our VNNI kernels on the codes kept packed at their own bits (fastest "
+        "and smallest: README, bench; where the CPU or compiler cannot, compiled); compiled: torch.compile with "
+        "oneDNN int8 (codes unpacked to int8); both compile at start (cached on disk); eager: the reference",
     )
     openvino_activation_group_size: int = Field(
         128,

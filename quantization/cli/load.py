@@ -129,7 +129,7 @@ def register(sub: Any) -> None:
         "the load itself runs on this process's own CPUs (Linux)",
     )
     p.add_argument(
-        "--raw-backend", choices=BACKENDS, default="compiled", help="as the server's QBERT_BACKEND (default compiled)"
+        "--raw-backend", choices=BACKENDS, default="packed", help="as the server's QBERT_BACKEND (default packed)"
     )
     p.set_defaults(func=cmd_loadtest)
 

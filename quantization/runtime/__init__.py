@@ -2,12 +2,16 @@
 and the bench. The offline algorithms (`quantization/`) choose the codes; this package decides how they are stored
 in memory and multiplied.
 
-- `int8_linear`: `Int8Linear`, a quantized Linear on oneDNN's int8 GEMM, and the custom op that runs it;
-- `modules`: 8-bit embeddings and BERT self-attention with Q, K and V stacked into one `Int8Linear`;
+- `int8_linear`: `Int8Linear`, a quantized Linear on oneDNN's int8 GEMM (codes unpacked to int8), and the custom
+  op that runs it;
+- `packed_linear`, `packed_kernels`, `kernels/`: `PackedLinear`, whose codes stay packed at their own width,
+  multiplied by our AVX-512 VNNI kernel, and our attention kernel (the `packed` backend, the default);
+- `modules`: 8-bit embeddings and BERT self-attention with Q, K and V stacked into one quantized Linear;
 - `building`: an artifact's inference model (`build_model`);
 - `compiling`: the compiled backend (torch.compile), warmed up at load;
 - `openvino_backend`: the openvino backend (the artifact's codes, packed, in OpenVINO's CPU plugin);
-- `loading`: `load_model`, which picks the backend and falls back to the reference (eager) one;
+- `loading`: `load_model`, which picks the backend, checks it against the reference (eager) one at load and falls
+  back where a backend cannot run;
 - `torch_internals`, `transformers_internals`: every use of those libraries' private APIs, behind capability
   checks; where one changed, the runtime degrades to the reference path with the reason logged.
 """

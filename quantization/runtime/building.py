@@ -14,6 +14,7 @@ from quantization.artifact import Artifact
 from quantization.qtensor import QDATA, SCALE, ZERO_POINT, QuantizedWeight
 from quantization.runtime.int8_linear import Int8Linear
 from quantization.runtime.modules import QuantizedEmbedding, set_submodule, stack_attention_projections
+from quantization.runtime.packed_linear import PackedLinear
 from quantization.runtime.transformers_internals import use_sdpa
 from quantization.system import release_free_heap
 
@@ -60,7 +61,6 @@ def build_model(
     with torch.device("meta"):
         model = _model_class(config)(config)
     tensors = dict(artifact.tensors)
-    runtime_bytes = 0
     for entry in artifact.manifest["tensors"]:
         if entry["bits"] == 32:
             continue
@@ -76,7 +76,6 @@ def build_model(
             replacement = linear_factory(qweight, bias)
         else:
             raise ValueError(f"{module_name} is a {type(original).__name__}; only Linear/Embedding quantize")
-        runtime_bytes += typing.cast(int, replacement.runtime_nbytes)
         set_submodule(model, module_name, replacement)
     # Copies, so that no model tensor keeps the memory-mapped weights file (and its pages) alive.
     result = model.load_state_dict({k: v.clone() for k, v in tensors.items()}, strict=False, assign=True)
@@ -86,12 +85,16 @@ def build_model(
     still_meta = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
     if still_meta:
         raise ValueError(f"artifact lacks tensors the model needs: {still_meta[:5]}")
-    runtime_bytes += sum(p.numel() * p.element_size() for p in model.parameters())
     if stack_qkv:
         stack_attention_projections(model)
     for module in model.modules():
-        if isinstance(module, Int8Linear):
+        if isinstance(module, (Int8Linear, PackedLinear)):
             module.pack()
+    # after packing: what each quantized module holds (packed codes, row parameters), and the float parameters
+    runtime_bytes = sum(
+        typing.cast(int, module.runtime_nbytes) for module in model.modules() if hasattr(module, "runtime_nbytes")
+    )
+    runtime_bytes += sum(p.numel() * p.element_size() for p in model.parameters())
     model.eval()
     release_free_heap()  # the load's freed temporaries, so that RSS is the model's size, not its load's peak
     return model, runtime_bytes

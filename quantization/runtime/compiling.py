@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from quantization.config import COMPILED_BACKENDS
 from quantization.runtime.int8_linear import lower_packed_matmul_to_onednn, onednn_int8_is_usable
 from quantization.runtime.loaded import LoadedModel, random_inputs
 from quantization.runtime.torch_internals import dynamo_frame_counts, original_module, raise_recompile_limit
@@ -41,11 +42,16 @@ def compile_model(model: nn.Module) -> nn.Module:
     return compiled
 
 
+# What a compiled backend's model is called when it runs without its compiled graphs (warming up, or where
+# compiling failed): the packed one keeps its packed kernels, so it is not the reference.
+EAGER_TWINS = {"compiled": "eager", "packed": "packed-eager"}
+
+
 def as_eager(loaded: LoadedModel) -> LoadedModel:
     """A compiled model's eager twin: the same module and weights, run without its compiled graphs."""
-    if loaded.backend != "compiled":
+    if loaded.backend not in COMPILED_BACKENDS:
         return loaded
-    return dataclasses.replace(loaded, model=original_module(loaded.model), backend="eager")
+    return dataclasses.replace(loaded, model=original_module(loaded.model), backend=EAGER_TWINS[loaded.backend])
 
 
 def warm_up(loaded: LoadedModel) -> LoadedModel:
@@ -56,7 +62,7 @@ def warm_up(loaded: LoadedModel) -> LoadedModel:
 
     Where compiling fails (no C++ compiler, an unsupported op), the model falls back to eager, logged.
     """
-    if loaded.backend != "compiled":
+    if loaded.backend not in COMPILED_BACKENDS:
         return loaded
     vocab = loaded.config.vocab_size
     before = dynamo_frame_counts(after_a_compile=False)

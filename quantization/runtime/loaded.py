@@ -10,6 +10,10 @@ import torch
 import transformers
 
 
+class BackendMismatchError(ValueError):
+    """A built model's output on the check input differs from its reference beyond tolerance: refused."""
+
+
 @dataclass
 class LoadedModel:
     """An inference-ready model with its tokenizer and what it costs."""

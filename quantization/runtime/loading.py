@@ -16,7 +16,7 @@ from quantization.artifact import Artifact, read_artifact
 from quantization.config import BACKENDS
 from quantization.runtime.building import build_model
 from quantization.runtime.compiling import compile_model
-from quantization.runtime.loaded import LoadedModel, check_inputs
+from quantization.runtime.loaded import BackendMismatchError, LoadedModel, check_inputs
 from quantization.runtime.torch_internals import InternalsChangedError
 from quantization.system import release_free_heap
 
@@ -45,21 +45,67 @@ def _build_openvino(artifact: Artifact, activation_group_size: int | None) -> tu
     return converted.model, converted.runtime_bytes
 
 
+# The packed kernels compute the reference's formula with exact integer sums; only the float32 rescaling is ordered
+# differently, and a token whose input lands on a rounding boundary can move one step: checked against the eager
+# (reference) model on the check input within `atol + rtol * max |reference|`.
+PACKED_RTOL, PACKED_ATOL = 1e-2, 1e-3
+
+
+def artifact_vocab_size(artifact: Artifact) -> int:
+    return int(transformers.AutoConfig.from_pretrained(artifact.path, local_files_only=True).vocab_size)
+
+
+def _build_packed(artifact: Artifact) -> tuple[Any, int] | None:
+    """The packed backend's model of an artifact (compiled lazily), or None (logged why) where the packed kernels
+    cannot run here. Checked at load against the reference (eager) model: `BackendMismatchError` past tolerance."""
+    from quantization.runtime.packed_kernels import KernelsUnavailableError
+    from quantization.runtime.packed_linear import PackedLinear
+
+    try:
+        model, runtime_bytes = build_model(artifact, linear_factory=PackedLinear.from_quantized)
+    except KernelsUnavailableError as exc:
+        logger.warning("packed kernels cannot run %s (%s); it runs on the compiled backend", artifact.path, exc)
+        return None
+    reference, _ = build_model(artifact)
+    inputs = check_inputs(artifact_vocab_size(artifact))
+    with torch.inference_mode():
+        expected, ours = reference(**inputs), model(**inputs)
+    del reference
+    release_free_heap()
+    diff = max(float((ours[name] - value).abs().max()) for name, value in expected.items())
+    limit = PACKED_ATOL + PACKED_RTOL * max(float(value.abs().max()) for value in expected.values())
+    if not diff <= limit:  # also refuses NaN
+        raise BackendMismatchError(
+            f"{artifact.path}: the packed model's outputs differ from the reference by {diff:.3g} "
+            f"(limit {limit:.3g}); refused"
+        )
+    try:
+        return compile_model(model), runtime_bytes
+    except InternalsChangedError as exc:  # the compiled backend will fail alike, and fall back to eager
+        logger.error("cannot compile %s (%s)", artifact.path, exc)
+        return None
+
+
 def build_for_backend(
     artifact: Artifact, backend: str, openvino_activation_group_size: int | None = None
 ) -> tuple[Any, int, str]:
     """The model of an artifact on `backend` (compiled lazily: `warm_up` compiles), its runtime weight bytes, and
-    the backend it runs on: the reference (eager) where the openvino backend cannot build it (logged).
+    the backend it runs on: the reference (eager) where the openvino backend cannot build it, the compiled one
+    (oneDNN int8) where the packed kernels cannot run here (logged).
 
     `openvino_activation_group_size`: the openvino backend's activation groups (`OpenVinoOptions`; None: its
     default, 0: the exact float32 formula)."""
     built = _build_openvino(artifact, openvino_activation_group_size) if backend == "openvino" else None
     if built is not None:
         return (*built, backend)
+    if backend == "packed":
+        built = _build_packed(artifact)
+        if built is not None:
+            return (*built, backend)
     model, runtime_bytes = build_model(artifact)
-    if backend == "compiled":
+    if backend in ("compiled", "packed"):
         try:
-            return compile_model(model), runtime_bytes, backend
+            return compile_model(model), runtime_bytes, "compiled"
         except InternalsChangedError as exc:
             logger.error("cannot compile %s (%s); it runs on the reference (eager) backend", artifact.path, exc)
     return model, runtime_bytes, "eager"

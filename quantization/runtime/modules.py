@@ -1,10 +1,9 @@
 """The other modules a quantized model is built of: 8-bit embedding tables and BERT self-attention with its
-quantized Q, K and V projections stacked into one `Int8Linear`."""
+quantized Q, K and V projections stacked into one quantized Linear (`Int8Linear` or `PackedLinear`)."""
 
 from __future__ import annotations
 
 import logging
-import typing
 from typing import Any
 
 import torch
@@ -13,6 +12,7 @@ from torch import nn
 
 from quantization.qtensor import QuantizedWeight
 from quantization.runtime.int8_linear import Int8Linear
+from quantization.runtime.packed_linear import PackedLinear
 from quantization.runtime.transformers_internals import (
     attention_function,
     is_encoder_self_attention,
@@ -21,6 +21,14 @@ from quantization.runtime.transformers_internals import (
 )
 
 logger = logging.getLogger(__name__)
+
+# Quantized Linear modules that stack (a `stacked` class method): Q, K and V of one class become one of that class.
+STACKABLE_LINEARS: tuple[type[nn.Module], ...] = (Int8Linear, PackedLinear)
+
+
+def _stackable(projections: list[nn.Module]) -> bool:
+    kinds = {type(p) for p in projections}
+    return len(kinds) == 1 and kinds <= set(STACKABLE_LINEARS) and len({p.bits for p in projections}) == 1
 
 
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -51,7 +59,7 @@ class QuantizedEmbedding(nn.Module):
 
 
 class StackedQKVSelfAttention(nn.Module):
-    """BERT self-attention whose quantized Q, K and V projections run as one stacked `Int8Linear`.
+    """BERT self-attention whose quantized Q, K and V projections run as one stacked quantized Linear.
 
     Same inputs, outputs and attention kernel as the module it replaces (transformers' BERT self-attention,
     encoder use), so results are unchanged; the hidden states are quantized once, not three times.
@@ -67,9 +75,11 @@ class StackedQKVSelfAttention(nn.Module):
         for name, value in self_attention_fields(original).items():
             setattr(self, name, value)
         projections = [original.get_submodule(name) for name in ("query", "key", "value")]
-        if not all(isinstance(p, Int8Linear) for p in projections):
-            raise ValueError("only quantized (Int8Linear) Q, K and V projections stack")
-        self.qkv = Int8Linear.stacked(typing.cast(list[Int8Linear], projections))
+        if not _stackable(projections):
+            raise ValueError("only quantized Q, K and V projections of one class and bit width stack")
+        self.qkv = type(projections[0]).stacked(projections)  # type: ignore[attr-defined]
+        # resolved here, not per call: Dynamo would trace the lookup's cache wrapper in every compiled forward
+        self.attention = attention_function(self.config)
 
     def forward(
         self,
@@ -82,25 +92,33 @@ class StackedQKVSelfAttention(nn.Module):
             raise ValueError("StackedQKVSelfAttention serves encoders: no key/value cache")
         input_shape = hidden_states.shape[:-1]
         qkv = self.qkv(hidden_states).view(*input_shape, 3, self.num_attention_heads, self.attention_head_size)
+        if isinstance(self.qkv, PackedLinear) and qkv.dim() == 5 and fused_attention_applies(attention_mask, kwargs):
+            # our kernel reads Q, K and V where the projection wrote them and writes the heads joined
+            return torch.ops.qbert_kernels.attention(qkv, attention_mask, self.scaling), None
         query, key, value = (qkv.select(-3, i).transpose(1, 2) for i in range(3))
-        attention = attention_function(self.config)
-        output, weights = attention(
+        output, weights = self.attention(
             self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling, **kwargs
         )
         return output.reshape(*input_shape, -1).contiguous(), weights
 
 
+def fused_attention_applies(attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> bool:
+    """Whether our attention kernel computes what the SDPA call would: an encoder's key/padding mask (bool, or
+    none), no dropout, no attention weights asked for."""
+    return (
+        (attention_mask is None or (attention_mask.dtype == torch.bool and attention_mask.dim() == 4))
+        and not kwargs.get("output_attentions", False)
+        and not kwargs.get("head_mask")
+    )
+
+
 def stack_attention_projections(model: nn.Module) -> None:
-    """Replace every encoder BERT self-attention whose Q, K and V are all `Int8Linear` by the stacked form; where
+    """Replace every encoder BERT self-attention whose Q, K and V stack (`STACKABLE_LINEARS`) by the stacked form; where
     transformers' internals are not what this was written against, leave the model as it is (logged)."""
     reason = stacking_unavailable_reason()
     if reason is not None:
         logger.warning("Q, K and V run as three matmuls, not one stacked: %s", reason)
         return
     for name, module in list(model.named_modules()):
-        if (
-            is_encoder_self_attention(module)
-            and all(isinstance(getattr(module, p), Int8Linear) for p in ("query", "key", "value"))
-            and module.query.bits == module.key.bits == module.value.bits
-        ):
+        if is_encoder_self_attention(module) and _stackable([getattr(module, p) for p in ("query", "key", "value")]):
             set_submodule(model, name, StackedQKVSelfAttention(module))

@@ -37,6 +37,7 @@ from quantization.artifact import Artifact
 from quantization.primitives import token_scales
 from quantization.qtensor import QuantizedWeight
 from quantization.runtime.building import build_model
+from quantization.runtime.loaded import BackendMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +47,6 @@ _WIDTHS = (2, 3, 4, 8)
 
 class BackendUnavailableError(RuntimeError):
     """The openvino backend cannot build this model here (package missing or too old, a conversion failed)."""
-
-
-class BackendMismatchError(ValueError):
-    """A built model's output on the check input differs from its reference beyond tolerance."""
 
 
 @dataclass(frozen=True)

@@ -3,71 +3,19 @@ through the plugin's int8 kernels (its default), with a safe fallback."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
 import pytest
 import torch
 
-from quantization.artifact import read_artifact
-from quantization.build import build_artifact, load_checkpoint
-from quantization.catalog import load_catalog
 from quantization.runtime import check_inputs, load_model
 from service.protocol import ArtifactRef, RunBatch, WorkerSpec
 from service.worker import InferenceWorker
-from tests.conftest import tiny_entry, write_tiny_data
+from tests.integration.backends import MIXED, against_float64, build_tiny
 
 openvino = pytest.importorskip("openvino")
 from quantization.runtime import openvino_backend  # noqa: E402  (after the skip: it needs the package)
-
-CATALOG = load_catalog()
-LAYER = "bert.encoder.layer.{}.{}"
-# A mixed plan over every width: Q/K/V/out/FFN of block 0 and block 1 at 2, 3, 4 and 8 bits.
-MIXED = {
-    LAYER.format(0, "attention.self.query"): 2,
-    LAYER.format(0, "attention.self.key"): 3,
-    LAYER.format(0, "attention.self.value"): 4,
-    LAYER.format(0, "attention.output.dense"): 8,
-    LAYER.format(0, "intermediate.dense"): 3,
-    LAYER.format(1, "attention.self.query"): 8,
-    LAYER.format(1, "intermediate.dense"): 2,
-    LAYER.format(1, "output.dense"): 4,
-}
-
-
-def _build(tmp_path: Path, checkpoint_dir: Path, task: str, precision: str, layer_bits: dict | None = None) -> Path:
-    config = CATALOG.precision_for(task, precision)
-    if layer_bits:
-        config = dataclasses.replace(config, name="mixed", layer_bits=layer_bits)
-    out = tmp_path / task / config.name
-    data = write_tiny_data(tmp_path / "data")
-    build_artifact(load_checkpoint(str(checkpoint_dir), task), tiny_entry(task, checkpoint_dir, data), config, out)
-    return out
-
-
-def _float64_reference(checkpoint_dir: Path, task: str, artifact_dir: Path) -> torch.nn.Module:
-    """The FP32 checkpoint in float64 with every quantized tensor (Linear weights, embeddings) set to s·(c − z),
-    and each quantized Linear's input rounded per token to 8 bits, x_q·s_t with s_t = max|x| / 127."""
-    reference = load_checkpoint(str(checkpoint_dir), task).model
-    artifact = read_artifact(artifact_dir)
-
-    def quantize_per_token(_module, args):
-        (x,) = args
-        scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-8) / 127
-        return (torch.round(x / scale) * scale,)
-
-    for entry in artifact.manifest["tensors"]:
-        if entry["bits"] != 32:
-            module = reference.get_submodule(entry["module"])
-            module.weight.data = artifact.quantized_weight(entry).dequantize()
-            if isinstance(module, torch.nn.Linear):
-                module.register_forward_pre_hook(quantize_per_token)
-    return reference.double()
-
-
-def _outputs(output) -> list[torch.Tensor]:
-    return [t.double() for t in output.values()]
 
 
 @pytest.mark.parametrize(
@@ -88,24 +36,12 @@ def test_openvino_runs_the_recorded_codes_exactly(
     """Against s_t·x_q·(s·(c − z))ᵀ + b computed in float64 from the artifact's own codes, scales and zero
     points (a rare token whose input lands on a rounding boundary in one precision and not the other moves by
     one code step: hence 1e-3, not 1e-6)."""
-    artifact = _build(tmp_path, tiny_checkpoints[task], task, precision, layer_bits)
+    artifact = build_tiny(tmp_path, tiny_checkpoints[task], task, precision, layer_bits)
     loaded = load_model(artifact, backend="openvino", openvino_activation_group_size=0)
     assert loaded.backend == "openvino"
-    ours, exact = _against_float64(loaded, tiny_checkpoints[task], task, artifact)
+    ours, exact = against_float64(loaded, tiny_checkpoints[task], task, artifact)
     for got, want in zip(ours, exact, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
-
-
-def _against_float64(loaded, checkpoint_dir: Path, task: str, artifact: Path) -> tuple[list, list]:
-    reference = _float64_reference(checkpoint_dir, task, artifact)
-    ids = torch.randint(5, 100, (3, 11), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones_like(ids)
-    mask[1, 7:] = 0  # a padded row
-    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
-    with torch.inference_mode():
-        ours, exact = _outputs(loaded.model(**batch)), _outputs(reference(**batch))
-    assert len(ours) == len(exact) == (2 if task == "qa" else 1)
-    return ours, exact
 
 
 @pytest.mark.parametrize(
@@ -118,10 +54,10 @@ def test_the_plugins_int8_kernels_stay_close_to_the_formula(
     """The default: the plugin rounds activations per group of 16 channels (finer than per token) and multiplies
     in int8. Not the formula, but close to it: within 2 % of the largest output;
     and not the float32 model (which the int8 rounding would be if the plugin did not quantize)."""
-    artifact = _build(tmp_path, tiny_checkpoints[task], task, precision, layer_bits)
+    artifact = build_tiny(tmp_path, tiny_checkpoints[task], task, precision, layer_bits)
     loaded = load_model(artifact, backend="openvino", openvino_activation_group_size=16)
     assert loaded.backend == "openvino"
-    ours, exact = _against_float64(loaded, tiny_checkpoints[task], task, artifact)
+    ours, exact = against_float64(loaded, tiny_checkpoints[task], task, artifact)
     for got, want in zip(ours, exact, strict=True):
         diff = float((got - want).abs().max())
         assert 0 < diff <= 0.02 * float(want.abs().max()), diff
@@ -147,7 +83,7 @@ def test_codes_stay_packed_in_the_plugin_and_runtime_bytes_follow_bits(
     widths = openvino_backend.stored_widths(plugin_quantizes=group_size > 0)
     loaded = {
         p: load_model(
-            _build(tmp_path, tiny_checkpoints["sst2"], "sst2", p),
+            build_tiny(tmp_path, tiny_checkpoints["sst2"], "sst2", p),
             backend="openvino",
             openvino_activation_group_size=group_size,
         )
@@ -167,7 +103,7 @@ def test_codes_stay_packed_in_the_plugin_and_runtime_bytes_follow_bits(
 def test_a_backend_that_cannot_build_falls_back_to_the_reference(
     tmp_path: Path, tiny_checkpoints: dict, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    artifact = _build(tmp_path, tiny_checkpoints["sst2"], "sst2", "w4g128")
+    artifact = build_tiny(tmp_path, tiny_checkpoints["sst2"], "sst2", "w4g128")
 
     def refuse(*args, **kwargs):
         raise RuntimeError("forced: this op cannot be compiled")
@@ -190,7 +126,8 @@ def test_a_missing_package_falls_back_too(
         raise openvino_backend.BackendUnavailableError("the openvino package is not installed (forced)")
 
     monkeypatch.setattr(openvino_backend, "_openvino", missing)
-    assert load_model(_build(tmp_path, tiny_checkpoints["sst2"], "sst2", "w8"), backend="openvino").backend == "eager"
+    artifact = build_tiny(tmp_path, tiny_checkpoints["sst2"], "sst2", "w8")
+    assert load_model(artifact, backend="openvino").backend == "eager"
 
 
 def test_a_model_outside_tolerance_is_refused_and_the_others_serve(
@@ -199,8 +136,8 @@ def test_a_model_outside_tolerance_is_refused_and_the_others_serve(
     """A packing bug that stores 4-bit codes reversed (15 − c): the load-time check sees it."""
     from openvino import opset13 as ops
 
-    good = _build(tmp_path / "good", tiny_checkpoints["sst2"], "sst2", "w8")
-    bad = _build(tmp_path / "bad", tiny_checkpoints["ner"], "ner", "w4g128")
+    good = build_tiny(tmp_path / "good", tiny_checkpoints["sst2"], "sst2", "w8")
+    bad = build_tiny(tmp_path / "bad", tiny_checkpoints["ner"], "ner", "w4g128")
     store = openvino_backend._store_codes_packed
 
     def store_reversed(ov_model, widths, stored):

@@ -1,0 +1,124 @@
+"""The packed backend (the default) on tiny random BERTs: the artifact's codes multiplied while packed at their own
+width, exactly the formula, with a fallback where the kernels cannot run and a refusal where a model disagrees
+with its reference."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from quantization.runtime import load_model, warm_up
+from quantization.runtime import loading as runtime_loading
+from quantization.runtime import packed_kernels as kernels
+from quantization.runtime.loaded import BackendMismatchError
+from quantization.runtime.packed_linear import PackedLinear
+from service.protocol import ArtifactRef, RunBatch, WorkerSpec
+from service.worker import InferenceWorker
+from tests.integration.backends import MIXED, against_float64, build_tiny
+
+UNAVAILABLE = kernels.unavailable_reason()
+needs_kernels = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"packed kernels unavailable: {UNAVAILABLE}")
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    ("task", "precision", "layer_bits"),
+    [
+        ("sst2", "w8", None),
+        ("sst2", "w4g128", None),
+        ("sst2", "w3g128", None),
+        ("sst2", "w2g128", None),
+        ("sst2", "w4g128", MIXED),
+        ("ner", "w3g128", None),
+        ("qa", "w2g128", MIXED),
+    ],
+)
+def test_the_packed_backend_computes_the_formula(
+    tmp_path: Path, tiny_checkpoints: dict, task: str, precision: str, layer_bits: dict | None
+) -> None:
+    """Compiled, against s_t·x_q·(s·(c − z))ᵀ + b in float64 from the artifact's own codes, scales and zero points
+    (a token whose input lands on a rounding boundary in one precision and not the other moves by one code step)."""
+    artifact = build_tiny(tmp_path, tiny_checkpoints[task], task, precision, layer_bits)
+    loaded = warm_up(load_model(artifact, backend="packed"))
+    assert loaded.backend == "packed"
+    linears = [m for m in loaded.model.modules() if isinstance(m, PackedLinear)]
+    assert linears
+    assert all(layer.packed for layer in linears)
+    ours, exact = against_float64(loaded, tiny_checkpoints[task], task, artifact)
+    for got, want in zip(ours, exact, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
+
+
+@needs_kernels
+def test_runtime_bytes_follow_bits(tmp_path: Path, tiny_checkpoints: dict) -> None:
+    """Exactly: from w8, each encoder weight takes (8 − bits)/8 bytes less. Per block (hidden 48, FFN 192), rows
+    padded to the kernel's 64-row blocks: Q, K and V stacked 144 → 192 rows, attention out 48 → 64, FFN in 192,
+    FFN out 48 → 64: (192 + 64 + 192) · 48 + 64 · 192 = 33,792 weights."""
+    sizes = {
+        p: load_model(build_tiny(tmp_path, tiny_checkpoints["sst2"], "sst2", p), backend="packed").runtime_bytes
+        for p in ("w8", "w4g128", "w3g128", "w2g128")
+    }
+    assert sizes["w2g128"] < sizes["w3g128"] < sizes["w4g128"] < sizes["w8"], sizes
+    weights = 2 * 33_792
+    for precision, bits in (("w4g128", 4), ("w2g128", 2)):
+        assert sizes["w8"] - sizes[precision] == weights * (8 - bits) // 8, (precision, sizes)
+
+
+def test_where_the_kernels_cannot_run_the_compiled_backend_serves(
+    tmp_path: Path, tiny_checkpoints: dict, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def unavailable():
+        raise kernels.KernelsUnavailableError("the CPU has no AVX-512 VNNI (forced)")
+
+    monkeypatch.setattr("quantization.runtime.packed_linear.packed_kernels", unavailable)
+    artifact = build_tiny(tmp_path, tiny_checkpoints["sst2"], "sst2", "w4g128")
+    with caplog.at_level(logging.WARNING):
+        loaded = warm_up(load_model(artifact, backend="packed"))
+    assert loaded.backend == "compiled"
+    assert "no AVX-512 VNNI (forced)" in caplog.text
+    ours, exact = against_float64(loaded, tiny_checkpoints["sst2"], "sst2", artifact)
+    torch.testing.assert_close(ours[0], exact[0], rtol=1e-3, atol=1e-5)
+
+
+@needs_kernels
+def test_a_model_outside_tolerance_is_refused_and_the_others_serve(
+    tmp_path: Path, tiny_checkpoints: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A packing bug that stores 4-bit codes reversed (15 − c): the load-time check against the reference sees it."""
+    good = build_tiny(tmp_path / "good", tiny_checkpoints["sst2"], "sst2", "w8")
+    bad = build_tiny(tmp_path / "bad", tiny_checkpoints["ner"], "ner", "w4g128")
+    pack = PackedLinear.pack
+
+    def pack_reversed(self: PackedLinear) -> None:
+        if self.bits == 4 and not self.packed:
+            self.codes = 15 - self.codes
+        pack(self)
+
+    monkeypatch.setattr(PackedLinear, "pack", pack_reversed)
+    with pytest.raises(BackendMismatchError, match=r"w4g128.*packed model's outputs differ from the reference by"):
+        load_model(bad, backend="packed")
+
+    spec = WorkerSpec(
+        index=0,
+        threads=1,
+        artifacts=(ArtifactRef("sst2", "w8", good), ArtifactRef("ner", "w4g128", bad)),
+        max_tokens=64,
+        max_batch_tokens=256,
+        backend="packed",
+    )
+    worker = InferenceWorker(spec)
+    ready = worker.setup()
+    assert [(m.task, m.precision) for m in ready.models] == [("sst2", "w8")]
+    assert [(f.task, f.precision) for f in ready.failures] == [("ner", "w4g128")]
+    assert "differ from the reference" in ready.failures[0].reason
+    done = worker.run(RunBatch(0, "sst2", "w8", ("a good movie",)))
+    assert done.results[0].error is None
+
+
+def test_the_load_check_tolerance_is_tight() -> None:
+    """One code step of one token moves an output by far less than 1 %; a wrong code by far more."""
+    assert runtime_loading.PACKED_RTOL <= 1e-2
+    assert runtime_loading.PACKED_ATOL <= 1e-3
