@@ -227,6 +227,10 @@ def _load_in_child(candidate: Candidate, threads: int, run: bool, results: Any) 
 
     if candidate.runtime.startswith("ov-") or candidate.backend == "openvino":
         _load_openvino_libraries()
+    if candidate.backend == "packed":
+        from quantization.runtime.packed_kernels import unavailable_reason
+
+        unavailable_reason()  # our kernels' library, loaded once per process whatever the model
     before = resident_bytes()
     started = time.perf_counter()
     try:

@@ -14,9 +14,11 @@ import transformers
 
 from quantization.artifact import Artifact, read_artifact
 from quantization.config import BACKENDS
+from quantization.qtensor import QuantizedWeight
 from quantization.runtime.building import build_model
 from quantization.runtime.compiling import compile_model
 from quantization.runtime.loaded import BackendMismatchError, LoadedModel, check_inputs
+from quantization.runtime.modules import CodesLinear
 from quantization.runtime.torch_internals import InternalsChangedError
 from quantization.system import release_free_heap
 
@@ -45,14 +47,26 @@ def _build_openvino(artifact: Artifact, activation_group_size: int | None) -> tu
     return converted.model, converted.runtime_bytes
 
 
-# The packed kernels compute the reference's formula with exact integer sums; only the float32 rescaling is ordered
-# differently, and a token whose input lands on a rounding boundary can move one step: checked against the eager
-# (reference) model on the check input within `atol + rtol * max |reference|`.
-PACKED_RTOL, PACKED_ATOL = 1e-2, 1e-3
+# The packed kernels compute the reference's formula with exact integer sums; only float32 sums are ordered
+# differently (the per-row rescaling, attention). Where such a difference puts one token's activation on the other
+# side of an 8-bit rounding boundary, that code moves one step and the change travels through the later blocks: on
+# a 12-block model as far as the 8-bit activation rounding itself moves the outputs. So a model is checked within
+# `atol + rtol · max |reference| + ROUNDING_FACTOR · |reference − reference with float activations|`, as the
+# openvino backend's int8 kernels are; a wrong code, zero point or scale moves the outputs far more.
+PACKED_RTOL, PACKED_ATOL, PACKED_ROUNDING_FACTOR = 1e-3, 1e-3, 2.0
 
 
 def artifact_vocab_size(artifact: Artifact) -> int:
     return int(transformers.AutoConfig.from_pretrained(artifact.path, local_files_only=True).vocab_size)
+
+
+def _float_activation_linear(qweight: QuantizedWeight, bias: torch.Tensor | None) -> CodesLinear:
+    return CodesLinear.from_quantized(qweight, bias, quantize_activations=False)
+
+
+def _outputs(model: Any, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    with torch.inference_mode():
+        return {name: value.clone() for name, value in model(**inputs).items()}
 
 
 def _build_packed(artifact: Artifact) -> tuple[Any, int] | None:
@@ -66,14 +80,17 @@ def _build_packed(artifact: Artifact) -> tuple[Any, int] | None:
     except KernelsUnavailableError as exc:
         logger.warning("packed kernels cannot run %s (%s); it runs on the compiled backend", artifact.path, exc)
         return None
-    reference, _ = build_model(artifact)
     inputs = check_inputs(artifact_vocab_size(artifact))
-    with torch.inference_mode():
-        expected, ours = reference(**inputs), model(**inputs)
-    del reference
-    release_free_heap()
+    expected = _outputs(build_model(artifact)[0], inputs)
+    float_activations = _outputs(
+        build_model(artifact, stack_qkv=False, linear_factory=_float_activation_linear)[0], inputs
+    )
+    ours = _outputs(model, inputs)
+    release_free_heap()  # the two references' weights
     diff = max(float((ours[name] - value).abs().max()) for name, value in expected.items())
-    limit = PACKED_ATOL + PACKED_RTOL * max(float(value.abs().max()) for value in expected.values())
+    rounding = max(float((float_activations[name] - value).abs().max()) for name, value in expected.items())
+    scale = max(float(value.abs().max()) for value in expected.values())
+    limit = PACKED_ATOL + PACKED_RTOL * scale + PACKED_ROUNDING_FACTOR * rounding
     if not diff <= limit:  # also refuses NaN
         raise BackendMismatchError(
             f"{artifact.path}: the packed model's outputs differ from the reference by {diff:.3g} "

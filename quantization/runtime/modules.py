@@ -9,7 +9,9 @@ from typing import Any
 import torch
 import transformers
 from torch import nn
+from torch.nn import functional
 
+from quantization.primitives import token_scales
 from quantization.qtensor import QuantizedWeight
 from quantization.runtime.int8_linear import Int8Linear
 from quantization.runtime.packed_linear import PackedLinear
@@ -56,6 +58,69 @@ class QuantizedEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         codes = self.codes[ids].to(torch.float32)
         return (codes - self.row_zero[ids].unsqueeze(-1)) * self.row_scale[ids].unsqueeze(-1)
+
+
+class CodesLinear(nn.Module):
+    """A quantized Linear written as OpenVINO reads weight decompression: y = s_t·(x_q·(s·(c − z))ᵀ) + b, with
+    x_q = round(x / s_t) per token (`quantize_activations`; else x_q = x, s_t = 1), in float32.
+
+    The codes and zero points are u8 tensors, so that the traced graph converts them (Convert → Subtract →
+    Multiply): the plugin's int8 kernels take only integer zero points. Traced for conversion only; run eagerly it
+    is the float reference of the converted model.
+    """
+
+    codes: torch.Tensor
+    row_scale: torch.Tensor
+    row_zero: torch.Tensor | None
+    bias: torch.Tensor | None
+
+    def __init__(
+        self,
+        codes: torch.Tensor,
+        row_scale: torch.Tensor,
+        row_zero: torch.Tensor,
+        bias: torch.Tensor | None,
+        bits: int,
+        quantize_activations: bool = True,
+    ) -> None:
+        super().__init__()
+        self.out_features, self.in_features = codes.shape
+        self.bits = bits
+        self.quantize_activations = quantize_activations
+        self.register_buffer("codes", codes.contiguous())
+        self.register_buffer("row_scale", row_scale.reshape(-1, 1).to(torch.float32))
+        zero = row_zero.reshape(-1, 1).to(torch.uint8)
+        self.register_buffer("row_zero", zero if bool(zero.any()) else None)
+        self.register_buffer("bias", bias)
+        # as `build_model` asks of a Linear; the converted model's bytes are counted in `convert_artifact`
+        self.runtime_nbytes = sum(t.numel() * t.element_size() for t in self.buffers())
+
+    @classmethod
+    def from_quantized(
+        cls, qweight: QuantizedWeight, bias: torch.Tensor | None, quantize_activations: bool = True
+    ) -> CodesLinear:
+        return cls(
+            qweight.codes,
+            qweight.row_scale(),
+            qweight.row_zero_point(),
+            None if bias is None else bias.detach().to(torch.float32).clone(),
+            qweight.bits,
+            quantize_activations,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.codes.to(torch.float32)
+        if self.row_zero is not None:
+            weight = weight - self.row_zero.to(torch.float32)
+        weight = weight * self.row_scale
+        if not self.quantize_activations:
+            return functional.linear(x, weight, self.bias)
+        scale = token_scales(x)
+        y = functional.linear(torch.round(x / scale), weight) * scale
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits} (decompression)"
 
 
 class StackedQKVSelfAttention(nn.Module):

@@ -24,20 +24,21 @@ BASELINE_METRIC = {"sst2": "accuracy", "ner": "entity_f1", "qa": "f1"}
 def results(tmp_path_factory: pytest.TempPathFactory):
     """Evaluate each (task, precision) once, lazily."""
     torch.set_num_threads(2)
-    cache: dict[tuple[str, str], dict[str, float]] = {}
+    cache: dict[tuple[str, str, str], dict[str, float]] = {}
     checkpoints: dict = {}
     root = tmp_path_factory.mktemp("baseline-artifacts")
 
-    def get(task: str, precision: str) -> dict[str, float]:
-        if (task, precision) not in cache:
-            entry = CATALOG.task(task)
+    def get(task: str, precision: str, backend: str = "eager") -> dict[str, float]:
+        entry = CATALOG.task(task)
+        out = root / task / precision
+        if not (out / "manifest.json").exists():
             if task not in checkpoints:
                 checkpoints[task] = load_checkpoint(entry.checkpoint_location(), task)
-            out = root / task / precision
             build_artifact(checkpoints[task], entry, CATALOG.precision_for(task, precision), out)
-            rows = evaluate_artifact(out, entry, latency_samples=5)
-            cache[(task, precision)] = {r["metric"]: r["value"] for r in rows}
-        return cache[(task, precision)]
+        if (task, precision, backend) not in cache:
+            rows = evaluate_artifact(out, entry, latency_samples=5, backend=backend)
+            cache[(task, precision, backend)] = {r["metric"]: r["value"] for r in rows}
+        return cache[(task, precision, backend)]
 
     return get
 
@@ -81,3 +82,26 @@ def test_groupwise_beats_direct_quantization(results, bits: int) -> None:
     grouped = results("sst2", f"w{bits}g128")["accuracy"]
     direct = results("sst2", f"direct-w{bits}")["accuracy"]
     assert grouped > direct + 0.05, (grouped, direct)
+
+
+# The runtime issue's accuracy goal: the default (packed) backend's metric within 0.2 pt of the reference (eager)
+# path's, at every served precision on SST-2 and CoNLL-03 and at w8, w4g128 and w2g128 on SQuAD. mp23 is measured
+# on its stand-in (mp23-ptq: the same Hessian 2/3-bit plan, the layers' widths and kernels identical; QAT would
+# only change the codes' values and take minutes per task).
+BACKEND_CASES = [
+    *[(task, p) for task in ("sst2", "ner") for p in ("fp32", "w8", "w4g128", "w3g128", "w2g128", "mp23-ptq")],
+    *[("qa", p) for p in ("w8", "w4g128", "w2g128")],
+]
+
+
+@pytest.mark.parametrize(("task", "precision"), BACKEND_CASES)
+def test_the_packed_backend_keeps_the_reference_accuracy(results, task: str, precision: str) -> None:
+    from quantization.runtime.packed_kernels import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"packed kernels unavailable here: {reason}")
+    metric = BASELINE_METRIC[task]
+    reference = results(task, precision)[metric]
+    packed = results(task, precision, "packed")[metric]
+    assert abs(packed - reference) <= 0.002, f"{task} {precision}: {metric} {packed:.4f} vs eager {reference:.4f}"
