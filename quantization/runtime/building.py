@@ -13,7 +13,12 @@ from torch import nn
 from quantization.artifact import Artifact
 from quantization.qtensor import QDATA, SCALE, ZERO_POINT, QuantizedWeight
 from quantization.runtime.int8_linear import Int8Linear
-from quantization.runtime.modules import QuantizedEmbedding, set_submodule, stack_attention_projections
+from quantization.runtime.modules import (
+    QuantizedEmbedding,
+    fuse_intermediate_gelu,
+    set_submodule,
+    stack_attention_projections,
+)
 from quantization.runtime.packed_linear import PackedLinear
 from quantization.runtime.transformers_internals import use_sdpa
 from quantization.system import release_free_heap
@@ -87,6 +92,7 @@ def build_model(
         raise ValueError(f"artifact lacks tensors the model needs: {still_meta[:5]}")
     if stack_qkv:
         stack_attention_projections(model)
+    fuse_intermediate_gelu(model)
     for module in model.modules():
         if isinstance(module, (Int8Linear, PackedLinear)):
             module.pack()

@@ -22,7 +22,9 @@ from quantization.system import cpu_kernel_flags
 
 logger = logging.getLogger(__name__)
 
-KERNEL_SOURCES = tuple(Path(__file__).with_name("kernels") / name for name in ("lowbit_linear.cpp", "attention.cpp"))
+KERNEL_DIR = Path(__file__).with_name("kernels")
+KERNEL_SOURCES = tuple(KERNEL_DIR / name for name in ("lowbit_linear.cpp", "attention.cpp"))
+KERNEL_HEADERS = (KERNEL_DIR / "vector_math.h",)
 # The instructions the kernels are compiled for; `cpu_supported` (compiled in) checks the CPU has them.
 COMPILE_FLAGS = ("-O3", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma")
 # at::parallel_for runs on torch's OpenMP threads only when compiled with OpenMP (else one thread); the libgomp it
@@ -39,7 +41,8 @@ def kernel_cache_dir() -> Path:
     """Where built kernels are kept: one folder per source and torch release (`QBERT_KERNEL_CACHE` overrides the
     user cache)."""
     flags = " ".join(COMPILE_FLAGS + OPENMP_FLAGS)
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in KERNEL_SOURCES) + flags.encode()).hexdigest()[:12]
+    code = b"".join(path.read_bytes() for path in (*KERNEL_SOURCES, *KERNEL_HEADERS))
+    digest = hashlib.sha256(code + flags.encode()).hexdigest()[:12]
     root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "qbert" / "kernels")
     return root / f"torch-{torch.__version__.split('+')[0]}-{digest}"
 
@@ -90,7 +93,7 @@ def _register_fakes() -> None:
     """The ops' output shapes, for torch.compile's tracing."""
 
     @torch.library.register_fake("qbert_kernels::linear")
-    def _linear(x, packed, bits, rows, row_scale, row_zero, bias):  # noqa: ANN001, ANN202 (the schema types it)
+    def _linear(x, packed, bits, rows, row_scale, row_zero, bias, gelu=False):  # noqa: ANN001, ANN202 (schema types)
         return x.new_empty((x.shape[0], rows))
 
     @torch.library.register_fake("qbert_kernels::attention")

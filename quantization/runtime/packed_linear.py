@@ -88,14 +88,15 @@ class PackedLinear(nn.Module):
             return self.codes.clone()
         return packed_kernels().unpack_codes(self.codes, self.bits, self.out_features, self.in_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+        """`gelu`: GELU (erf) applied to the outputs inside the kernel (one pass over them fewer)."""
         if not self.packed:
             raise RuntimeError("PackedLinear runs once packed (`pack`)")
         rows = x.reshape(-1, self.in_features)
         if rows.dtype != torch.float32:
             rows = rows.to(torch.float32)
         y = torch.ops.qbert_kernels.linear(
-            rows, self.codes, self.bits, self.out_features, self.row_scale, self.row_zero, self.bias
+            rows, self.codes, self.bits, self.out_features, self.row_scale, self.row_zero, self.bias, gelu
         )
         return y.reshape(*x.shape[:-1], self.out_features)
 

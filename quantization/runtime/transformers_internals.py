@@ -11,6 +11,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import transformers
 from torch import nn
 
@@ -50,6 +51,22 @@ def attention_function(config: transformers.PretrainedConfig) -> Callable[..., A
     """The attention kernel `config` selects, as BERT's own self-attention calls it."""
     registry, _, eager = _bert_internals()
     return registry.get_interface(config._attn_implementation, eager)
+
+
+def is_exact_gelu_intermediate(module: nn.Module) -> bool:
+    """Whether `module` is exactly BERT's intermediate block (`dense`, then `intermediate_act_fn`) with the exact
+    (erf) GELU as its activation, checked on values rather than by class (configs name GELUs in several ways)."""
+    try:
+        from transformers.models.bert.modeling_bert import BertIntermediate
+    except ImportError:
+        return False
+    if type(module) is not BertIntermediate or not hasattr(module, "dense"):
+        return False
+    probe = torch.linspace(-6, 6, 97)
+    try:
+        return bool(torch.equal(module.intermediate_act_fn(probe), torch.nn.functional.gelu(probe)))
+    except Exception:  # an activation that cannot run on a plain tensor is not GELU
+        return False
 
 
 def is_encoder_self_attention(module: nn.Module) -> bool:

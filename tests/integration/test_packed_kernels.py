@@ -100,6 +100,18 @@ def test_the_kernel_computes_the_formula(bits: int, tokens: int, rows: int, inpu
 
 
 @pytest.mark.parametrize("bits", BITS)
+def test_gelu_in_the_kernels_epilogue_is_the_exact_gelu(bits: int) -> None:
+    """GELU (erf) of the formula's outputs, to the accuracy of the erf approximation (1.5e-7 absolute)."""
+    qweight = _qweight(80, 48, bits, seed=7)
+    bias = torch.randn(80)
+    layer = PackedLinear.from_quantized(qweight, bias)
+    layer.pack()
+    x = torch.randn(11, 48) * 4
+    want = torch.nn.functional.gelu(_formula_float64(x, qweight, bias))
+    torch.testing.assert_close(layer(x, gelu=True).double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits", BITS)
 def test_the_kernel_agrees_with_the_reference_layer(bits: int) -> None:
     """`Int8Linear` (the reference runtime) and `PackedLinear` on the same codes, batched as the runtime does."""
     qweight = _qweight(96, 64, bits, seed=3)

@@ -12,26 +12,11 @@
 #include <optional>
 #include <vector>
 
+#include "vector_math.h"
+
 namespace {
 
 int64_t padded(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
-
-inline __m512 exp_ps(__m512 x) {
-  const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
-  const __m512 ln2_hi = _mm512_set1_ps(0.693359375f), ln2_lo = _mm512_set1_ps(-2.12194440e-4f);
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, ln2_hi, x);
-  r = _mm512_fnmadd_ps(n, ln2_lo, r);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
 
 constexpr int kScoreRows = 3;  // query rows per score pass: 3 x 8 accumulators fit the registers
 constexpr int kQueryRows = 6;  // query rows per tile (two score passes): 6 x 4 value accumulators, enough
@@ -192,7 +177,7 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
           for (; j + 16 <= seq; j += 16) {
             const __m512 sj = _mm512_loadu_ps(row + j);
             const __m512 e = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(sj, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ),
-                                                 exp_ps(_mm512_sub_ps(sj, vtop)));
+                                                 qbert::exp_ps(_mm512_sub_ps(sj, vtop)));
             _mm512_storeu_ps(row + j, e);
             vsum = _mm512_add_ps(vsum, e);
           }
@@ -200,7 +185,7 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
             const __mmask16 tail = __mmask16((1u << (seq - j)) - 1);
             const __m512 sj = _mm512_maskz_loadu_ps(tail, row + j);
             const __mmask16 live = tail & _mm512_cmp_ps_mask(sj, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
-            const __m512 e = _mm512_maskz_mov_ps(live, exp_ps(_mm512_sub_ps(sj, vtop)));
+            const __m512 e = _mm512_maskz_mov_ps(live, qbert::exp_ps(_mm512_sub_ps(sj, vtop)));
             _mm512_mask_storeu_ps(row + j, tail, e);
             vsum = _mm512_add_ps(vsum, e);
           }

@@ -25,6 +25,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "vector_math.h"
+
 namespace {
 
 constexpr int parts(int64_t bits) { return bits == 3 ? 2 : 4; }
@@ -199,7 +201,7 @@ inline __attribute__((always_inline)) void tile_sums(const int8_t* a, int64_t gr
 template <int MR, int BITS>
 void tile(const int8_t* a, int64_t groups, const uint8_t* w, const float* token_scales,
           const int32_t* token_sums, const float* row_scale, const int32_t* row_zero, const float* bias,
-          int64_t rows_left, float* y, int64_t ldy) {
+          int64_t rows_left, float* y, int64_t ldy, bool gelu) {
   constexpr int kParts = parts(BITS);
   __m512i acc[MR][kParts];
   tile_sums<MR, BITS>(a, groups, w, acc);
@@ -215,7 +217,7 @@ void tile(const int8_t* a, int64_t groups, const uint8_t* w, const float* token_
     for (int t = 0; t < MR; ++t) {
       const __m512i exact = _mm512_sub_epi32(acc[t][h], _mm512_mullo_epi32(zero, _mm512_set1_epi32(token_sums[t])));
       const __m512 out = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(scale, _mm512_set1_ps(token_scales[t])), b);
-      _mm512_mask_storeu_ps(y + t * ldy + 16 * h, mask, out);
+      _mm512_mask_storeu_ps(y + t * ldy + 16 * h, mask, gelu ? qbert::gelu_ps(out) : out);
     }
   }
 }
@@ -223,15 +225,16 @@ void tile(const int8_t* a, int64_t groups, const uint8_t* w, const float* token_
 // The micro-tile for n tokens (n <= MR), instantiated for each n up to the full tile.
 template <int BITS, int MR = tile_rows(BITS)>
 void run_tile(int n, const int8_t* a, int64_t groups, const uint8_t* w, const float* ts, const int32_t* tsum,
-              const float* rs, const int32_t* rz, const float* bias, int64_t rows_left, float* y, int64_t ldy) {
-  if (n == MR) return tile<MR, BITS>(a, groups, w, ts, tsum, rs, rz, bias, rows_left, y, ldy);
-  if constexpr (MR > 1) run_tile<BITS, MR - 1>(n, a, groups, w, ts, tsum, rs, rz, bias, rows_left, y, ldy);
+              const float* rs, const int32_t* rz, const float* bias, int64_t rows_left, float* y, int64_t ldy,
+              bool gelu) {
+  if (n == MR) return tile<MR, BITS>(a, groups, w, ts, tsum, rs, rz, bias, rows_left, y, ldy, gelu);
+  if constexpr (MR > 1) run_tile<BITS, MR - 1>(n, a, groups, w, ts, tsum, rs, rz, bias, rows_left, y, ldy, gelu);
 }
 
 // x: float32 [tokens, inputs]; packed from pack_codes; row_scale, bias: float32 [>= padded rows];
-// row_zero: int32 [>= padded rows]. Returns float32 [tokens, rows].
+// row_zero: int32 [>= padded rows]. Returns float32 [tokens, rows], through GELU (erf) where `gelu`.
 at::Tensor linear(const at::Tensor& x, const at::Tensor& packed, int64_t bits, int64_t rows,
-                  const at::Tensor& row_scale, const at::Tensor& row_zero, const at::Tensor& bias) {
+                  const at::Tensor& row_scale, const at::Tensor& row_zero, const at::Tensor& bias, bool gelu) {
   check_bits(bits);
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be a 2-D float32 tensor");
   const auto xc = x.contiguous();
@@ -278,10 +281,10 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& packed, int64_t bits, i
         const uint8_t* w = wp + b * block_bytes;
         float* yt = yp + t * rows + r0;
         switch (bits) {
-          case 2: run_tile<2>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows); break;
-          case 3: run_tile<3>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows); break;
-          case 4: run_tile<4>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows); break;
-          default: run_tile<8>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows); break;
+          case 2: run_tile<2>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
+          case 3: run_tile<3>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
+          case 4: run_tile<4>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
+          default: run_tile<8>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
         }
       }
     }
@@ -297,7 +300,8 @@ TORCH_LIBRARY(qbert_kernels, m) {
   m.def("cpu_supported() -> bool", &cpu_supported);
   m.def("pack_codes(Tensor codes, int bits) -> Tensor");
   m.def("unpack_codes(Tensor packed, int bits, int rows, int inputs) -> Tensor");
-  m.def("linear(Tensor x, Tensor packed, int bits, int rows, Tensor row_scale, Tensor row_zero, Tensor bias) -> Tensor");
+  m.def("linear(Tensor x, Tensor packed, int bits, int rows, Tensor row_scale, Tensor row_zero, Tensor bias, "
+        "bool gelu=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(qbert_kernels, CompositeExplicitAutograd, m) {
