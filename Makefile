@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	# The pinned CPU wheel first: an unpinned torch would pull GBs of CUDA packages.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# The packed backend's kernels, built once here rather than on the first model load (where the CPU can run them)
+	$(BIN)/python -m quantization.runtime.packed_kernels
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -47,6 +47,36 @@ def kernel_cache_dir() -> Path:
     return root / f"torch-{torch.__version__.split('+')[0]}-{digest}"
 
 
+def _load_built(library: Path) -> bool:
+    """Load the library where it is built already (for exactly these sources, flags and torch release: the folder's
+    name); False where it is not, or is still being written by another process (the build then waits for it)."""
+    if not library.exists():
+        return False
+    try:
+        torch.ops.load_library(str(library))
+    except OSError:
+        return False
+    return True
+
+
+def _build(build_dir: Path, name: str) -> None:
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        raise KernelsUnavailableError("no C++ compiler (c++ or $CXX) to build the packed kernels")
+    from torch.utils import cpp_extension
+
+    build_dir.mkdir(parents=True, exist_ok=True)
+    logger.info("building the packed kernels in %s (once per machine)", build_dir)
+    cpp_extension.load(
+        name=name,
+        sources=[str(p) for p in KERNEL_SOURCES],
+        extra_cflags=[*COMPILE_FLAGS, *OPENMP_FLAGS],
+        extra_ldflags=list(OPENMP_FLAGS),
+        build_directory=str(build_dir),
+        is_python_module=False,
+        verbose=False,
+    )
+
+
 def unavailable_reason() -> str | None:
     """Why the packed kernels cannot run here, or None (builds them, once per process, where they can)."""
     try:
@@ -58,28 +88,20 @@ def unavailable_reason() -> str | None:
 
 @functools.cache
 def packed_kernels() -> Any:
-    """The ops, built (or loaded from the cache) once per process."""
+    """The ops, loaded from the cache (or built there first) once per process."""
     flags = cpu_kernel_flags()
     if "avx512_vnni" not in flags or "avx512f" not in flags:
         raise KernelsUnavailableError(f"the CPU has no AVX-512 VNNI (kernel flags: {', '.join(flags) or 'none'})")
-    if shutil.which(os.environ.get("CXX", "c++")) is None:
-        raise KernelsUnavailableError("no C++ compiler (c++ or $CXX) to build the packed kernels")
     build_dir = kernel_cache_dir()
+    name = f"qbert_kernels_{build_dir.name.replace('.', '_').replace('-', '_')}"
+    library = build_dir / f"{name}.so"
     try:
-        from torch.utils import cpp_extension
-
-        build_dir.mkdir(parents=True, exist_ok=True)
-        cpp_extension.load(
-            name=f"qbert_kernels_{build_dir.name.replace('.', '_').replace('-', '_')}",
-            sources=[str(p) for p in KERNEL_SOURCES],
-            extra_cflags=[*COMPILE_FLAGS, *OPENMP_FLAGS],
-            extra_ldflags=list(OPENMP_FLAGS),
-            build_directory=str(build_dir),
-            is_python_module=False,
-            verbose=False,
-        )
+        if not _load_built(library):
+            _build(build_dir, name)
         ops = torch.ops.qbert_kernels
         supported = bool(ops.cpu_supported())
+    except KernelsUnavailableError:
+        raise
     except Exception as exc:  # the compiler, ninja and the loader raise many types; all mean the same here
         raise KernelsUnavailableError(f"the packed kernels did not build: {type(exc).__name__}: {exc}") from exc
     if not supported:
@@ -100,3 +122,10 @@ def _register_fakes() -> None:
     def _attention(qkv, mask, scale):  # noqa: ANN001, ANN202
         batch, seq, _, heads, dim = qkv.shape
         return qkv.new_empty((batch, seq, heads * dim))
+
+
+if __name__ == "__main__":  # `python -m quantization.runtime.packed_kernels`: build now (make install does)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    reason = unavailable_reason()
+    status = "ready" if reason is None else f"unavailable ({reason}); the compiled backend serves"
+    logger.info("packed kernels: %s", status)
