@@ -94,8 +94,20 @@ BACKEND_CASES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def backend_figures(tmp_path_factory: pytest.TempPathFactory):
+    """Every measured pair, written as JSON beside the run's temporary folders (the figures behind the README's
+    accuracy statement: `pytest tests/slow -k packed`, then read `<basetemp>/packed-backend-accuracy.json`)."""
+    figures: list[dict] = []
+    yield figures
+    out = tmp_path_factory.getbasetemp() / "packed-backend-accuracy.json"
+    out.write_text(json.dumps(figures, indent=1))
+
+
 @pytest.mark.parametrize(("task", "precision"), BACKEND_CASES)
-def test_the_packed_backend_keeps_the_reference_accuracy(results, task: str, precision: str) -> None:
+def test_the_packed_backend_keeps_the_reference_accuracy(
+    results, backend_figures: list, task: str, precision: str
+) -> None:
     from quantization.runtime.packed_kernels import unavailable_reason
 
     reason = unavailable_reason()
@@ -104,4 +116,7 @@ def test_the_packed_backend_keeps_the_reference_accuracy(results, task: str, pre
     metric = BASELINE_METRIC[task]
     reference = results(task, precision)[metric]
     packed = results(task, precision, "packed")[metric]
+    backend_figures.append(
+        {"task": task, "precision": precision, "metric": metric, "eager": reference, "packed": packed}
+    )
     assert abs(packed - reference) <= 0.002, f"{task} {precision}: {metric} {packed:.4f} vs eager {reference:.4f}"
