@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	# The packed backend's kernels, built once here rather than on the first model load (where the CPU can run them)
-	$(BIN)/python -m quantization.runtime.packed_kernels
+	$(BIN)/qbert kernels
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Time a first start as a new user meets it (issue 20): a clean clone, `make serve`, an empty compile cache.
+"""Time a first start as a new user meets it (issue 20): a clean clone, `make serve`, empty compile caches (Inductor's
+and our kernels': `make install` builds those).
 
     python3 scripts/first_start.py [--clone /tmp/qbert-first-start] [--port 8123] [--json out.json]
 
@@ -81,6 +82,7 @@ def main() -> int:
         "QBERT_CHECKPOINTS": str(shared / "models"),
         "QBERT_DATA": str(shared / "data"),
         "TORCHINDUCTOR_CACHE_DIR": str(cache),
+        "QBERT_KERNEL_CACHE": str(cache / "qbert-kernels"),
     }
     log = (args.clone / "serve.log").open("w")
     started = time.monotonic()

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from quantization.cli.artifacts import register as artifact_commands
 from quantization.cli.benchmark import register as bench_commands
+from quantization.cli.kernels import register as kernel_commands
 from quantization.cli.load import register as load_commands
 from quantization.cli.output import set_threads
 from quantization.cli.serving import register as serving_commands
@@ -20,7 +21,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for register in (artifact_commands, serving_commands, load_commands, bench_commands, study_commands):
+    for register in (
+        artifact_commands,
+        serving_commands,
+        load_commands,
+        bench_commands,
+        kernel_commands,
+        study_commands,
+    ):
         register(sub)
     return parser
 

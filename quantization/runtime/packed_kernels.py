@@ -122,10 +122,3 @@ def _register_fakes() -> None:
     def _attention(qkv, mask, scale):  # noqa: ANN001, ANN202
         batch, seq, _, heads, dim = qkv.shape
         return qkv.new_empty((batch, seq, heads * dim))
-
-
-if __name__ == "__main__":  # `python -m quantization.runtime.packed_kernels`: build now (make install does)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    reason = unavailable_reason()
-    status = "ready" if reason is None else f"unavailable ({reason}); the compiled backend serves"
-    logger.info("packed kernels: %s", status)

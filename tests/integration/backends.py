@@ -26,6 +26,16 @@ MIXED = {
     LAYER.format(1, "intermediate.dense"): 2,
     LAYER.format(1, "output.dense"): 4,
 }
+# (task, precision, layer_bits): every width alone, a mixed plan, and the token and span heads
+EVERY_WIDTH_CASES = [
+    ("sst2", "w8", None),
+    ("sst2", "w4g128", None),
+    ("sst2", "w3g128", None),
+    ("sst2", "w2g128", None),
+    ("sst2", "w4g128", MIXED),
+    ("ner", "w3g128", None),
+    ("qa", "w2g128", MIXED),
+]
 
 
 def build_tiny(tmp_path: Path, checkpoint_dir: Path, task: str, precision: str, layer_bits: dict | None = None) -> Path:

@@ -12,7 +12,7 @@ import torch
 from quantization.runtime import check_inputs, load_model
 from service.protocol import ArtifactRef, RunBatch, WorkerSpec
 from service.worker import InferenceWorker
-from tests.integration.backends import MIXED, against_float64, build_tiny
+from tests.integration.backends import EVERY_WIDTH_CASES, MIXED, against_float64, build_tiny
 
 openvino = pytest.importorskip("openvino")
 from quantization.runtime import openvino_backend  # noqa: E402  (after the skip: it needs the package)
@@ -20,15 +20,7 @@ from quantization.runtime import openvino_backend  # noqa: E402  (after the skip
 
 @pytest.mark.parametrize(
     ("task", "precision", "layer_bits"),
-    [
-        ("sst2", "w8", None),
-        ("sst2", "w4g128", None),
-        ("sst2", "w3g128", None),
-        ("sst2", "w2g128", None),
-        ("sst2", "w4g128", MIXED),
-        ("ner", "w3g128", None),
-        ("qa", "w2g128", MIXED),
-    ],
+    EVERY_WIDTH_CASES,
 )
 def test_openvino_runs_the_recorded_codes_exactly(
     tmp_path: Path, tiny_checkpoints: dict, task: str, precision: str, layer_bits: dict | None

@@ -19,7 +19,7 @@ from quantization.runtime.loaded import BackendMismatchError
 from quantization.runtime.packed_linear import PackedLinear
 from service.protocol import ArtifactRef, RunBatch, WorkerSpec
 from service.worker import InferenceWorker
-from tests.integration.backends import MIXED, against_float64, build_tiny
+from tests.integration.backends import EVERY_WIDTH_CASES, against_float64, build_tiny
 
 UNAVAILABLE = kernels.unavailable_reason()
 needs_kernels = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"packed kernels unavailable: {UNAVAILABLE}")
@@ -28,15 +28,7 @@ needs_kernels = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"packed kern
 @needs_kernels
 @pytest.mark.parametrize(
     ("task", "precision", "layer_bits"),
-    [
-        ("sst2", "w8", None),
-        ("sst2", "w4g128", None),
-        ("sst2", "w3g128", None),
-        ("sst2", "w2g128", None),
-        ("sst2", "w4g128", MIXED),
-        ("ner", "w3g128", None),
-        ("qa", "w2g128", MIXED),
-    ],
+    EVERY_WIDTH_CASES,
 )
 def test_the_packed_backend_computes_the_formula(
     tmp_path: Path, tiny_checkpoints: dict, task: str, precision: str, layer_bits: dict | None
