@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +56,6 @@ def _build_openvino(artifact: Artifact, activation_group_size: int | None) -> tu
 # Layer by layer, the same formula with exact integer sums agrees to ~1e-6; a wrong code, zero point or scale
 # moves a layer's outputs by percents.
 PACKED_RTOL, PACKED_ATOL = 1e-4, 1e-5
-
-
-def artifact_vocab_size(artifact: Artifact) -> int:
-    return int(transformers.AutoConfig.from_pretrained(artifact.path, local_files_only=True).vocab_size)
 
 
 def _replaced_modules(reference: nn.Module, model: nn.Module) -> list[str]:
@@ -122,7 +119,8 @@ def _build_packed(artifact: Artifact) -> tuple[Any, int] | None:
         logger.warning("packed kernels cannot run %s (%s); it runs on the compiled backend", artifact.path, exc)
         return None
     reference, _ = build_model(artifact)
-    check_layers(artifact, reference, model, check_inputs(artifact_vocab_size(artifact)))
+    # the reference's config, already read by build_model: not the artifact's config.json once more
+    check_layers(artifact, reference, model, check_inputs(typing.cast(Any, reference).config.vocab_size))
     del reference
     release_free_heap()
     try:
