@@ -1,5 +1,6 @@
 // softmax(q·kᵀ·scale + mask)·v for every head of a BERT encoder block, read straight from the stacked Q/K/V
-// projection's output [batch, seq, 3, heads, dim] and written as [batch, seq, heads·dim] (no transposes). Float32
+// projection's output [batch, seq, 3, heads, dim] and written as [batch, seq, heads·dim] (no tensor transposes: each
+// head's keys are transposed in registers, and its values copied contiguous, into per-thread buffers). Float32
 // throughout; the exponential is a degree-6 polynomial on a range-reduced argument (relative error ~1e-7).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -18,66 +19,105 @@ namespace {
 
 int64_t padded(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
 
-constexpr int kScoreRows = 3;  // query rows per score pass: 3 x 8 accumulators fit the registers
-constexpr int kQueryRows = 6;  // query rows per tile (two score passes): 6 x 4 value accumulators, enough
-                               // independent sums to hide the FMA latency where a head has 32 dims
+inline __mmask16 first_lanes(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+}
 
-// scores[r][c0 + 16c ...] = sum_d q[r][d] * kt[d][c0 + 16c ...] for NC chunks of 16 keys
-template <int NC>
-inline void score_chunks(const float* const* q, int rows, int64_t dim, const float* kt, int64_t ld, int64_t c0,
-                         float* scores, int64_t ld_scores) {
-  __m512 acc[kScoreRows][NC];
-#pragma GCC unroll 3
-  for (int r = 0; r < kScoreRows; ++r)
+// dst[c][r] = src[r][c] for a block of up to 16 x 16 floats (`rows` x `cols` valid; missing rows read as zeros,
+// so the 16 columns written for each of the `cols` valid ones are whole), transposed in registers.
+inline void transpose_block(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
+                            int64_t dst_stride) {
+  const __mmask16 col_mask = first_lanes(cols);
+  __m512 r[16], t[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) r[i] = i < rows ? _mm512_maskz_loadu_ps(col_mask, src + i * src_stride) : _mm512_setzero_ps();
 #pragma GCC unroll 8
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  auto pd = [](__m512 v) { return _mm512_castps_pd(v); };
+#pragma GCC unroll 4
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[i]), pd(t[i + 2])));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[i]), pd(t[i + 2])));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[i + 1]), pd(t[i + 3])));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[i + 1]), pd(t[i + 3])));
+  }
+#pragma GCC unroll 2
+  for (int h = 0; h < 16; h += 8)
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+      t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+    }
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i)
+    if (i < cols) _mm512_storeu_ps(dst + i * dst_stride, r[i]);
+}
+
+// Query rows per tile: 6 x 4 accumulators (of 16 keys for the scores, of 16 dims for the values), 6 broadcasts and
+// the one key or value register fit the 32 registers, and each key or value loaded serves 6 rows (a 64-key slice
+// of the transposed keys, 16 KiB where a head has 64 dims, stays in L1 while the tile's rows pass over it).
+constexpr int kQueryRows = 6;
+
+// scores[r][c0 + 16c ...] = sum_d q[r][d] * kt[d][c0 + 16c ...] for NC chunks of 16 keys. Every one of the
+// kQueryRows query pointers is valid (a short tile repeats its last row), so the loops carry no row tests.
+template <int NC>
+inline void score_chunks(const float* const* q, int64_t dim, const float* kt, int64_t ld, int64_t c0, float* scores,
+                         int64_t ld_scores) {
+  __m512 acc[kQueryRows][NC];
+#pragma GCC unroll 6
+  for (int r = 0; r < kQueryRows; ++r)
+#pragma GCC unroll 4
     for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
   for (int64_t d = 0; d < dim; ++d) {
-    __m512 k[NC];
-#pragma GCC unroll 8
-    for (int c = 0; c < NC; ++c) k[c] = _mm512_loadu_ps(kt + d * ld + c0 + 16 * c);
-#pragma GCC unroll 3
-    for (int r = 0; r < kScoreRows; ++r) {
-      if (r >= rows) break;
-      const __m512 qd = _mm512_set1_ps(q[r][d]);
-#pragma GCC unroll 8
-      for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_fmadd_ps(qd, k[c], acc[r][c]);
+    __m512 qd[kQueryRows];
+#pragma GCC unroll 6
+    for (int r = 0; r < kQueryRows; ++r) qd[r] = _mm512_set1_ps(q[r][d]);
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) {
+      __m512 k = _mm512_loadu_ps(kt + d * ld + c0 + 16 * c);
+      __asm__("" : "+v"(k));  // one load per chunk: GCC would fold it into each of the three FMAs
+#pragma GCC unroll 6
+      for (int r = 0; r < kQueryRows; ++r) acc[r][c] = _mm512_fmadd_ps(qd[r], k, acc[r][c]);
     }
   }
-#pragma GCC unroll 3
-  for (int r = 0; r < kScoreRows; ++r)
-#pragma GCC unroll 8
+#pragma GCC unroll 6
+  for (int r = 0; r < kQueryRows; ++r)
+#pragma GCC unroll 4
     for (int c = 0; c < NC; ++c) _mm512_storeu_ps(scores + r * ld_scores + c0 + 16 * c, acc[r][c]);
 }
 
 template <int NC>
-void score_chunks_upto(int nc, const float* const* q, int rows, int64_t dim, const float* kt, int64_t ld, int64_t c0,
+void score_chunks_upto(int nc, const float* const* q, int64_t dim, const float* kt, int64_t ld, int64_t c0,
                        float* scores, int64_t ld_scores) {
-  if (nc == NC) return score_chunks<NC>(q, rows, dim, kt, ld, c0, scores, ld_scores);
-  if constexpr (NC > 1) score_chunks_upto<NC - 1>(nc, q, rows, dim, kt, ld, c0, scores, ld_scores);
+  if (nc == NC) return score_chunks<NC>(q, dim, kt, ld, c0, scores, ld_scores);
+  if constexpr (NC > 1) score_chunks_upto<NC - 1>(nc, q, dim, kt, ld, c0, scores, ld_scores);
 }
 
-// out[r][d0 + 16c ...] = sum_j p[r][j] * v[j][d0 + 16c ...] * inv[r], for ND chunks of 16 (the last one masked)
+// out[r][d0 + 16c ...] = sum_j p[r][j] * v[j][d0 + 16c ...] * inv[r] for ND chunks of 16 (the last one stored
+// masked). `v` is the head's values copied contiguous, rows zero-padded to whole chunks; all kQueryRows rows of `p`
+// are finite, so the loop carries no row tests (only the `rows` valid ones are stored).
 template <int ND>
-inline void weighted_values(const float* p, int64_t ld_p, int rows, const float* v, int64_t v_stride, int64_t keys,
+inline void weighted_values(const float* p, int64_t ld_p, int rows, const float* v, int64_t ld_v, int64_t keys,
                             int64_t d0, int64_t dim, const float* inv, float* const* out) {
   __m512 acc[kQueryRows][ND];
 #pragma GCC unroll 6
   for (int r = 0; r < kQueryRows; ++r)
 #pragma GCC unroll 4
     for (int c = 0; c < ND; ++c) acc[r][c] = _mm512_setzero_ps();
-  __mmask16 masks[ND];
-#pragma GCC unroll 4
-  for (int c = 0; c < ND; ++c) {
-    const int64_t left = dim - d0 - 16 * c;
-    masks[c] = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
-  }
   for (int64_t j = 0; j < keys; ++j) {
     __m512 vj[ND];
 #pragma GCC unroll 4
-    for (int c = 0; c < ND; ++c) vj[c] = _mm512_maskz_loadu_ps(masks[c], v + j * v_stride + d0 + 16 * c);
+    for (int c = 0; c < ND; ++c) vj[c] = _mm512_loadu_ps(v + j * ld_v + d0 + 16 * c);
 #pragma GCC unroll 6
     for (int r = 0; r < kQueryRows; ++r) {
-      if (r >= rows) break;
       const __m512 pj = _mm512_set1_ps(p[r * ld_p + j]);
 #pragma GCC unroll 4
       for (int c = 0; c < ND; ++c) acc[r][c] = _mm512_fmadd_ps(pj, vj[c], acc[r][c]);
@@ -88,15 +128,16 @@ inline void weighted_values(const float* p, int64_t ld_p, int rows, const float*
     if (r >= rows) break;
 #pragma GCC unroll 4
     for (int c = 0; c < ND; ++c)
-      _mm512_mask_storeu_ps(out[r] + d0 + 16 * c, masks[c], _mm512_mul_ps(acc[r][c], _mm512_set1_ps(inv[r])));
+      _mm512_mask_storeu_ps(out[r] + d0 + 16 * c, first_lanes(dim - d0 - 16 * c),
+                            _mm512_mul_ps(acc[r][c], _mm512_set1_ps(inv[r])));
   }
 }
 
 template <int ND>
-void weighted_values_upto(int nd, const float* p, int64_t ld_p, int rows, const float* v, int64_t v_stride,
+void weighted_values_upto(int nd, const float* p, int64_t ld_p, int rows, const float* v, int64_t ld_v,
                           int64_t keys, int64_t d0, int64_t dim, const float* inv, float* const* out) {
-  if (nd == ND) return weighted_values<ND>(p, ld_p, rows, v, v_stride, keys, d0, dim, inv, out);
-  if constexpr (ND > 1) weighted_values_upto<ND - 1>(nd, p, ld_p, rows, v, v_stride, keys, d0, dim, inv, out);
+  if (nd == ND) return weighted_values<ND>(p, ld_p, rows, v, ld_v, keys, d0, dim, inv, out);
+  if constexpr (ND > 1) weighted_values_upto<ND - 1>(nd, p, ld_p, rows, v, ld_v, keys, d0, dim, inv, out);
 }
 
 // qkv: float32 [batch, seq, 3, heads, dim]; mask: bool, broadcastable to [batch, 1, seq, seq] (true: attend), or
@@ -119,37 +160,40 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
   if (batch == 0 || seq == 0) return out;
   const float* base = x.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const int64_t token_stride = 3 * heads * dim, keys_padded = padded(seq, 16);
-  const float fscale = static_cast<float>(scale);
+  const int64_t token_stride = 3 * heads * dim, keys_padded = padded(seq, 16), dim_padded = padded(dim, 16);
+  const __m512 vscale = _mm512_set1_ps(static_cast<float>(scale));
   at::parallel_for(0, batch * heads, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> kt(dim * keys_padded), scores(kQueryRows * keys_padded), qs(kQueryRows * dim);
+    std::vector<float> kt(dim * keys_padded), vs(seq * dim_padded), scores(kQueryRows * keys_padded), qs(kQueryRows * dim);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / heads, h = i % heads;
       const float* q = base + b * seq * token_stride + h * dim;
       const float* k = q + heads * dim;
       const float* v = k + heads * dim;
+      for (int64_t j = 0; j < keys_padded; j += 16)
+        for (int64_t d = 0; d < dim; d += 16)
+          transpose_block(k + j * token_stride + d, token_stride, seq - j, dim - d, kt.data() + d * keys_padded + j,
+                          keys_padded);
       for (int64_t j = 0; j < seq; ++j)
-        for (int64_t d = 0; d < dim; ++d) kt[d * keys_padded + j] = k[j * token_stride + d];
-      for (int64_t d = 0; d < dim; ++d)
-        for (int64_t j = seq; j < keys_padded; ++j) kt[d * keys_padded + j] = 0.0f;
+        for (int64_t d = 0; d < dim_padded; d += 16)
+          _mm512_storeu_ps(vs.data() + j * dim_padded + d,
+                           _mm512_maskz_loadu_ps(first_lanes(dim - d), v + j * token_stride + d));
       for (int64_t t0 = 0; t0 < seq; t0 += kQueryRows) {
         const int rows = static_cast<int>(std::min<int64_t>(kQueryRows, seq - t0));
         const float* qrows[kQueryRows];
         float* orows[kQueryRows];
         for (int r = 0; r < kQueryRows; ++r) {
           const int64_t t = t0 + std::min(r, rows - 1);
-          for (int64_t d = 0; d < dim; ++d) qs[r * dim + d] = q[t * token_stride + d] * fscale;
+          for (int64_t d = 0; d < dim; d += 16) {
+            const __mmask16 lanes = first_lanes(dim - d);
+            _mm512_mask_storeu_ps(qs.data() + r * dim + d, lanes,
+                                  _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, q + t * token_stride + d), vscale));
+          }
           qrows[r] = qs.data() + r * dim;
           orows[r] = op + (b * seq + t) * heads * dim + h * dim;
         }
-        for (int pass = 0; pass * kScoreRows < rows; ++pass) {
-          const int pass_rows = std::min(kScoreRows, rows - pass * kScoreRows);
-          float* pass_scores = scores.data() + pass * kScoreRows * keys_padded;
-          for (int64_t c0 = 0; c0 < keys_padded; c0 += 128) {
-            const int nc = static_cast<int>(std::min<int64_t>(8, (keys_padded - c0) / 16));
-            score_chunks_upto<8>(nc, qrows + pass * kScoreRows, pass_rows, dim, kt.data(), keys_padded, c0,
-                                 pass_scores, keys_padded);
-          }
+        for (int64_t c0 = 0; c0 < keys_padded; c0 += 64) {
+          const int nc = static_cast<int>(std::min<int64_t>(4, (keys_padded - c0) / 16));
+          score_chunks_upto<4>(nc, qrows, dim, kt.data(), keys_padded, c0, scores.data(), keys_padded);
         }
         float inv[kQueryRows];
         for (int r = 0; r < rows; ++r) {
@@ -194,7 +238,8 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
         }
         for (int64_t d0 = 0; d0 < dim; d0 += 64) {
           const int nd = static_cast<int>((std::min<int64_t>(64, dim - d0) + 15) / 16);
-          weighted_values_upto<4>(nd, scores.data(), keys_padded, rows, v, token_stride, seq, d0, dim, inv, orows);
+          weighted_values_upto<4>(nd, scores.data(), keys_padded, rows, vs.data(), dim_padded, seq, d0, dim, inv,
+                                  orows);
         }
       }
     }
