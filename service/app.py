@@ -7,6 +7,7 @@ finds the artifacts and builds to serve, makes the `Service` and hands it to `bu
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -200,8 +201,9 @@ class Service:
         return True, ""
 
     def choose_precision(self, task: str, query: str | None, header: str | None) -> str:
-        if query and header and query != header:
-            raise InvalidInputError(f"?precision={query} and X-Precision: {header} disagree; give one")
+        # The URL's ?precision= wins over X-Precision (a header a proxy or client default may set), as the published
+        # schema says; the response names the precision that ran. Refusing the pair instead would refuse requests
+        # the schema cannot tell apart from valid ones.
         precision = query or header or self.settings.default_precision
         available = self.precisions_of(task)
         if precision not in available:
@@ -251,8 +253,15 @@ def _api_key_dependencies(settings: ServiceSettings, protects: bool) -> list[Any
     return [Depends(require_api_key)]
 
 
+# A text must hold a character outside every notion of whitespace that a client may check with: Python's (which counts
+# the separators U+001C-U+001F and U+0085) and JSON Schema's ECMAScript `\s` (which counts U+FEFF). The published
+# schema carries this very pattern, so the service and a schema-driven client agree on what is blank.
+NON_BLANK = r"[^\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
+_NON_BLANK = re.compile(NON_BLANK)
+
+
 def _check_text(text: str, limit: int, field: str) -> None:
-    if not text.strip():
+    if not _NON_BLANK.search(text):
         raise InvalidInputError(f"{field} is empty")
     if len(text) > limit:
         raise InvalidInputError(f"{field} has {len(text)} characters; at most {limit} are allowed")
@@ -494,7 +503,7 @@ def build_app(service: Service) -> FastAPI:
     app.include_router(_predict_router(service))
     app.include_router(_ops_router(service))
     settings = service.settings
-    text = {"minLength": 1, "maxLength": settings.max_text_chars, "pattern": r"\S"}  # not blank, as `_check_text`
+    text = {"minLength": 1, "maxLength": settings.max_text_chars, "pattern": NON_BLANK}  # not blank, as `_check_text`
     limits = {
         "text": text,
         "texts": {**text, "minItems": 1, "maxItems": settings.max_texts},

@@ -34,7 +34,7 @@ async def read_body(request: Request, model: type[RequestModel]) -> RequestModel
 
 
 def requested_precision(request: Request) -> tuple[str | None, str | None]:
-    """The precision named by `?precision=` and by the `X-Precision` header (either may be absent)."""
+    """The precision named by `?precision=` and by the `X-Precision` header (either may be absent; the query wins)."""
     return request.query_params.get(PRECISION_QUERY), request.headers.get(PRECISION_HEADER)
 
 
@@ -52,14 +52,15 @@ def openapi_inputs(model: type[BaseModel]) -> dict[str, Any]:
                 "in": "query",
                 "required": False,
                 "schema": {"type": "string"},
-                "description": "precision name, e.g. w8, w4g128 (see /models)",
+                "description": "precision name, e.g. w8, w4g128 (see /models); wins over X-Precision",
             },
             {
                 "name": PRECISION_HEADER,
                 "in": "header",
                 "required": False,
                 "schema": {"type": "string"},
-                "description": "alternative to ?precision=",
+                "description": "precision name where ?precision= is absent (the response's `precision` names the one "
+                "that ran)",
             },
         ],
     }

@@ -89,12 +89,14 @@ def test_sst2_single_and_many_texts_in_order(client: httpx.Client) -> None:
         assert batched["score"] == pytest.approx(single["score"], abs=1e-4)
 
 
-def test_precision_from_header_and_conflicts(client: httpx.Client) -> None:
+def test_precision_from_header_and_the_query_wins_over_it(client: httpx.Client) -> None:
     by_header = client.post("/predict/sst2", json={"text": "good"}, headers={"X-Precision": "w2g128"})
     assert by_header.json()["precision"] == "w2g128"
-    conflict = client.post("/predict/sst2?precision=w8", json={"text": "good"}, headers={"X-Precision": "fp32"})
-    assert conflict.status_code == 422
-    assert conflict.json()["error"] == "invalid_input"
+    both = client.post("/predict/sst2?precision=w8", json={"text": "good"}, headers={"X-Precision": "fp32"})
+    assert both.status_code == 200
+    assert both.json()["precision"] == "w8"
+    unknown_header = client.post("/predict/sst2?precision=w8", json={"text": "good"}, headers={"X-Precision": "w9"})
+    assert unknown_header.json()["precision"] == "w8"
 
 
 def test_unknown_precision_and_task_are_404_listing_what_exists(client: httpx.Client) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.app import Service, build_app
+from service.app import NON_BLANK, Service, build_app
 from service.metrics import ServiceMetrics
 from service.pool import Key
 from service.protocol import (
@@ -170,7 +171,7 @@ def test_predict_routes_answer_in_their_shapes_and_name_the_model(tmp_path: Path
     ("method", "path", "body", "headers", "status", "code"),
     [
         ("post", "/predict/sst2?precision=w3", {"text": "a"}, {}, 404, "unknown_precision"),
-        ("post", "/predict/sst2?precision=w8", {"text": "a"}, {"X-Precision": "w2g128"}, 422, "invalid_input"),
+        ("post", "/predict/sst2", {"text": "a"}, {"X-Precision": "w3"}, 404, "unknown_precision"),
         ("post", "/predict/sst2", {"text": "   "}, {}, 422, "invalid_input"),
         ("post", "/predict/sst2", {"text": "a", "texts": ["b"]}, {}, 422, "invalid_input"),
         ("post", "/predict/sst2", {"texts": []}, {}, 422, "invalid_input"),
@@ -365,18 +366,21 @@ def test_the_published_schema_states_what_the_service_enforces(tmp_path: Path) -
 
     async def requests(client: httpx.AsyncClient) -> tuple[dict, list[int], httpx.Response]:
         bodies = [{}, {"text": None}, {"text": None, "texts": ["a"]}, {"texts": ["a"] * 4}, {"text": "x" * 51}]
+        # blank to Python (U+001E) or to JSON Schema's ECMAScript regex (U+FEFF) alike
+        bodies += [{"text": "\x1e"}, {"texts": ["a", "\ufeff "]}]
         statuses = [(await client.post("/predict/sst2", json=body)).status_code for body in bodies]
         statuses.append((await client.post("/predict/sst2", json={"texts": ["a", "b", "c"]})).status_code)
         return (await client.get("/openapi.json")).json(), statuses, await client.get("/predict/sst2")
 
     document, statuses, wrong_method = _call(service, requests)
-    assert statuses == [422, 422, 422, 422, 422, 200]
+    assert statuses == [422] * 7 + [200]
     schemas = document["components"]["schemas"]
     for name in ("SST2Request", "NERRequest"):
         assert schemas[name]["oneOf"] == [{"required": ["text"]}, {"required": ["texts"]}]
         text, texts = schemas[name]["properties"]["text"], schemas[name]["properties"]["texts"]
-        assert (text["type"], text["minLength"], text["maxLength"], text["pattern"]) == ("string", 1, 50, r"\S")
+        assert (text["type"], text["minLength"], text["maxLength"], text["pattern"]) == ("string", 1, 50, NON_BLANK)
         assert (texts["minItems"], texts["maxItems"], texts["items"]["maxLength"]) == (1, 3, 50)
+        assert [bool(re.search(NON_BLANK, t)) for t in ("\x1e", "\ufeff ", "\u3000a")] == [False, False, True]
     question, context = (schemas["QARequest"]["properties"][p] for p in ("question", "context"))
     assert (question["minLength"], question["maxLength"], context["maxLength"]) == (1, 50, 80)
     assert list(document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
