@@ -24,13 +24,16 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/qbert serve
 
-# System packages the tests use: a real Prometheus (Debian's `prometheus`, promtool beside it). Installed here, in
-# the README's test path, never inside a test; where apt-get cannot, those tests skip and say why.
+# System packages the tests use: a real Prometheus (Debian's `prometheus`, promtool beside it) and a real browser
+# for the playground (Debian's `chromium` with `chromium-driver`, driven through Selenium; no browser download).
+# Installed here, in the README's test path, never inside a test; where apt-get cannot, those tests skip and say why.
+SYSTEM_PACKAGES := prometheus:prometheus chromium:chromium chromedriver:chromium-driver
 system-packages:
-	@command -v prometheus >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && export DEBIAN_FRONTEND=noninteractive && \
-	  { $(SUDO) apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || \
-	    { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q --no-install-recommends prometheus >/dev/null; }; }; } || \
-	  echo "prometheus could not be installed: its tests will skip"
+	@missing=$$(for pair in $(SYSTEM_PACKAGES); do command -v $${pair%%:*} >/dev/null 2>&1 || echo $${pair#*:}; done); \
+	[ -z "$$missing" ] || { command -v apt-get >/dev/null 2>&1 && export DEBIAN_FRONTEND=noninteractive && \
+	  { $(SUDO) apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+	    { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q --no-install-recommends $$missing >/dev/null; }; }; } || \
+	  echo "could not install $$missing: the tests that need them will skip"
 
 test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q

@@ -42,8 +42,10 @@ from service.json_io import (
     read_body,
     requested_precision,
 )
+from service.latency import RecentLatencies
 from service.metrics import ServiceMetrics
 from service.middleware import BodySizeLimit
+from service.playground import playground_router
 from service.pool import Key, WorkerPool
 from service.protocol import ArtifactRef, ItemError, ItemResult
 from service.schemas import (
@@ -51,6 +53,7 @@ from service.schemas import (
     ClassResult,
     EntityResult,
     ErrorResponse,
+    LatencyEntry,
     ModelEntry,
     ModelsResponse,
     NERBatchResponse,
@@ -99,6 +102,7 @@ class Service:
         ready_now = [a for a in artifacts if (a.task, a.precision) not in self.build_keys]
         self.keys: list[Key] = [(a.task, a.precision) for a in ready_now] + built_models
         self.pool = pool_factory(settings, ready_now, metrics)
+        self.latencies = RecentLatencies()
         self.build_events: dict[Key, BuildEvent] = {}
         # Compiles wait while the first builds run: on the same cores they would slow them several times over.
         self.pool.hold_compiles(self.first_builds_pending())
@@ -299,7 +303,10 @@ async def _answer(
     finally:
         service.metrics.requests.labels(task, precision or "none", outcome_of(error)).inc()
         if precision is not None:
-            service.metrics.request_duration.labels(task, precision).observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            service.metrics.request_duration.labels(task, precision).observe(seconds)
+            if error is None:
+                service.latencies.record((task, precision), seconds)
 
 
 def _predict_router(service: Service) -> APIRouter:
@@ -400,8 +407,16 @@ def _model_entry(service: Service, key: Key) -> ModelEntry:
         load_seconds=info.load_seconds,
         backend=info.backend,
         accuracy=list(info.accuracy),
+        latency=_latency_entry(service, key),
         reason=reason,
     )
+
+
+def _latency_entry(service: Service, key: Key) -> LatencyEntry | None:
+    summary = service.latencies.summary(key)
+    if summary is None:
+        return None
+    return LatencyEntry(p50_ms=round(summary.p50_ms, 3), p95_ms=round(summary.p95_ms, 3), requests=summary.count)
 
 
 def _ops_router(service: Service) -> APIRouter:
@@ -502,6 +517,7 @@ def build_app(service: Service) -> FastAPI:
     install_error_handlers(app)
     app.include_router(_predict_router(service))
     app.include_router(_ops_router(service))
+    app.include_router(playground_router())
     settings = service.settings
     text = {"minLength": 1, "maxLength": settings.max_text_chars, "pattern": NON_BLANK}  # not blank, as `_check_text`
     limits = {

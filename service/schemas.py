@@ -131,6 +131,12 @@ class BuildProgressEntry(BaseModel):
     unit: str = ""
 
 
+class LatencyEntry(BaseModel):
+    p50_ms: float
+    p95_ms: float
+    requests: int = Field(description="the recent successful requests these percentiles come from (at most 1,024)")
+
+
 class ModelEntry(BaseModel):
     task: str
     precision: str
@@ -155,9 +161,14 @@ class ModelEntry(BaseModel):
     fp32_bytes: int | None = None
     load_seconds: float | None = None
     backend: str | None = Field(
-        None, description="how the model executes: `compiled` (torch.compile), `eager` (the reference) or `openvino`"
+        None,
+        description="how the model executes: `packed` (our kernels on the packed codes), `compiled` (torch.compile), "
+        "`eager` (the reference), `packed-eager` (packed, while it compiles) or `openvino`",
     )
     accuracy: list[AccuracyRow] = Field(default_factory=list)
+    latency: LatencyEntry | None = Field(
+        None, description="end-to-end milliseconds of its recent requests at the API (none answered yet: absent)"
+    )
     reason: str | None = None
 
 

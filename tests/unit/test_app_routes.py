@@ -386,3 +386,36 @@ def test_the_published_schema_states_what_the_service_enforces(tmp_path: Path) -
     assert list(document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
     assert wrong_method.status_code == 405
     assert wrong_method.headers["allow"] == "POST"
+
+
+def test_models_report_each_models_recent_latency_once_it_has_answered(tmp_path: Path) -> None:
+    service = _service(tmp_path)
+
+    async def requests(client: httpx.AsyncClient) -> tuple[dict, dict]:
+        before = (await client.get("/models")).json()
+        for _ in range(3):
+            await client.post("/predict/sst2?precision=w8", json={"text": "good"})
+        await client.post("/predict/sst2?precision=w8", json={"text": " "})  # refused: not a latency figure
+        return before, (await client.get("/models")).json()
+
+    before, after = _call(service, requests)
+    assert all(m["latency"] is None for m in before["models"])
+    latency = {(m["task"], m["precision"]): m["latency"] for m in after["models"]}
+    assert latency[("sst2", "w8")]["requests"] == 3
+    assert 0 < latency[("sst2", "w8")]["p50_ms"] <= latency[("sst2", "w8")]["p95_ms"]
+    assert latency[("sst2", "w2g128")] is None
+
+
+def test_the_playground_page_is_served_whole_and_fetches_nothing_from_outside(tmp_path: Path) -> None:
+    service = _service(tmp_path, api_key="k")
+
+    async def requests(client: httpx.AsyncClient) -> list[httpx.Response]:
+        return [await client.get("/"), await client.get("/playground"), await client.get("/models")]
+
+    root, page, models = _call(service, requests)
+    assert (root.status_code, page.status_code, models.status_code) == (200, 200, 401)  # the page asks for the key
+    assert root.text == page.text
+    assert root.headers["content-type"].startswith("text/html")
+    assert re.search(r"(src|href)\s*=\s*\"(https?:)?//|@import|url\(", page.text) is None
+    for control in ("model", "api-key", "text", "question", "context"):
+        assert f'<label for="{control}"' in page.text
