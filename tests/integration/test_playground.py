@@ -177,3 +177,15 @@ def test_a_wrong_api_key_reads_as_a_message(
             pytest.fail(f"the right key did not unlock the page: {message.text!r}")
     finally:
         _stopped(guarded)
+
+
+def test_busy_and_not_ready_answers_read_as_sentences(server: RunningServer, browser: WebDriver) -> None:
+    """The page's wording for the statuses a live tiny service does not produce on demand (429 queue full, 503 not
+    ready), through the function the page itself calls."""
+    open_playground(browser, server.url, "sst2")
+    busy, not_ready = browser.execute_script(
+        "return [describeError(429, {error: 'queue_full'}, '2'),"
+        " describeError(503, {error: 'model_not_ready', detail: 'sst2/w8 is compiling'}, '5')]"
+    )
+    assert busy == "The service is busy (its queue is full). Try again in 2 s."
+    assert not_ready == "Not ready yet: sst2/w8 is compiling. Try again in 5 s."
