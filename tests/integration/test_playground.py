@@ -1,7 +1,7 @@
 """The playground page in a real browser (Debian's Chromium through Selenium) against a live `qbert serve`.
 
 Each view is checked against the API's own answers for the same input, and saved as a full-page screenshot under
-`<basetemp>/playground/` (the README's comes from there).
+`<basetemp>/playground/`.
 """
 
 from __future__ import annotations
@@ -12,27 +12,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.integration import browser as page
 from tests.integration.server import RunningServer, start_server
 
-pytest.importorskip("selenium", reason="selenium is a dev dependency: make install")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-from tests.integration.browser import (  # noqa: E402
-    MISSING,
-    chromium,
-    fill,
-    open_playground,
-    save_screenshot,
-    send_to_every_precision,
-    shown_entities,
-)
-
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
+pytestmark = pytest.mark.skipif(page.MISSING is not None, reason=str(page.MISSING))
 PRECISIONS = ["fp32", "w8", "w2g128"]  # what `tiny_artifacts` builds, highest bits first as the page lists them
 API_KEY = "playground-key"
 
@@ -50,18 +39,18 @@ def server(tiny_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    with chromium() as driver:
+    with page.chromium() as driver:
         yield driver
 
 
 @pytest.fixture(scope="module")
 def screenshot(tmp_path_factory: pytest.TempPathFactory) -> Callable[[WebDriver, str], Path]:
     folder = tmp_path_factory.getbasetemp() / "playground"
-    return lambda driver, name: save_screenshot(driver, folder / f"{name}.png")
+    return lambda driver, name: page.save_screenshot(driver, folder / f"{name}.png")
 
 
 def _answers(driver: WebDriver) -> dict:
-    return send_to_every_precision(driver, len(PRECISIONS))
+    return page.send_to_every_precision(driver, len(PRECISIONS))
 
 
 def _api(server: RunningServer, path: str, precision: str, body: dict) -> dict:
@@ -74,8 +63,8 @@ def _api(server: RunningServer, path: str, precision: str, body: dict) -> dict:
 def test_a_sentence_goes_to_every_precision_and_each_shows_its_label(
     server: RunningServer, browser: WebDriver, screenshot: Callable, sentence: str
 ) -> None:
-    open_playground(browser, server.url, "sst2")
-    fill(browser, "text", sentence)
+    page.open_playground(browser, server.url, "sst2")
+    page.fill(browser, "text", sentence)
     cards = _answers(browser)
     assert list(cards) == PRECISIONS
     fp32_label = _api(server, "predict/sst2", "fp32", {"text": sentence})["results"][0]["label"]
@@ -97,12 +86,12 @@ def test_ner_highlights_each_entity_with_its_type(
     server: RunningServer, browser: WebDriver, screenshot: Callable
 ) -> None:
     text = "John Smith flew from Paris to Berlin to meet the board of Acme Corp in London ."
-    open_playground(browser, server.url, "ner")
-    fill(browser, "text", text)
+    page.open_playground(browser, server.url, "ner")
+    page.fill(browser, "text", text)
     cards = _answers(browser)
     for precision, card in cards.items():
         expected = _api(server, "predict/ner", precision, {"text": text})["entities"]
-        assert shown_entities(card) == [
+        assert page.shown_entities(card) == [
             (e["type"], text[e["start"] : e["end"]]) for e in sorted(expected, key=lambda e: e["start"])
         ]
     screenshot(browser, "ner")
@@ -112,9 +101,9 @@ def test_qa_highlights_the_answer_span_in_the_context(
     server: RunningServer, browser: WebDriver, screenshot: Callable
 ) -> None:
     question, context = "where does john smith work ?", "john smith lives in paris . he works at acme corp ."
-    open_playground(browser, server.url, "qa")
-    fill(browser, "question", question)
-    fill(browser, "context", context)
+    page.open_playground(browser, server.url, "qa")
+    page.fill(browser, "question", question)
+    page.fill(browser, "context", context)
     cards = _answers(browser)
     for precision, card in cards.items():
         expected = _api(server, "qa", precision, {"question": question, "context": context})
@@ -127,7 +116,7 @@ def test_qa_highlights_the_answer_span_in_the_context(
 def test_the_charts_have_one_point_per_precision(
     server: RunningServer, browser: WebDriver, screenshot: Callable
 ) -> None:
-    open_playground(browser, server.url, "sst2")
+    page.open_playground(browser, server.url, "sst2")
     _answers(browser)  # the service's latency percentiles exist once a request has been answered
     WebDriverWait(browser, 15).until(
         lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-chart=latency] circle.point")) == 2 * len(PRECISIONS)
@@ -145,7 +134,7 @@ def test_the_page_fits_a_phone_and_keeps_its_labels(
 ) -> None:
     browser.set_window_size(390, 844)
     try:
-        open_playground(browser, server.url, "qa")
+        page.open_playground(browser, server.url, "qa")
         _answers(browser)
         overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0
@@ -165,11 +154,11 @@ def test_a_wrong_api_key_reads_as_a_message(
         browser.get(guarded.url + "/")
         message = browser.find_element(By.ID, "message")
         WebDriverWait(browser, 15).until(lambda d: "API key" in message.text)
-        fill(browser, "api-key", "not-the-key")
+        page.fill(browser, "api-key", "not-the-key")
         browser.find_element(By.ID, "send").click()
         WebDriverWait(browser, 15).until(lambda d: "API key" in message.text)
         screenshot(browser, "wrong-key")
-        fill(browser, "api-key", API_KEY)
+        page.fill(browser, "api-key", API_KEY)
         browser.find_element(By.ID, "api-key").send_keys(Keys.TAB)  # `change`: the page lists the models again
         try:
             WebDriverWait(browser, 15).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model option"))
@@ -182,7 +171,7 @@ def test_a_wrong_api_key_reads_as_a_message(
 def test_busy_and_not_ready_answers_read_as_sentences(server: RunningServer, browser: WebDriver) -> None:
     """The page's wording for the statuses a live tiny service does not produce on demand (429 queue full, 503 not
     ready), through the function the page itself calls."""
-    open_playground(browser, server.url, "sst2")
+    page.open_playground(browser, server.url, "sst2")
     busy, not_ready = browser.execute_script(
         "return [describeError(429, {error: 'queue_full'}, '2'),"
         " describeError(503, {error: 'model_not_ready', detail: 'sst2/w8 is compiling'}, '5')]"

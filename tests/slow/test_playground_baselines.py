@@ -9,32 +9,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from quantization.build import build_artifact, evaluate_artifact, load_checkpoint
 from quantization.catalog import load_catalog
 from tests.conftest import SHARED_DATA, SHARED_MODELS
+from tests.integration import browser as page
 from tests.integration.server import RunningServer, start_server
-
-pytest.importorskip("selenium", reason="selenium is a dev dependency: make install")
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-
-from tests.integration.browser import (  # noqa: E402
-    MISSING,
-    chromium,
-    fill,
-    open_playground,
-    save_screenshot,
-    send_to_every_precision,
-    shown_entities,
-)
 
 pytestmark = [
     pytest.mark.skipif(
         not (SHARED_MODELS / "minilm-l6-sst2" / "model.safetensors").exists() or not SHARED_DATA.is_dir(),
         reason=f"FP32 baselines not found under {SHARED_MODELS}",
     ),
-    pytest.mark.skipif(MISSING is not None, reason=str(MISSING)),
+    pytest.mark.skipif(page.MISSING is not None, reason=str(page.MISSING)),
 ]
 PRECISIONS = ("fp32", "w8", "w4g128")
 EVALUATED = ("sst2",)  # its dev set takes seconds; the page shows "accuracy not recorded" for the others
@@ -58,12 +47,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    with chromium() as driver:
+    with page.chromium() as driver:
         yield driver
 
 
 def _shot(driver: WebDriver, tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
-    return save_screenshot(driver, tmp_path_factory.getbasetemp() / "playground-baselines" / f"{name}.png")
+    return page.save_screenshot(driver, tmp_path_factory.getbasetemp() / "playground-baselines" / f"{name}.png")
 
 
 @pytest.mark.parametrize(
@@ -76,9 +65,9 @@ def _shot(driver: WebDriver, tmp_path_factory: pytest.TempPathFactory, name: str
 def test_obvious_sentiment_reads_right_at_every_precision(
     server: RunningServer, browser: WebDriver, tmp_path_factory: pytest.TempPathFactory, sentence: str, label: str
 ) -> None:
-    open_playground(browser, server.url, "sst2")
-    fill(browser, "text", sentence)
-    cards = send_to_every_precision(browser, len(PRECISIONS))
+    page.open_playground(browser, server.url, "sst2")
+    page.fill(browser, "text", sentence)
+    cards = page.send_to_every_precision(browser, len(PRECISIONS))
     assert sorted(cards) == sorted(PRECISIONS)
     shown = {p: card.find_element(By.CSS_SELECTOR, ".label").get_attribute("data-label") for p, card in cards.items()}
     assert shown == dict.fromkeys(PRECISIONS, label)
@@ -89,9 +78,9 @@ def test_obvious_sentiment_reads_right_at_every_precision(
 def test_ner_highlights_john_smith_as_a_person_at_every_precision(
     server: RunningServer, browser: WebDriver, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    open_playground(browser, server.url, "ner")
-    fill(browser, "text", "John Smith flew from Paris to Berlin to meet the board of Siemens .")
-    cards = send_to_every_precision(browser, len(PRECISIONS))
+    page.open_playground(browser, server.url, "ner")
+    page.fill(browser, "text", "John Smith flew from Paris to Berlin to meet the board of Siemens .")
+    cards = page.send_to_every_precision(browser, len(PRECISIONS))
     for precision, card in cards.items():
-        assert ("PER", "John Smith") in shown_entities(card), precision
+        assert ("PER", "John Smith") in page.shown_entities(card), precision
     _shot(browser, tmp_path_factory, "ner")
