@@ -6,6 +6,7 @@ bounds for a percentile; a bounded window of recent requests per model gives the
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -20,8 +21,8 @@ class LatencySummary:
 
 def percentile(ordered: list[float], fraction: float) -> float:
     """The nearest-rank percentile of an ascending, non-empty list."""
-    rank = max(1, -(-len(ordered) * fraction // 1))  # ceil(n·fraction), at least the first
-    return ordered[int(rank) - 1]
+    rank = max(1, math.ceil(len(ordered) * fraction))
+    return ordered[rank - 1]
 
 
 @dataclass
@@ -29,7 +30,7 @@ class RecentLatencies:
     """The last `window` successful requests' seconds per key."""
 
     window: int = 1024
-    _seconds: dict[Hashable, deque[float]] = field(default_factory=dict)
+    _seconds: dict[Hashable, deque[float]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.window < 1:
