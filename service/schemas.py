@@ -167,7 +167,7 @@ class ModelEntry(BaseModel):
     )
     accuracy: list[AccuracyRow] = Field(default_factory=list)
     latency: LatencyEntry | None = Field(
-        None, description="end-to-end milliseconds of its recent requests at the API (none answered yet: absent)"
+        None, description="end-to-end milliseconds of its recent requests at the API (null until it has answered one)"
     )
     reason: str | None = None
 
