@@ -19,15 +19,11 @@ namespace {
 
 int64_t padded(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
 
-inline __mmask16 first_lanes(int64_t n) {
-  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
-}
-
 // dst[c][r] = src[r][c] for a block of up to 16 x 16 floats (`rows` x `cols` valid; missing rows read as zeros,
 // so the 16 columns written for each of the `cols` valid ones are whole), transposed in registers.
 inline void transpose_block(const float* src, int64_t src_stride, int64_t rows, int64_t cols, float* dst,
                             int64_t dst_stride) {
-  const __mmask16 col_mask = first_lanes(cols);
+  const __mmask16 col_mask = qbert::first_lanes(cols);
   __m512 r[16], t[16];
 #pragma GCC unroll 16
   for (int i = 0; i < 16; ++i) r[i] = i < rows ? _mm512_maskz_loadu_ps(col_mask, src + i * src_stride) : _mm512_setzero_ps();
@@ -128,7 +124,7 @@ inline void weighted_values(const float* p, int64_t ld_p, int rows, const float*
     if (r >= rows) break;
 #pragma GCC unroll 4
     for (int c = 0; c < ND; ++c)
-      _mm512_mask_storeu_ps(out[r] + d0 + 16 * c, first_lanes(dim - d0 - 16 * c),
+      _mm512_mask_storeu_ps(out[r] + d0 + 16 * c, qbert::first_lanes(dim - d0 - 16 * c),
                             _mm512_mul_ps(acc[r][c], _mm512_set1_ps(inv[r])));
   }
 }
@@ -176,7 +172,7 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
       for (int64_t j = 0; j < seq; ++j)
         for (int64_t d = 0; d < dim_padded; d += 16)
           _mm512_storeu_ps(vs.data() + j * dim_padded + d,
-                           _mm512_maskz_loadu_ps(first_lanes(dim - d), v + j * token_stride + d));
+                           _mm512_maskz_loadu_ps(qbert::first_lanes(dim - d), v + j * token_stride + d));
       for (int64_t t0 = 0; t0 < seq; t0 += kQueryRows) {
         const int rows = static_cast<int>(std::min<int64_t>(kQueryRows, seq - t0));
         const float* qrows[kQueryRows];
@@ -184,7 +180,7 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
         for (int r = 0; r < kQueryRows; ++r) {
           const int64_t t = t0 + std::min(r, rows - 1);
           for (int64_t d = 0; d < dim; d += 16) {
-            const __mmask16 lanes = first_lanes(dim - d);
+            const __mmask16 lanes = qbert::first_lanes(dim - d);
             _mm512_mask_storeu_ps(qs.data() + r * dim + d, lanes,
                                   _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, q + t * token_stride + d), vscale));
           }
@@ -202,7 +198,7 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
           const __m512 minus_inf = _mm512_set1_ps(-INFINITY);
           __m512 vmax = minus_inf;
           for (int64_t j = 0; j < seq; j += 16) {
-            const __mmask16 tail = seq - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (seq - j)) - 1);
+            const __mmask16 tail = qbert::first_lanes(seq - j);
             __mmask16 keep = tail;
             if (allowed && mk == 1) {
               keep &= _mm_mask_cmpneq_epi8_mask(tail, _mm_maskz_loadu_epi8(tail, allowed + j), _mm_setzero_si128());
@@ -226,7 +222,7 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
             vsum = _mm512_add_ps(vsum, e);
           }
           if (j < seq) {
-            const __mmask16 tail = __mmask16((1u << (seq - j)) - 1);
+            const __mmask16 tail = qbert::first_lanes(seq - j);
             const __m512 sj = _mm512_maskz_loadu_ps(tail, row + j);
             const __mmask16 live = tail & _mm512_cmp_ps_mask(sj, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
             const __m512 e = _mm512_maskz_mov_ps(live, qbert::exp_ps(_mm512_sub_ps(sj, vtop)));

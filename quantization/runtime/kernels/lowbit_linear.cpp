@@ -208,8 +208,7 @@ void tile(const int8_t* a, int64_t groups, const uint8_t* w, const float* token_
   // h and t unrolled: an accumulator indexed at run time would live in memory, not in a register
 #pragma GCC unroll 4
   for (int h = 0; h < kParts; ++h) {
-    const int64_t valid = rows_left - 16 * h;
-    const __mmask16 mask = valid >= 16 ? __mmask16(0xFFFF) : valid <= 0 ? __mmask16(0) : __mmask16((1u << valid) - 1);
+    const __mmask16 mask = qbert::first_lanes(rows_left - 16 * h);
     const __m512 scale = _mm512_loadu_ps(row_scale + 16 * h);
     const __m512i zero = _mm512_loadu_si512(row_zero + 16 * h);
     const __m512 b = _mm512_loadu_ps(bias + 16 * h);

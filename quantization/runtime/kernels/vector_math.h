@@ -7,6 +7,11 @@
 
 namespace qbert {
 
+// The mask of the first n of 16 lanes (none for n <= 0, all for n >= 16): a partial tile's loads and stores.
+inline __mmask16 first_lanes(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+}
+
 // e^x: a degree-6 polynomial on x - n·ln2, scaled by 2^n (relative error ~1e-7; e^x for x < -87.3 is that of -87.3).
 inline __m512 exp_ps(__m512 x) {
   const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
