@@ -234,6 +234,8 @@ def _load_in_child(candidate: Candidate, threads: int, run: bool, results: Any) 
         from quantization.runtime.packed_kernels import unavailable_reason
 
         unavailable_reason()  # our kernels' library, loaded once per process whatever the model
+    if candidate.backend in COMPILED_BACKENDS:
+        _load_torch_compiler()
     before = resident_bytes()
     started = time.perf_counter()
     try:
@@ -257,6 +259,18 @@ def _load_openvino_libraries() -> None:
 
     converted = ov.convert_model(torch.nn.Linear(4, 4).eval(), example_input=torch.ones(1, 4))
     ov.Core().compile_model(converted, "CPU").create_infer_request().infer({0: np.ones((1, 4), np.float32)})
+
+
+def _load_torch_compiler() -> None:
+    """Load Dynamo, Inductor and their generated-code runtime (once per process, whatever the model) by compiling
+    and running a LayerNorm-Linear-GELU block with the compiled backends' settings: the counterpart of
+    `_load_openvino_libraries`, so that a reading after it is the model's own compiled graph, not torch's compiler."""
+    from quantization.runtime.compiling import compile_model
+
+    block = compile_model(torch.nn.Sequential(torch.nn.LayerNorm(4), torch.nn.Linear(4, 4), torch.nn.GELU()).eval())
+    with torch.inference_mode():
+        for batch in (1, 2):
+            block(torch.ones(batch, 3, 4))
 
 
 def _reading_of(process: BaseProcess, results: Any, timeout_s: float) -> dict:
