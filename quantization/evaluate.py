@@ -13,13 +13,11 @@ import torch
 from quantization.runtime import LoadedModel
 from quantization.tasks import Example, Feature, Task, pad_features
 
-MAX_LENGTH = {"sst2": 512, "ner": 512, "qa": 384}
-
 
 def max_length_for(task: Task, loaded: LoadedModel | None = None) -> int:
     """The task's sequence length, capped by the model's position embeddings."""
     model_max = loaded.config.max_position_embeddings if loaded is not None else 512
-    return min(MAX_LENGTH.get(task.name, model_max), model_max)
+    return min(task.max_length, model_max)
 
 
 def forward_features(loaded: LoadedModel, task: Task, features: Sequence[Feature]) -> list[Any]:

@@ -10,7 +10,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 _MB = 1_000_000
-PRIMARY_METRIC = {"sst2": "accuracy", "ner": "entity_f1", "qa": "f1"}
+
+
+def primary_metric(task: str) -> str:
+    from quantization.tasks import get_task
+
+    return get_task(task).primary_metric
+
 
 # (row label, precision name) in the order of Q-BERT's Table 1.
 TABLE_1 = (
@@ -84,7 +90,7 @@ def _table_1(task: str, index: dict) -> list[str]:
 
 
 def _pairs_table(task: str, index: dict, pairs: Sequence[tuple[str, str]], heads: tuple[str, str]) -> list[str]:
-    metric = PRIMARY_METRIC.get(task)
+    metric = primary_metric(task)
     lines = [f"| {heads[0]} | {metric} | {heads[1]} | {metric} | gain |", "|---|---|---|---|---|"]
     for first, second in pairs:
         a, b = index.get((task, first), {}).get(metric), index.get((task, second), {}).get(metric)
@@ -96,7 +102,7 @@ def _pairs_table(task: str, index: dict, pairs: Sequence[tuple[str, str]], heads
 
 
 def _list_table(task: str, index: dict, labelled: Sequence[tuple[str, str]]) -> list[str]:
-    metric = PRIMARY_METRIC.get(task)
+    metric = primary_metric(task)
     lines = [f"| setting | precision | {metric} (Δ vs FP32) | MB w/ emb |", "|---|---|---|---|"]
     for label, precision in labelled:
         row = index.get((task, precision), {}).get(metric)
@@ -113,7 +119,7 @@ def acceptance(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = []
 
     def value(task: str, precision: str) -> Mapping[str, Any] | None:
-        return index.get((task, precision), {}).get(PRIMARY_METRIC[task])
+        return index.get((task, precision), {}).get(primary_metric(task))
 
     for task in ("sst2", "ner"):
         for precision, limit in LOSS_TARGETS:

@@ -29,7 +29,7 @@ from quantization.config import COMPILED_BACKENDS
 from quantization.evaluate import finish, max_length_for, prepare, run_features
 from quantization.runtime import LoadedModel, as_eager, load_model, warm_up
 from quantization.system import set_batch_scheduling
-from quantization.tasks import Feature, Task, get_task, task_input
+from quantization.tasks import Feature, Task, get_task
 from service.protocol import (
     ArtifactRef,
     BatchDone,
@@ -219,7 +219,7 @@ class InferenceWorker:
         for payload in payloads:
             item, features, error = None, [], None
             try:
-                item = task_input(task.name, payload)
+                item = task.input_from_payload(payload)
                 features = prepare(loaded, task, item)
                 error = self._length_error(task, loaded, item, features)
             except ValueError as exc:  # the task refused the input (e.g. a question longer than a window)

@@ -28,46 +28,60 @@ from prometheus_client.parser import text_string_to_metric_families
 logger = logging.getLogger("qbert.loadtest")
 
 JSON_CONTENT = {"content-type": "application/json"}
-ROUTES = {"sst2": "/predict/sst2", "ner": "/predict/ner", "qa": "/qa"}
-MULTI_TEXT_TASKS = ("sst2", "ner")  # the routes that take {"texts": [...]}
-BUILT_IN_SAMPLES: dict[str, list[Any]] = {
-    "sst2": ["a gripping , beautifully acted film .", "it 's slow -- very , very slow .", "a charming journey ."],
-    "ner": ["John Smith works for Acme Corp in Paris .", "EU rejects German call to boycott British lamb ."],
-    "qa": [("Where does John live?", "John Smith lives in Paris, where he works for Acme Corp as an engineer.")],
-}
 
 
 def sample_payloads(task: str, limit: int = 256) -> list[Any]:
-    """Up to `limit` real inputs of `task` from the catalog's evaluation file, else built-in samples."""
+    """Up to `limit` real inputs of `task` from the catalog's evaluation file, else the task's built-in samples."""
     from quantization.catalog import load_catalog
     from quantization.tasks import get_task
 
+    kind = get_task(task)
     try:
         entry = load_catalog().task(task)
-        examples = get_task(task).read_examples(entry.data, **entry.read_options())[:limit]
+        examples = kind.read_examples(entry.data, **entry.read_options())[:limit]
     except (OSError, ValueError) as exc:
         logger.warning("%s: using built-in samples (%s)", task, exc)
-        return list(BUILT_IN_SAMPLES[task])
-    if task == "ner":
-        return [ex.input.text for ex in examples]
-    if task == "qa":
-        return [(ex.input.question, ex.input.context) for ex in examples]
-    return [ex.input for ex in examples]
+        return list(kind.samples)
+    return [kind.payload_of(ex.input) for ex in examples]
+
+
+def built_in_samples(task: str) -> list[Any]:
+    """The task's own sample payloads (no data files needed)."""
+    from quantization.tasks import get_task
+
+    return list(get_task(task).samples)
 
 
 def request_body(task: str, payload: Any) -> dict[str, Any]:
-    if task == "qa":
-        question, context = payload
-        return {"question": question, "context": context}
-    return {"text": payload}
+    from quantization.tasks import get_task
+
+    return get_task(task).request_body(payload)
+
+
+def _route(task: str) -> str:
+    from quantization.tasks import get_task
+
+    return get_task(task).route
+
+
+def _accepts_batches(task: str) -> bool:
+    from quantization.tasks import get_task
+
+    return get_task(task).accepts_batches
+
+
+def _batching_tasks() -> list[str]:
+    from quantization.tasks import TASKS
+
+    return sorted(name for name, task in TASKS.items() if task.accepts_batches)
 
 
 def request_bodies(task: str, payloads: Sequence[Any], texts_per_request: int = 1) -> list[bytes]:
     """Encoded request bodies over `payloads`: one input each, or `{"texts": [...]}` of `texts_per_request`."""
     if texts_per_request == 1:
         return [json.dumps(request_body(task, p)).encode() for p in payloads]
-    if task not in MULTI_TEXT_TASKS:
-        raise ValueError(f"{task} takes one input per request; texts per request apply to {MULTI_TEXT_TASKS}")
+    if not _accepts_batches(task):
+        raise ValueError(f"{task} takes one input per request; texts per request apply to {_batching_tasks()}")
     cycled = list(itertools.islice(itertools.cycle(payloads), max(len(payloads), texts_per_request)))
     return [
         json.dumps({"texts": cycled[i : i + texts_per_request]}).encode()
@@ -119,14 +133,16 @@ class LoadPlan:
             raise ValueError("give exactly one of duration_s or requests")
         if self.concurrency < 1 or not self.mix:
             raise ValueError("concurrency must be >= 1 and the mix non-empty")
-        unknown = [task for task, _ in self.mix if task not in ROUTES]
+        from quantization.tasks import TASKS
+
+        unknown = [task for task, _ in self.mix if task not in TASKS]
         if unknown:
-            raise ValueError(f"unknown tasks {unknown}; known: {sorted(ROUTES)}")
+            raise ValueError(f"unknown tasks {unknown}; known: {sorted(TASKS)}")
         if self.texts_per_request < 1:
             raise ValueError(f"texts_per_request must be >= 1, got {self.texts_per_request}")
-        single = sorted({task for task, _ in self.mix if task not in MULTI_TEXT_TASKS})
+        single = sorted({task for task, _ in self.mix if not _accepts_batches(task)})
         if self.texts_per_request > 1 and single:
-            raise ValueError(f"{single} take one input per request; texts_per_request applies to {MULTI_TEXT_TASKS}")
+            raise ValueError(f"{single} take one input per request; texts_per_request applies to {_batching_tasks()}")
 
 
 async def service_cpu_seconds(client: httpx.AsyncClient) -> dict[str, float] | None:
@@ -172,7 +188,7 @@ async def run_load(plan: LoadPlan, payloads: dict[str, list[Any]]) -> dict[str, 
     # CPU per request, time the closed loop then waited for its next arrival.
     one_connection = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     stats: dict[tuple[str, str], KeyStats] = defaultdict(KeyStats)
-    jobs = itertools.cycle([(task, precision, f"{ROUTES[task]}?precision={precision}") for task, precision in plan.mix])
+    jobs = itertools.cycle([(task, precision, f"{_route(task)}?precision={precision}") for task, precision in plan.mix])
     # Bodies encoded once, for the same reason.
     bodies = {
         task: itertools.cycle(request_bodies(task, items, plan.texts_per_request)) for task, items in payloads.items()
@@ -256,11 +272,11 @@ def raw_throughput(
     """
     from quantization.evaluate import predict
     from quantization.runtime import load_model, warm_up
-    from quantization.tasks import get_task, task_input
+    from quantization.tasks import get_task
 
     loaded = warm_up(load_model(artifact, backend))
     task = get_task(loaded.task)
-    inputs = [task_input(task.name, p) for p in payloads]
+    inputs = [task.input_from_payload(p) for p in payloads]
     inputs = inputs * -(-batch_size // len(inputs))  # at least one full batch
     batches = itertools.cycle([inputs[i : i + batch_size] for i in range(0, len(inputs) - batch_size + 1, batch_size)])
     predict(loaded, task, next(batches), batch_size)  # warm up

@@ -54,11 +54,38 @@ def pad_features(features: Sequence[Feature], pad_token_id: int = 0) -> dict[str
 
 
 class Task(ABC, Generic[InputT, PredictionT]):
-    """A task: data reading, pre/post-processing and its metric."""
+    """A task: data reading, pre/post-processing and its metric.
+
+    Each kind of task (sequence classification, token classification, question answering) owns every fact about
+    itself that the service, evaluation, the load test and the reports need: what is read from this class, never
+    decided elsewhere by the task's name.
+    """
 
     name: str
+    kind: str  # "sequence-classification", "token-classification" or "question-answering"
     metrics: tuple[str, ...]
+    primary_metric: str  # the one metric reports and accuracy targets use
     architecture_suffix: str  # e.g. "ForSequenceClassification"
+    max_length: int = 512  # tokens per model sequence, capped by the model's position embeddings
+    accepts_batches: bool = True  # whether a request may carry several inputs (`{"texts": [...]}`)
+    samples: tuple[Any, ...] = ()  # request payloads a load test may send where no evaluation data is at hand
+
+    @property
+    def route(self) -> str:
+        """The HTTP route that predicts with this task's models."""
+        return f"/predict/{self.name}"
+
+    def input_from_payload(self, payload: Any) -> InputT:
+        """The task's input from a request payload (what `payload_of` and the HTTP routes produce)."""
+        return payload
+
+    def payload_of(self, item: InputT) -> Any:
+        """The request payload that carries `item` (the inverse of `input_from_payload`)."""
+        return item
+
+    def request_body(self, payload: Any) -> dict[str, Any]:
+        """The JSON body of a request for one payload."""
+        return {"text": payload}
 
     @abstractmethod
     def read_examples(self, path: Path) -> list[Example[InputT]]:

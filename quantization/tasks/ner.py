@@ -139,8 +139,17 @@ def read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
 
 class NERTask(Task[NerInput, NerPrediction]):
     name = "ner"
+    kind = "token-classification"
     metrics = ("entity_f1",)
+    primary_metric = "entity_f1"
     architecture_suffix = "ForTokenClassification"
+    samples = ("John Smith works for Acme Corp in Paris .", "EU rejects German call to boycott British lamb .")
+
+    def input_from_payload(self, payload: Any) -> NerInput:
+        return NerInput.from_text(payload)
+
+    def payload_of(self, item: NerInput) -> str:
+        return item.text
 
     def read_examples(self, path: Path) -> list[Example[NerInput]]:
         return [Example(NerInput.from_words(w), iob1_to_iob2(t)) for w, t in read_conll(path)]

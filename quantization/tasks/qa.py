@@ -99,8 +99,28 @@ def read_squad_answers(path: Path, articles: tuple[int, int] | None = None) -> l
 
 class QATask(Task[QAInput, QAPrediction]):
     name = "qa"
+    kind = "question-answering"
     metrics = ("exact_match", "f1")
+    primary_metric = "f1"
     architecture_suffix = "ForQuestionAnswering"
+    max_length = 384  # long contexts run in strided windows of this many tokens
+    accepts_batches = False
+    samples = (("Where does John live?", "John Smith lives in Paris, where he works for Acme Corp as an engineer."),)
+
+    @property
+    def route(self) -> str:
+        return "/qa"
+
+    def input_from_payload(self, payload: Any) -> QAInput:
+        question, context = payload
+        return QAInput(question, context)
+
+    def payload_of(self, item: QAInput) -> tuple[str, str]:
+        return (item.question, item.context)
+
+    def request_body(self, payload: Any) -> dict[str, Any]:
+        question, context = payload
+        return {"question": question, "context": context}
 
     def read_examples(self, path: Path, articles: tuple[int, int] | None = None) -> list[Example[QAInput]]:
         return read_squad(path, articles)

@@ -22,8 +22,11 @@ class ClassPrediction:
 
 class SST2Task(Task[str, ClassPrediction]):
     name = "sst2"
+    kind = "sequence-classification"
     metrics = ("accuracy",)
+    primary_metric = "accuracy"
     architecture_suffix = "ForSequenceClassification"
+    samples = ("a gripping , beautifully acted film .", "it 's slow -- very , very slow .", "a charming journey .")
 
     def read_examples(self, path: Path) -> list[Example[str]]:
         with Path(path).open(newline="", encoding="utf-8") as handle:

@@ -254,10 +254,10 @@ def test_concurrent_requests_coalesce_into_batches(server: RunningServer, client
 
 
 def test_loadtest_reports_latency_and_what_serving_costs_in_cpu(server: RunningServer) -> None:
-    from quantization.loadgen.loadtest import BUILT_IN_SAMPLES, LoadPlan, run_load
+    from quantization.loadgen.loadtest import LoadPlan, built_in_samples, run_load
 
     plan = LoadPlan(url=server.url, mix=(("sst2", "w8"), ("ner", "fp32")), concurrency=4, requests=40, warmup=4)
-    result = asyncio.run(run_load(plan, {task: list(BUILT_IN_SAMPLES[task]) for task in ("sst2", "ner")}))
+    result = asyncio.run(run_load(plan, {task: built_in_samples(task) for task in ("sst2", "ner")}))
     rows = {(r["task"], r["precision"]): r for r in result["rows"]}
     assert set(rows) == {("sst2", "w8"), ("ner", "fp32")}
     assert sum(r["ok"] for r in rows.values()) == 40
@@ -271,7 +271,7 @@ def test_loadtest_reports_latency_and_what_serving_costs_in_cpu(server: RunningS
 
 
 def test_bulk_loadtest_sends_texts_and_counts_inputs(server: RunningServer, client: httpx.Client) -> None:
-    from quantization.loadgen.loadtest import BUILT_IN_SAMPLES, LoadPlan, run_load
+    from quantization.loadgen.loadtest import LoadPlan, built_in_samples, run_load
 
     def inputs_batched() -> float:
         family = _metrics(client)["qbert_batch_size"]
@@ -279,7 +279,7 @@ def test_bulk_loadtest_sends_texts_and_counts_inputs(server: RunningServer, clie
 
     before = inputs_batched()
     plan = LoadPlan(url=server.url, mix=(("ner", "w8"),), concurrency=2, requests=8, texts_per_request=5)
-    result = asyncio.run(run_load(plan, {"ner": list(BUILT_IN_SAMPLES["ner"])}))
+    result = asyncio.run(run_load(plan, {"ner": built_in_samples("ner")}))
     (row,) = result["rows"]
     assert (row["ok"], row["texts_per_request"]) == (8, 5)
     assert row["throughput_ips"] == pytest.approx(5 * row["throughput_rps"], rel=0.01)
@@ -289,13 +289,13 @@ def test_bulk_loadtest_sends_texts_and_counts_inputs(server: RunningServer, clie
 
 def test_raw_throughput_times_the_bare_model_on_the_cpus_given(tiny_artifacts: Path) -> None:
     """What `qbert loadtest --compare-raw --raw-cpus` runs: the model in process, pinned, collector left as found."""
-    from quantization.loadgen.loadtest import BUILT_IN_SAMPLES, raw_throughput
+    from quantization.loadgen.loadtest import built_in_samples, raw_throughput
     from quantization.system import cpu_affinity
 
     frozen_before = gc.get_freeze_count()
     cpu = min(os.sched_getaffinity(0))
     with cpu_affinity(frozenset({cpu})):
-        row = raw_throughput(tiny_artifacts / "sst2" / "w8", list(BUILT_IN_SAMPLES["sst2"]), 4, 0.3, "eager")
+        row = raw_throughput(tiny_artifacts / "sst2" / "w8", built_in_samples("sst2"), 4, 0.3, "eager")
     assert (row["task"], row["precision"], row["batch"], row["backend"]) == ("sst2", "w8", 4, "eager")
     assert row["throughput_ips"] > 0
     assert row["cpu_ms_per_input"] > 0
