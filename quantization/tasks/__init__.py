@@ -3,9 +3,9 @@
 from quantization.tasks.base import Example, Feature, Task, pad_features
 from quantization.tasks.ner import NERTask
 from quantization.tasks.qa import QATask
-from quantization.tasks.sst2 import SST2Task
+from quantization.tasks.sequence_classification import sst2
 
-TASKS: dict[str, Task] = {task.name: task for task in (SST2Task(), NERTask(), QATask())}
+TASKS: dict[str, Task] = {task.name: task for task in (sst2(), NERTask(), QATask())}
 
 
 def get_task(name: str) -> Task:

@@ -125,8 +125,9 @@ class Task(ABC, Generic[InputT, PredictionT]):
     def training_features(
         self, tokenizer: Any, example: Example[InputT], max_length: int, label2id: dict[str, int]
     ) -> list[Feature]:
-        """Features whose `meta["targets"]` hold the model's training targets by keyword (e.g. `labels`):
-        an int per sequence, or a list with one int per token (-100 where no loss is taken)."""
+        """Features whose `meta["targets"]` hold the model's training targets by keyword (e.g. `labels`): an int
+        per sequence, a float (regression) or tuple of floats (multi-label) per sequence, or a list with one int per
+        token (-100 where no loss is taken)."""
 
 
 IGNORE_INDEX = -100  # positions no loss is taken on (transformers' convention)
@@ -144,7 +145,9 @@ def collate_training(features: Sequence[Feature], pad_token_id: int = 0) -> dict
     longest = batch["input_ids"].shape[1]
     for key in features[0].meta["targets"]:
         values = [f.meta["targets"][key] for f in features]
-        if isinstance(values[0], list):
+        if isinstance(values[0], tuple | float):  # a vector per sequence (multi-label) or a regression target
+            batch[key] = torch.tensor(values, dtype=torch.float32)
+        elif isinstance(values[0], list):
             padded = torch.full((len(values), longest), IGNORE_INDEX, dtype=torch.long)
             for row, value in enumerate(values):
                 padded[row, : len(value)] = torch.tensor(value, dtype=torch.long)
