@@ -121,6 +121,7 @@ class ArtifactSource:
     checkpoint_sha256: str
     checkpoint_dir: Path  # local folder holding the config and tokenizer files
     inputs_sha256: str  # hash of everything the build depends on, for `qbert build`
+    task_spec: dict[str, Any] | None = None  # the task's kind and options (`quantization.tasks.task_spec`)
 
 
 def write_artifact(
@@ -152,6 +153,7 @@ def write_artifact(
         "format": "qbert-artifact",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "task": source.task,
+        "task_spec": source.task_spec,
         "labels": source.labels,
         "base_checkpoint": {"source": source.checkpoint, "sha256": source.checkpoint_sha256},
         "inputs_sha256": source.inputs_sha256,

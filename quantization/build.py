@@ -32,7 +32,7 @@ from quantization.evaluate import evaluate, latency_b1_ms
 from quantization.quantize import quantize_model
 from quantization.runtime import load_model
 from quantization.structure import embedding_targets, linear_targets
-from quantization.tasks import get_task
+from quantization.tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ class Checkpoint:
         return [id2label[i] for i in sorted(id2label)]
 
 
-def _auto_class(task: str) -> Any:
-    suffix = get_task(task).architecture_suffix
+def _auto_class(task: str | Task) -> Any:
+    suffix = (get_task(task) if isinstance(task, str) else task).architecture_suffix
     return getattr(transformers, f"AutoModel{suffix}")
 
 
@@ -70,8 +70,9 @@ def checkpoint_sha256(directory: Path) -> str:
     return hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
 
 
-def load_checkpoint(location: str, task: str, attn_implementation: str | None = None) -> Checkpoint:
-    """An FP32 task model from a local folder or, where a hub is reachable, a hub id.
+def load_checkpoint(location: str, task: str | Task, attn_implementation: str | None = None) -> Checkpoint:
+    """An FP32 task model (a built-in task by name, or any task by its kind) from a local folder or, where a hub is
+    reachable, a hub id.
 
     `attn_implementation="eager"` for second-order work: SDPA's CPU kernels have no double backward.
     """
@@ -86,14 +87,18 @@ def load_checkpoint(location: str, task: str, attn_implementation: str | None = 
     return Checkpoint(model, directory, location, checkpoint_sha256(directory))
 
 
-def inputs_sha256(checkpoint_sha: str, precision: PrecisionConfig, task: str) -> str:
-    key = {
+def inputs_sha256(
+    checkpoint_sha: str, precision: PrecisionConfig, task: str, task_spec: dict[str, Any] | None = None
+) -> str:
+    key: dict[str, Any] = {
         "checkpoint": checkpoint_sha,
         "precision": precision_to_dict(precision),
         "task": task,
         "schema": SCHEMA_VERSION,
         "quantizer": QUANTIZER_VERSION,
     }
+    if task_spec is not None:  # built-in tasks have none: their artifacts stay up to date
+        key["task_spec"] = task_spec
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -121,7 +126,7 @@ def training_set(
     them when None); never its evaluation data."""
     from quantization.train_data import encode_training_set, subsample
 
-    task = get_task(entry.task)
+    task = entry.make_task()
     assert entry.train_data is not None, entry.train_split()
     tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint.directory, local_files_only=True)
     examples = subsample(task.read_training_examples(entry.train_data, **entry.train_options()), limit, seed)
@@ -188,6 +193,7 @@ def quantize_checkpoint(
     extra: dict | None = None,
     model: nn.Module | None = None,
     input_hessians: dict[str, torch.Tensor] | None = None,
+    task_spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Quantize one checkpoint (or `model`, trained from it) at one precision and write the artifact."""
     model = checkpoint.model if model is None else model
@@ -198,7 +204,8 @@ def quantize_checkpoint(
         checkpoint=checkpoint.location,
         checkpoint_sha256=checkpoint.sha256,
         checkpoint_dir=checkpoint.directory,
-        inputs_sha256=inputs_sha256(checkpoint.sha256, precision, task),
+        inputs_sha256=inputs_sha256(checkpoint.sha256, precision, task, task_spec),
+        task_spec=task_spec,
     )
     encoder = {f"{t.name}.weight" for t in linear_targets(model)}
     embeddings = {f"{t.name}.weight" for t in embedding_targets(model)}
@@ -219,7 +226,7 @@ def evaluate_artifact(
     Results are written into the manifest only for the catalog's default split on the reference (eager)
     backend; other backends are measured against it.
     """
-    task = get_task(entry.task)
+    task = entry.make_task()
     loaded = load_model(artifact_dir, backend)
     path = data or entry.data
     options = entry.read_options() if data is None else {}
@@ -268,4 +275,6 @@ def build_artifact(
     calibrated = needs_calibration(build_plan(model, precision))
     if calibrated:
         hessians, extra["calibration"] = calibrate(checkpoint, entry, model, calibrated)
-    return quantize_checkpoint(checkpoint, entry.task, precision, out_dir, extra, model=model, input_hessians=hessians)
+    return quantize_checkpoint(
+        checkpoint, entry.task, precision, out_dir, extra, model=model, input_hessians=hessians, task_spec=entry.spec
+    )

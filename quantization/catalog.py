@@ -8,9 +8,13 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quantization.config import ActivationQuantConfig, PrecisionConfig, QATConfig, WeightQuantConfig
+from quantization.kinds import KIND_OPTIONS, KINDS
+
+if TYPE_CHECKING:
+    from quantization.tasks import Task
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +57,25 @@ class TaskEntry:
     train_data: Path | None = None
     train_articles: tuple[int, int] | None = None
     qat: dict[str, Any] = dataclasses.field(default_factory=dict)  # this task's QATConfig overrides
+    # The task's kind and its options (a classifier's TSV columns, problem type); None: a built-in task by name.
+    kind: str | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind is not None and self.kind not in KINDS:
+            raise ValueError(f"task {self.task!r}: unknown kind {self.kind!r}; supported kinds: {', '.join(KINDS)}")
+        unknown = set(self.options) - KIND_OPTIONS.get(self.kind or "", frozenset())
+        if unknown:
+            raise ValueError(f"task {self.task!r}: the {self.kind} kind takes no options {sorted(unknown)}")
+
+    @property
+    def spec(self) -> dict[str, Any] | None:
+        return None if self.kind is None else {"kind": self.kind, "options": self.options}
+
+    def make_task(self) -> Task:
+        from quantization.tasks import task_from_spec
+
+        return task_from_spec(self.task, self.spec)
 
     def checkpoint_location(self) -> str:
         """A local folder where one exists, else the string itself (a hub id)."""
@@ -145,9 +168,29 @@ def catalog_path() -> Path:
     return Path(os.environ.get("QBERT_CATALOG", repo_root() / "models" / "catalog.toml")).resolve()
 
 
-def load_catalog(path: Path | None = None) -> Catalog:
+def user_catalog_path() -> Path:
+    """The models users added with `qbert add` (`[tasks.NAME]` entries, read with the catalog's own; not in git)."""
+    return Path(os.environ.get("QBERT_USER_CATALOG", repo_root() / "models" / "user-catalog.toml")).resolve()
+
+
+def read_user_entries(path: Path | None = None) -> dict[str, Any]:
+    """The raw `[tasks.*]` tables of the user catalog (none where it does not exist)."""
+    path = path or user_catalog_path()
+    if not path.is_file():
+        return {}
+    return dict(tomllib.loads(path.read_text()).get("tasks", {}))
+
+
+def load_catalog(path: Path | None = None, user_path: Path | None = None) -> Catalog:
+    """The catalog at `path` with the user catalog's models (`qbert add`) added; a user model may not take a name
+    the catalog already has."""
     path = path or catalog_path()
     raw = tomllib.loads(Path(path).read_text())
+    user = read_user_entries(user_path)
+    clashes = sorted(set(user) & set(raw.get("tasks", {})))
+    if clashes:
+        raise ValueError(f"{user_path or user_catalog_path()}: {clashes} already name models of {path}")
+    raw.setdefault("tasks", {}).update(user)
     specs = raw.get("precisions", {})
     precisions = {
         name: precision_from_dict(name, {k: v for k, v in spec.items() if k != "plan"}) for name, spec in specs.items()
@@ -170,5 +213,7 @@ def load_catalog(path: Path | None = None) -> Catalog:
             train_data=data_dir() / training["data"] if "data" in training else None,
             train_articles=tuple(training["articles"]) if "articles" in training else None,
             qat=dict(training.get("qat", {})),
+            kind=spec.get("kind"),
+            options=dict(spec.get("options", {})),
         )
     return Catalog(tasks, precisions, plans, dict(raw.get("stand_ins", {})))

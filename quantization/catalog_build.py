@@ -107,7 +107,7 @@ class _Checkpoints:
         from quantization.build import load_checkpoint
 
         if entry.task not in self.loaded:
-            self.loaded[entry.task] = load_checkpoint(entry.checkpoint_location(), entry.task)
+            self.loaded[entry.task] = load_checkpoint(entry.checkpoint_location(), entry.make_task())
         return self.loaded[entry.task]
 
 
@@ -134,7 +134,9 @@ def _needs(
         if (out / "manifest.json").is_file() and not force:
             return None if _evaluation(out) else "evaluate"
         return "build"  # from a hub id, where one is reachable
-    expected = inputs_sha256(checkpoints.sha256(location), catalog.precision_for(entry.task, precision), entry.task)
+    expected = inputs_sha256(
+        checkpoints.sha256(location), catalog.precision_for(entry.task, precision), entry.task, entry.spec
+    )
     if force or not is_up_to_date(out, expected):
         return "build"
     return None if _evaluation(out) else "evaluate"

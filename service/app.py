@@ -21,8 +21,9 @@ from pydantic import BaseModel
 
 from quantization.catalog import Catalog, load_catalog
 from quantization.catalog_build import FINISHED_STATES, BuildEvent, BuildJob, catalog_jobs, serving_order
+from quantization.kinds import BUILT_IN_KINDS
 from service.builder import CatalogBuilder
-from service.discovery import discover_artifacts
+from service.discovery import ModelKind, discover_artifacts, model_kinds
 from service.errors import (
     InferenceFailedError,
     InvalidInputError,
@@ -50,6 +51,9 @@ from service.pool import Key, WorkerPool
 from service.protocol import ArtifactRef, ItemError, ItemResult
 from service.schemas import (
     BuildProgressEntry,
+    ClassifyRequest,
+    ClassifyResponse,
+    ClassifyResult,
     ClassResult,
     EntityResult,
     ErrorResponse,
@@ -90,8 +94,11 @@ class Service:
         builds: list[BuildJob] | None = None,
         on_build_event: Callable[[BuildEvent], None] | None = None,
         pool_factory: Callable[[ServiceSettings, list[ArtifactRef], ServiceMetrics], WorkerPool] = WorkerPool,
+        kinds: dict[str, ModelKind] | None = None,
     ) -> None:
         self.settings = settings
+        # Each served model's kind (its route's request and response shapes); built-in names need no entry.
+        self.kinds = {name: ModelKind(kind) for name, kind in BUILT_IN_KINDS.items()} | (kinds or {})
         self.metrics = metrics
         self.builds = builds or []
         self.build_jobs = {job.key: job for job in self.builds}
@@ -328,13 +335,10 @@ def _predict_router(service: Service) -> APIRouter:
         results = [ClassResult(label=v.label, score=v.score, scores=v.scores) for v in values]
         return json_response(SST2Response(**answered_by, results=results))
 
-    @predict_route("/predict/ner", NERRequest, NERResponse | NERBatchResponse, "Named entities with character offsets")
-    async def predict_ner(request: Request) -> Response:
+    async def tag_entities(name: str, request: Request) -> Response:
         body = await read_body(request, NERRequest)
         texts = body.all_texts()
-        answered_by, values = await _answer(
-            service, "ner", request, lambda: _check_texts(body, service.settings), texts
-        )
+        answered_by, values = await _answer(service, name, request, lambda: _check_texts(body, service.settings), texts)
         found = [[EntityResult.model_validate(e, from_attributes=True) for e in value.entities] for value in values]
         if body.text is not None:
             return json_response(NERResponse(**answered_by, entities=found[0]))
@@ -342,8 +346,7 @@ def _predict_router(service: Service) -> APIRouter:
             NERBatchResponse(**answered_by, results=[NERTextResult(entities=entities) for entities in found])
         )
 
-    @predict_route("/qa", QARequest, QAResponse, "Extractive answer span from a context")
-    async def qa(request: Request) -> Response:
+    async def answer_question(name: str, request: Request) -> Response:
         body = await read_body(request, QARequest)
 
         def check() -> None:
@@ -351,16 +354,63 @@ def _predict_router(service: Service) -> APIRouter:
             _check_text(body.context, service.settings.max_context_chars, "context")
 
         payload = [(body.question, body.context)]
-        answered_by, (value,) = await _answer(service, "qa", request, check, payload)
+        answered_by, (value,) = await _answer(service, name, request, check, payload)
         return json_response(
             QAResponse(**answered_by, answer=value.answer, start=value.start, end=value.end, score=value.score)
         )
 
-    @router.post("/predict/{task}", include_in_schema=False)
-    async def unknown_task(task: str) -> None:
-        raise UnknownTaskError(
-            f"no task {task!r}; available: {', '.join(service.tasks())} (QA is POST /qa)", available=service.tasks()
-        )
+    async def classify(name: str, kind: ModelKind, request: Request) -> Response:
+        body = await read_body(request, ClassifyRequest)
+        texts, pairs = body.all_texts(), body.all_pairs()
+
+        def check() -> None:
+            _check_texts(body, service.settings)
+            if kind.reads_pairs and pairs is None:
+                raise InvalidInputError(f"{name} reads text pairs: give `text_pair` (or `text_pairs`) too")
+            if not kind.reads_pairs and pairs is not None:
+                raise InvalidInputError(f"{name} reads one text per input; `text_pair` is for pair models")
+            for i, pair in enumerate(pairs or []):
+                _check_text(pair, service.settings.max_text_chars, f"text_pairs[{i}]" if body.texts else "text_pair")
+
+        seconds: list[str | None] = list(pairs) if pairs is not None else [None] * len(texts)
+        payloads = [
+            {"text": text, "text_pair": pair, "truncation": body.truncation}
+            for text, pair in zip(texts, seconds, strict=True)
+        ]
+        answered_by, values = await _answer(service, name, request, check, payloads)
+        results = [
+            ClassifyResult(
+                label=v.label,
+                score=v.score,
+                scores=v.scores,
+                labels=list(v.labels) if v.labels or kind.multi_label else None,
+                truncated=v.truncated,
+            )
+            for v in values
+        ]
+        return json_response(ClassifyResponse(**answered_by, results=results))
+
+    @predict_route("/predict/ner", NERRequest, NERResponse | NERBatchResponse, "Named entities with character offsets")
+    async def predict_ner(request: Request) -> Response:
+        return await tag_entities("ner", request)
+
+    @predict_route("/qa", QARequest, QAResponse, "Extractive answer span from a context")
+    async def qa(request: Request) -> Response:
+        return await answer_question("qa", request)
+
+    @router.post("/predict/{name}", include_in_schema=False)
+    async def predict_by_name(name: str, request: Request) -> Response:
+        kind = service.kinds.get(name) if name in service.tasks() else None
+        if kind is None:
+            raise UnknownTaskError(
+                f"no model {name!r}; available: {', '.join(service.tasks())} (QA is POST /qa)",
+                available=service.tasks(),
+            )
+        if kind.kind == "sequence-classification" and name != "sst2":
+            return await classify(name, kind, request)
+        if kind.kind == "token-classification":
+            return await tag_entities(name, request)
+        return await answer_question(name, request)
 
     @router.get("/models", response_model=ModelsResponse, tags=["ops"], summary="Every model, its state and accuracy")
     async def models() -> ModelsResponse:
@@ -488,7 +538,8 @@ def create_app(
         builds = serving_order(jobs, settings.default_precision, slow)
     if not artifacts and not builds:
         raise ValueError(f"no artifacts under {settings.artifacts} for tasks {settings.tasks}; run `qbert build`")
-    return build_app(Service(settings, artifacts, ServiceMetrics(), builds, on_build_event))
+    kinds = model_kinds(settings.tasks, catalog, artifacts)
+    return build_app(Service(settings, artifacts, ServiceMetrics(), builds, on_build_event, kinds=kinds))
 
 
 def build_app(service: Service) -> FastAPI:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from quantization.artifact_files import MANIFEST
+from quantization.catalog import Catalog
+from quantization.kinds import BUILT_IN_KINDS
 from service.protocol import ArtifactRef
 
 logger = logging.getLogger("qbert.service")
@@ -43,3 +48,38 @@ def discover_artifacts(
             logger.warning("%s: no artifact for %s under %s (run `qbert build`)", task, missing, task_dir)
         refs.extend(ArtifactRef(task, precision, task_dir / folders[precision]) for precision in wanted)
     return refs
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """What the API needs to know of a served model's task to route and check its requests."""
+
+    kind: str  # one of quantization.kinds.KINDS
+    reads_pairs: bool = False  # a sequence classifier of text pairs (NLI, paraphrase, similarity)
+    multi_label: bool = False  # a sequence classifier that applies every label over its threshold
+
+
+def model_kinds(tasks: list[str], catalog: Catalog | None, refs: list[ArtifactRef]) -> dict[str, ModelKind]:
+    """Each served model's kind: from its catalog entry, else from one of its artifacts' manifests (an artifact
+    folder served without the catalog), else the built-in name's."""
+    kinds: dict[str, ModelKind] = {}
+    for task in tasks:
+        spec: dict[str, Any] | None = None
+        if catalog is not None and task in catalog.tasks:
+            spec = catalog.tasks[task].spec
+        else:
+            path = next((ref.path for ref in refs if ref.task == task), None)
+            if path is not None:
+                spec = json.loads((path / MANIFEST).read_text()).get("task_spec")
+        if spec is None:
+            if task not in BUILT_IN_KINDS:
+                raise ValueError(f"{task}: neither the catalog nor an artifact says what kind of task it is")
+            kinds[task] = ModelKind(BUILT_IN_KINDS[task])
+        else:
+            options = spec.get("options") or {}
+            kinds[task] = ModelKind(
+                spec["kind"],
+                reads_pairs=bool((options.get("columns") or {}).get("pair")),
+                multi_label=options.get("problem_type") == "multi_label_classification",
+            )
+    return kinds

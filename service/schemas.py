@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -54,6 +54,45 @@ class NERRequest(TextsRequest):
     )
 
 
+class ClassifyRequest(TextsRequest):
+    """A user model's sequence classification: texts, and for pair models (NLI, paraphrase) their second texts."""
+
+    text_pair: str = Field(None, description="the second text of a pair model's input")  # type: ignore[assignment]
+    text_pairs: list[str] = Field(
+        None,  # type: ignore[arg-type]
+        description="with `texts`: each text's second text, in order",
+    )
+    truncation: Literal["truncate", "error"] = Field(
+        "truncate",
+        description="an input longer than the model's window: cut to it (the result says `truncated`), or refused "
+        "with 422",
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"text": "book a table for two tonight"},
+                {"text": "A man is playing a guitar.", "text_pair": "Someone plays music."},
+            ]
+        },
+    )
+
+    @model_validator(mode="after")
+    def _pairs_match_texts(self) -> ClassifyRequest:
+        if self.text_pair is not None and self.text is None:
+            raise ValueError("`text_pair` goes with `text`")
+        if self.text_pairs is not None and (self.texts is None or len(self.text_pairs) != len(self.texts)):
+            raise ValueError("`text_pairs` goes with `texts`, one second text for each")
+        return self
+
+    def all_pairs(self) -> list[str] | None:
+        """Each text's second text, or None for single texts."""
+        if self.text_pair is not None:
+            return [self.text_pair]
+        return list(self.text_pairs) if self.text_pairs is not None else None
+
+
 class QARequest(_Request):
     question: str
     context: str
@@ -85,6 +124,20 @@ class ClassResult(BaseModel):
 
 class SST2Response(_Response):
     results: list[ClassResult]
+
+
+class ClassifyResult(BaseModel):
+    label: str | None = Field(description="the most probable label; null for a regression model")
+    score: float = Field(description="the label's probability, or a regression model's output")
+    scores: dict[str, float] = Field(description="every label's probability (sigmoid each for multi-label)")
+    labels: list[str] | None = Field(
+        None, description="multi-label models: every label whose probability reaches 0.5, most probable first"
+    )
+    truncated: bool = Field(description="the input was longer than the model's window and was cut to it")
+
+
+class ClassifyResponse(_Response):
+    results: list[ClassifyResult]
 
 
 class EntityResult(BaseModel):

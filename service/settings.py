@@ -9,9 +9,17 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from quantization.catalog import artifacts_dir
+from quantization.catalog import artifacts_dir, load_catalog
 
-TASKS = ("sst2", "ner", "qa")
+TASKS = ("sst2", "ner", "qa")  # the built-in models; the catalog may add the user's own (`qbert add`)
+
+
+def catalog_task_names() -> list[str]:
+    """Every model the catalog names, the user's own included; the built-in three where there is no catalog."""
+    try:
+        return list(load_catalog().tasks)
+    except FileNotFoundError:
+        return list(TASKS)
 
 
 def available_cores() -> int:
@@ -36,7 +44,9 @@ class ServiceSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     artifacts: Path = Field(default_factory=artifacts_dir, description="folder of <task>/<precision>/ artifacts")
-    tasks: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(TASKS))
+    tasks: Annotated[list[str], NoDecode] = Field(
+        default_factory=catalog_task_names, description="models to serve by name (default: every catalog model)"
+    )
     precisions: Annotated[list[str] | None, NoDecode] = Field(
         None, description="precisions to load for every task (default: every artifact found but the catalog's study)"
     )
@@ -108,9 +118,10 @@ class ServiceSettings(BaseSettings):
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(TASKS))
+        known = catalog_task_names()
+        unknown = sorted(set(value) - set(known))
         if unknown or not value:
-            raise ValueError(f"tasks must be a non-empty subset of {list(TASKS)}; got unknown {unknown}")
+            raise ValueError(f"tasks must be a non-empty subset of {known}; got unknown {unknown}")
         return value
 
     @model_validator(mode="after")

@@ -29,7 +29,7 @@ from quantization.config import COMPILED_BACKENDS
 from quantization.evaluate import finish, max_length_for, prepare, run_features
 from quantization.runtime import LoadedModel, as_eager, load_model, warm_up
 from quantization.system import set_batch_scheduling
-from quantization.tasks import Feature, Task, get_task
+from quantization.tasks import Feature, Task, task_from_spec
 from service.protocol import (
     ArtifactRef,
     BatchDone,
@@ -97,6 +97,7 @@ class InferenceWorker:
         self.spec = spec
         self.send = send
         self.models: dict[tuple[str, str], LoadedModel] = {}  # what batches run on now (eager while warming)
+        self.tasks: dict[tuple[str, str], Task] = {}  # each model's task, as its artifact records it
         self._to_load: deque[ArtifactRef] = deque()
         self._to_compile: dict[tuple[str, str], tuple[ArtifactRef, LoadedModel]] = {}
         self._compiled: dict[tuple[str, str], tuple[ArtifactRef, LoadedModel]] = {}
@@ -200,6 +201,7 @@ class InferenceWorker:
     def _serve(self, ref: ArtifactRef, loaded: LoadedModel, warming: bool) -> None:
         key = (ref.task, ref.precision)
         served = as_eager(loaded) if warming else loaded
+        self.tasks[key] = task_from_spec(ref.task, loaded.task_spec)
         self.models[key] = served
         # A model replaced (a stand-in giving way) is neither compiled nor served again.
         self._compiled.pop(key, None)
@@ -221,7 +223,7 @@ class InferenceWorker:
             try:
                 item = task.input_from_payload(payload)
                 features = prepare(loaded, task, item)
-                error = self._length_error(task, loaded, item, features)
+                error = self._length_error(task, loaded, item, features) if task.refuses_long_input(payload) else None
             except ValueError as exc:  # the task refused the input (e.g. a question longer than a window)
                 error = ItemResult(error=ItemError.INVALID_INPUT, detail=str(exc))
             prepared.inputs.append(item)
@@ -244,8 +246,8 @@ class InferenceWorker:
 
     def run(self, request: RunBatch) -> BatchDone:
         started = time.perf_counter()
-        loaded = self.models[(request.task, request.precision)]
-        task = get_task(request.task)
+        key = (request.task, request.precision)
+        loaded, task = self.models[key], self.tasks[key]
         prepared = self.batch(task, loaded, request.payloads)
         outputs = self.predict(task, loaded, prepared)
         results = self.unbatch(task, loaded, prepared, outputs)

@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Sequence
 
+from quantization.cli.add import register as add_commands
 from quantization.cli.artifacts import register as artifact_commands
 from quantization.cli.benchmark import register as bench_commands
 from quantization.cli.kernels import register as kernel_commands
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for register in (
         artifact_commands,
+        add_commands,
         serving_commands,
         load_commands,
         bench_commands,

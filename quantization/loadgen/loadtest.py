@@ -272,10 +272,10 @@ def raw_throughput(
     """
     from quantization.evaluate import predict
     from quantization.runtime import load_model, warm_up
-    from quantization.tasks import get_task
+    from quantization.tasks import task_from_spec
 
     loaded = warm_up(load_model(artifact, backend))
-    task = get_task(loaded.task)
+    task = task_from_spec(loaded.task, loaded.task_spec)
     inputs = [task.input_from_payload(p) for p in payloads]
     inputs = inputs * -(-batch_size // len(inputs))  # at least one full batch
     batches = itertools.cycle([inputs[i : i + batch_size] for i in range(0, len(inputs) - batch_size + 1, batch_size)])

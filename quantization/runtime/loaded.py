@@ -36,6 +36,12 @@ class LoadedModel:
         return self.manifest["task"]
 
     @property
+    def task_spec(self) -> dict[str, Any] | None:
+        """The task's kind and options as built (`quantization.tasks.task_spec`); None in artifacts of a built-in
+        task written before specs were recorded."""
+        return self.manifest.get("task_spec")
+
+    @property
     def precision(self) -> str:
         return self.manifest["precision"]["name"]
 

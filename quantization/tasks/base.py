@@ -87,6 +87,10 @@ class Task(ABC, Generic[InputT, PredictionT]):
         """The JSON body of a request for one payload."""
         return {"text": payload}
 
+    def refuses_long_input(self, payload: Any) -> bool:
+        """Whether an input longer than the model's window is refused (422) rather than cut to it."""
+        return True
+
     @abstractmethod
     def read_examples(self, path: Path) -> list[Example[InputT]]:
         """Examples from a file in the task's standard format."""

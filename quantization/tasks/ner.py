@@ -138,12 +138,14 @@ def read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
 
 
 class NERTask(Task[NerInput, NerPrediction]):
-    name = "ner"
     kind = "token-classification"
     metrics = ("entity_f1",)
     primary_metric = "entity_f1"
     architecture_suffix = "ForTokenClassification"
     samples = ("John Smith works for Acme Corp in Paris .", "EU rejects German call to boycott British lamb .")
+
+    def __init__(self, name: str = "ner") -> None:
+        self.name = name
 
     def input_from_payload(self, payload: Any) -> NerInput:
         return NerInput.from_text(payload)

@@ -98,7 +98,6 @@ def read_squad_answers(path: Path, articles: tuple[int, int] | None = None) -> l
 
 
 class QATask(Task[QAInput, QAPrediction]):
-    name = "qa"
     kind = "question-answering"
     metrics = ("exact_match", "f1")
     primary_metric = "f1"
@@ -107,9 +106,12 @@ class QATask(Task[QAInput, QAPrediction]):
     accepts_batches = False
     samples = (("Where does John live?", "John Smith lives in Paris, where he works for Acme Corp as an engineer."),)
 
+    def __init__(self, name: str = "qa") -> None:
+        self.name = name
+
     @property
     def route(self) -> str:
-        return "/qa"
+        return "/qa" if self.name == "qa" else super().route  # the first QA model's route predates the others'
 
     def input_from_payload(self, payload: Any) -> QAInput:
         question, context = payload

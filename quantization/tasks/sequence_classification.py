@@ -23,6 +23,7 @@ from quantization.tasks.base import Example, Feature, Task
 ClassificationInput = str | tuple[str, str]
 
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+TRUNCATION_MODES = ("truncate", "error")
 MULTI_LABEL_THRESHOLD = 0.5  # a label applies where its sigmoid reaches this
 
 
@@ -54,11 +55,16 @@ class SequenceClassificationTask(Task[ClassificationInput, ClassPrediction]):
     name: str
     columns: Columns = field(default_factory=Columns)
     problem_type: str = "single_label_classification"
+    # What an input longer than the model's window gets unless its request says: "truncate" (cut, and the prediction
+    # says `truncated`) or "error" (422). A request's payload may say either (`{"truncation": ...}`).
+    long_inputs: str = "truncate"
 
     kind = "sequence-classification"
     architecture_suffix = "ForSequenceClassification"
 
     def __post_init__(self) -> None:
+        if self.long_inputs not in TRUNCATION_MODES:
+            raise ValueError(f"long_inputs must be one of {TRUNCATION_MODES}, got {self.long_inputs!r}")
         if self.problem_type not in PROBLEM_TYPES:
             raise ValueError(f"problem_type must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
         self.metrics = {
@@ -137,10 +143,18 @@ class SequenceClassificationTask(Task[ClassificationInput, ClassPrediction]):
         return len(tokenizer(text, pair)["input_ids"])
 
     def input_from_payload(self, payload: Any) -> ClassificationInput:
+        """A text, a (text, pair) pair, or a request's `{"text", "text_pair"?, "truncation"?}`."""
+        if isinstance(payload, dict):
+            pair = payload.get("text_pair")
+            return (payload["text"], pair) if pair is not None else payload["text"]
         if isinstance(payload, (tuple, list)):
             text, pair = payload
             return (text, pair)
         return payload
+
+    def refuses_long_input(self, payload: Any) -> bool:
+        mode = payload.get("truncation") if isinstance(payload, dict) else None
+        return (mode or self.long_inputs) == "error"
 
     def request_body(self, payload: Any) -> dict[str, Any]:
         if isinstance(payload, tuple):
@@ -251,5 +265,6 @@ def _ranks(values: Sequence[float]) -> list[float]:
 
 
 def sst2() -> SequenceClassificationTask:
-    """SST-2 (GLUE): `sentence` and a 0/1 `label` indexing the model's labels."""
-    return SequenceClassificationTask("sst2")
+    """SST-2 (GLUE): `sentence` and a 0/1 `label` indexing the model's labels. Its route has always refused a text
+    longer than the window (422), and keeps doing so."""
+    return SequenceClassificationTask("sst2", long_inputs="error")

@@ -1,0 +1,205 @@
+"""`qbert add`: a user's fine-tuned checkpoint checked and written into the user catalog as a served model.
+
+Everything is checked before anything is written: the folder's config, weights and tokenizer, that its architecture
+and head are ones the runtime serves for the named kind, and that the evaluation data's labels are the model's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quantization.catalog import TaskEntry, load_catalog, read_user_entries
+from quantization.kinds import KINDS
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# The encoder families the runtime quantizes and serves (their attention and Linear layers are found by type).
+SUPPORTED_MODEL_TYPES = ("bert",)
+HEADS = {
+    "sequence-classification": "ForSequenceClassification",
+    "token-classification": "ForTokenClassification",
+    "question-answering": "ForQuestionAnswering",
+}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
+class AddError(ValueError):
+    """A model that cannot be added: the message names the file or field at fault and what would do."""
+
+
+@dataclass(frozen=True)
+class ModelToAdd:
+    """What `qbert add` was asked for."""
+
+    name: str
+    kind: str
+    checkpoint: Path
+    eval_data: Path
+    precisions: tuple[str, ...]
+    train_data: Path | None = None
+    columns: dict[str, str] = field(default_factory=dict)  # sequence classification: text, pair, label
+
+    def __post_init__(self) -> None:
+        if not NAME.match(self.name):
+            raise AddError(f"name {self.name!r}: use 1-64 lowercase letters, digits, '-' or '_' (it becomes a URL)")
+        if self.kind not in KINDS:
+            raise AddError(f"kind {self.kind!r}: supported kinds are {', '.join(KINDS)}")
+        if self.columns and self.kind != "sequence-classification":
+            raise AddError("text, pair and label columns apply to the sequence-classification kind only")
+
+
+def check_checkpoint(directory: Path, kind: str) -> dict[str, Any]:
+    """The checkpoint's config as a dict, once its files, architecture and head are known to serve as `kind`."""
+    if not directory.is_dir():
+        raise AddError(f"{directory}: no such folder (a local Hugging Face checkpoint folder is expected)")
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise AddError(f"{config_file}: missing; a Hugging Face checkpoint folder holds its config.json")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise AddError(f"{config_file}: not valid JSON ({exc})") from None
+    if not any((directory / name).is_file() for name in WEIGHT_FILES):
+        found = sorted(p.name for p in directory.iterdir())
+        raise AddError(
+            f"{directory}: no weights ({' or '.join(WEIGHT_FILES)}; pickled .bin files are not loaded); has {found}"
+        )
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise AddError(f"{directory}: no tokenizer ({' or '.join(TOKENIZER_FILES)}); save the tokenizer with the model")
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise AddError(
+            f"{config_file}: model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    head = HEADS[kind]
+    architectures = config.get("architectures") or []
+    if not any(str(a).endswith(head) for a in architectures):
+        expected = ", ".join(f"{t.capitalize()}{head}" for t in SUPPORTED_MODEL_TYPES)
+        raise AddError(f"{config_file}: architectures {architectures} has no {kind} head; expected {expected}")
+    return config
+
+
+def labels_of(config: dict[str, Any]) -> list[str]:
+    id2label = config.get("id2label") or {}
+    return [str(id2label[key]) for key in sorted(id2label, key=int)]
+
+
+def problem_type_of(config: dict[str, Any]) -> str:
+    """A classifier's problem type as transformers decides it: the config's, else regression for one output."""
+    declared = config.get("problem_type")
+    if declared:
+        return str(declared)
+    return "regression" if len(config.get("id2label") or {}) == 1 else "single_label_classification"
+
+
+def entry_for(model: ModelToAdd) -> dict[str, Any]:
+    """The user catalog's table for `model`, once every check passed (raises AddError naming what failed)."""
+    config = check_checkpoint(model.checkpoint, model.kind)
+    options: dict[str, Any] = {}
+    if model.kind == "sequence-classification":
+        options = {"columns": {"text": "sentence", "label": "label", **model.columns}}
+        options["problem_type"] = problem_type_of(config)
+    catalog = load_catalog()
+    if model.name in catalog.tasks and model.name not in read_user_entries():
+        raise AddError(f"name {model.name!r} is taken by a catalog model; choose another")
+    unknown = [p for p in model.precisions if p not in catalog.precisions]
+    if unknown:
+        raise AddError(f"precisions {unknown} are not defined; defined: {', '.join(sorted(catalog.precisions))}")
+    for precision in model.precisions:
+        if catalog.plans.get(precision):
+            raise AddError(f"precision {precision!r} follows a per-task Hessian plan, which a new model does not have")
+        needs = catalog.precision(precision)
+        rounding = needs.weights.rounding if needs.weights is not None else "nearest"
+        if (needs.qat is not None or rounding == "gptq") and model.train_data is None:
+            raise AddError(f"precision {precision!r} trains or calibrates on training data: give --train-data FILE")
+    for path, what in ((model.eval_data, "evaluation"), (model.train_data, "training")):
+        if path is not None and not path.is_file():
+            raise AddError(f"{path}: no such {what} data file")
+    table: dict[str, Any] = {
+        "kind": model.kind,
+        "checkpoint": str(model.checkpoint.resolve()),
+        "data": str(model.eval_data.resolve()),
+        "precisions": list(model.precisions),
+    }
+    if options:
+        table["options"] = options
+    if model.train_data is not None:
+        table["training"] = {"data": str(model.train_data.resolve())}
+    entry = _entry(model.name, table)
+    _check_data(entry, labels_of(config))
+    return table
+
+
+def _entry(name: str, table: dict[str, Any]) -> TaskEntry:
+    training = table.get("training", {})
+    try:
+        return TaskEntry(
+            task=name,
+            checkpoint=table["checkpoint"],
+            data=Path(table["data"]),
+            precisions=tuple(table["precisions"]),
+            train_data=Path(training["data"]) if "data" in training else None,
+            kind=table["kind"],
+            options=table.get("options", {}),
+        )
+    except (TypeError, ValueError) as exc:
+        raise AddError(str(exc)) from None
+
+
+def _check_data(entry: TaskEntry, labels: list[str]) -> None:
+    """The evaluation (and training) files read in the kind's format, with labels the model has."""
+    from quantization.tasks.ner import NERTask
+    from quantization.tasks.sequence_classification import SequenceClassificationTask
+
+    task = entry.make_task()
+    for path in (entry.data, entry.train_data):
+        if path is None:
+            continue
+        try:
+            examples = task.read_examples(path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise AddError(f"{path}: not readable as {task.kind} data ({exc})") from None
+        if not examples:
+            raise AddError(f"{path}: no examples")
+        try:
+            if isinstance(task, SequenceClassificationTask):
+                task.check_labels(examples, labels)
+            elif isinstance(task, NERTask):  # entity types, whether the model tags IOB1 or IOB2
+                types = {tag.partition("-")[2] for example in examples for tag in example.gold if tag != "O"}
+                missing = sorted(types - {label.partition("-")[2] for label in labels if label != "O"})
+                if missing:
+                    raise ValueError(f"entity types {missing} are not among the model's labels {labels}")
+        except ValueError as exc:
+            raise AddError(f"{path}: {exc}") from None
+
+
+def write_user_entry(path: Path, name: str, table: dict[str, Any]) -> None:
+    """Add or replace `[tasks.NAME]` in the user catalog at `path` (TOML written by hand: JSON strings are TOML's
+    basic strings, so every value is written as JSON)."""
+    entries = read_user_entries(path)
+    entries[name] = table
+    lines = ["# Models added with `qbert add`; read with models/catalog.toml.", ""]
+    for entry_name, entry in entries.items():
+        lines.append(f"[tasks.{json.dumps(entry_name)}]")
+        nested = {k: v for k, v in entry.items() if isinstance(v, dict)}
+        for key, value in entry.items():
+            if key not in nested:
+                lines.append(f"{key} = {json.dumps(value)}")
+        for key, value in nested.items():
+            lines.append(f"{key} = {_inline_table(value)}")
+        lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
+
+
+def _inline_table(value: dict[str, Any]) -> str:
+    parts = [
+        f"{json.dumps(k)} = {_inline_table(v) if isinstance(v, dict) else json.dumps(v)}" for k, v in value.items()
+    ]
+    return "{ " + ", ".join(parts) + " }"
