@@ -164,6 +164,11 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 FOLDER_MARKERS = {"tests/unit/": "unit", "tests/integration/": "integration", "tests/slow/": "slow"}
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # A developer's own models (`qbert add`) stay out of the tests' catalog; tests that add models name their own.
+    os.environ["QBERT_USER_CATALOG"] = str(Path(config.rootpath) / ".pytest_cache" / "no-user-catalog.toml")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Markers follow folders: `-m unit` runs the fast in-process tests, `-m "not slow"` skips the baselines."""
     for item in items:
