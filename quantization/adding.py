@@ -12,19 +12,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quantization.architectures import UnsupportedArchitectureError, check_architecture
 from quantization.catalog import TaskEntry, load_catalog, read_user_entries
 from quantization.kinds import KINDS
+from quantization.mixed_plans import plan_widths
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-# The encoder families the runtime quantizes and serves (their attention and Linear layers are found by type).
-SUPPORTED_MODEL_TYPES = ("bert",)
 HEADS = {
     "sequence-classification": "ForSequenceClassification",
     "token-classification": "ForTokenClassification",
     "question-answering": "ForQuestionAnswering",
 }
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model")  # one of them, at least
 
 
 class AddError(ValueError):
@@ -70,16 +70,10 @@ def check_checkpoint(directory: Path, kind: str) -> dict[str, Any]:
         )
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
         raise AddError(f"{directory}: no tokenizer ({' or '.join(TOKENIZER_FILES)}); save the tokenizer with the model")
-    model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise AddError(
-            f"{config_file}: model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
-    head = HEADS[kind]
-    architectures = config.get("architectures") or []
-    if not any(str(a).endswith(head) for a in architectures):
-        expected = ", ".join(f"{t.capitalize()}{head}" for t in SUPPORTED_MODEL_TYPES)
-        raise AddError(f"{config_file}: architectures {architectures} has no {kind} head; expected {expected}")
+    try:
+        check_architecture(config, HEADS[kind])
+    except UnsupportedArchitectureError as exc:
+        raise AddError(f"{config_file}: {exc}") from None
     return config
 
 
@@ -110,12 +104,18 @@ def entry_for(model: ModelToAdd) -> dict[str, Any]:
     if unknown:
         raise AddError(f"precisions {unknown} are not defined; defined: {', '.join(sorted(catalog.precisions))}")
     for precision in model.precisions:
-        if catalog.plans.get(precision):
-            raise AddError(f"precision {precision!r} follows a per-task Hessian plan, which a new model does not have")
+        plan = catalog.plans.get(precision)
+        if plan:
+            try:
+                plan_widths(plan)
+            except ValueError as exc:
+                raise AddError(f"precision {precision!r}: {exc}") from None
         needs = catalog.precision(precision)
         rounding = needs.weights.rounding if needs.weights is not None else "nearest"
-        if (needs.qat is not None or rounding == "gptq") and model.train_data is None:
-            raise AddError(f"precision {precision!r} trains or calibrates on training data: give --train-data FILE")
+        if (plan or needs.qat is not None or rounding == "gptq") and model.train_data is None:
+            raise AddError(
+                f"precision {precision!r} measures, trains or calibrates on training data: give --train-data FILE"
+            )
     for path, what in ((model.eval_data, "evaluation"), (model.train_data, "training")):
         if path is not None and not path.is_file():
             raise AddError(f"{path}: no such {what} data file")

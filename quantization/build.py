@@ -54,9 +54,13 @@ class Checkpoint:
         return [id2label[i] for i in sorted(id2label)]
 
 
-def _auto_class(task: str | Task) -> Any:
+def _task_model_class(directory: Path, task: str | Task) -> Any:
+    """The checkpoint's own task-model class (`quantization.architectures`), once it has the task's head."""
+    from quantization.architectures import check_architecture, model_class
+
     suffix = (get_task(task) if isinstance(task, str) else task).architecture_suffix
-    return getattr(transformers, f"AutoModel{suffix}")
+    config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
+    return model_class(check_architecture(config, suffix))
 
 
 def checkpoint_sha256(directory: Path) -> str:
@@ -82,7 +86,8 @@ def load_checkpoint(location: str, task: str | Task, attn_implementation: str | 
 
         directory = Path(snapshot_download(location, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
     options = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model = _auto_class(task).from_pretrained(directory, local_files_only=True, use_safetensors=True, **options)
+    model_class = _task_model_class(directory, task)
+    model = model_class.from_pretrained(directory, local_files_only=True, use_safetensors=True, **options)
     model = model.to(torch.float32).eval()
     return Checkpoint(model, directory, location, checkpoint_sha256(directory))
 

@@ -49,7 +49,7 @@ def measure_sensitivity(
     entry: TaskEntry, study: SensitivityStudy, on_block: Callable[[BlockSensitivity], None] | None = None
 ) -> tuple[list[BlockSensitivity], dict[str, Any]]:
     """Every encoder block's sensitivity on `study.batches` fixed training batches, and the record of how."""
-    checkpoint = load_checkpoint(entry.checkpoint_location(), entry.task, attn_implementation="eager")
+    checkpoint = load_checkpoint(entry.checkpoint_location(), entry.make_task(), attn_implementation="eager")
     wanted = study.batches * study.batch_size
     data = training_set(checkpoint, entry, wanted, study.max_length, study.seed)
     features = data.features[:wanted]

@@ -36,25 +36,29 @@ class EncoderBlock:
 
 
 def encoder_blocks(model: nn.Module) -> list[EncoderBlock]:
-    """The encoder's repeated blocks, found as the ModuleList named `*encoder.layer(s)`."""
+    """The encoder's repeated blocks, found as the ModuleList named `*encoder.layer(s)` (BERT, RoBERTa, ELECTRA) or
+    `*transformer.layer` (DistilBERT)."""
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and name.rsplit(".", 2)[-2:] in (
             ["encoder", "layer"],
             ["encoder", "layers"],
+            ["transformer", "layer"],
         ):
             return [EncoderBlock(f"{name}.{i}", block) for i, block in enumerate(module)]
-    raise ValueError(f"{type(model).__name__} has no `encoder.layer` ModuleList: not a BERT-family model")
+    raise ValueError(
+        f"{type(model).__name__} has no `encoder.layer` or `transformer.layer` ModuleList: not a BERT-family model"
+    )
 
 
 def _role(local_name: str) -> Role:
     leaf = local_name.rsplit(".", 1)[-1]
-    if leaf in ("query", "key", "value"):
+    if leaf in ("query", "key", "value", "q_lin", "k_lin", "v_lin"):  # BERT's names, then DistilBERT's
         return Role.ATTENTION_QKV
-    if local_name.endswith("attention.output.dense"):
+    if local_name.endswith(("attention.output.dense", "attention.out_lin")):
         return Role.ATTENTION_OUT
-    if local_name.endswith("intermediate.dense"):
+    if local_name.endswith(("intermediate.dense", "ffn.lin1")):
         return Role.FFN_IN
-    if local_name.endswith("output.dense"):
+    if local_name.endswith(("output.dense", "ffn.lin2")):
         return Role.FFN_OUT
     return Role.OTHER
 

@@ -43,7 +43,14 @@ def cmd_add(args: argparse.Namespace) -> int:
     emit(f"{model.name}: added to {path} ({model.kind}, {', '.join(model.precisions)})")
     if args.no_build:
         return 0
+    from quantization.catalog import load_catalog
     from quantization.cli.artifacts import cmd_build
+    from quantization.mixed_plans import make_qbert_plan, missing_plans
+
+    catalog = load_catalog()
+    for plan in missing_plans(catalog, model.name, model.precisions):
+        written = make_qbert_plan(catalog, model.name, plan, args.hessian_batches, args.hessian_batch_size)
+        emit(f"{model.name}: Q-BERT plan {plan} from its Hessian on {args.hessian_batches} training batches: {written}")
 
     return cmd_build(
         argparse.Namespace(task=[model.name], precision=None, study=False, force=False, batch_size=args.batch_size)
@@ -61,6 +68,8 @@ def register(sub: Any) -> None:
     p.add_argument("--text-column", help="sequence classification: the TSV's text column (default: sentence)")
     p.add_argument("--pair-column", help="sequence classification: the second text's column, for pair models")
     p.add_argument("--label-column", help="sequence classification: the label column (default: label)")
+    p.add_argument("--hessian-batches", type=int, default=10, help="mixed plans (mp23): training batches measured")
+    p.add_argument("--hessian-batch-size", type=int, default=16)
     p.add_argument("--no-build", action="store_true", help="only check and add; `qbert build --task NAME` builds")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_add)

@@ -96,7 +96,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         changes["name"] = args.name or default_name
         precision = dataclasses.replace(precision, **changes)
     out = Path(args.out) if args.out else artifacts_dir() / args.task / precision.name
-    checkpoint = load_checkpoint(args.checkpoint or entry.checkpoint_location(), args.task)
+    checkpoint = load_checkpoint(args.checkpoint or entry.checkpoint_location(), entry.make_task())
     if args.plan:
         from quantization.plan import check_full_plan
 

@@ -52,7 +52,7 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     entry = catalog.task(args.task)
     hessian_file = Path(args.hessian) if args.hessian else hessian_dir() / f"{args.task}.json"
     hessian = json.loads(hessian_file.read_text())
-    checkpoint = load_checkpoint(entry.checkpoint_location(), args.task)
+    checkpoint = load_checkpoint(entry.checkpoint_location(), entry.make_task())
     if hessian["checkpoint_sha256"] != checkpoint.sha256:
         raise SystemExit(f"{hessian_file} was computed on another checkpoint; run `qbert hessian --task {args.task}`")
     weights = catalog.precision(args.base).weights

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import typing
 from collections.abc import Callable
 
@@ -10,6 +9,7 @@ import torch
 import transformers
 from torch import nn
 
+from quantization.architectures import check_architecture, model_class
 from quantization.artifact import Artifact
 from quantization.qtensor import QDATA, SCALE, ZERO_POINT, QuantizedWeight
 from quantization.runtime.int8_linear import Int8Linear
@@ -23,14 +23,9 @@ from quantization.runtime.packed_linear import PackedLinear
 from quantization.runtime.transformers_internals import use_sdpa
 from quantization.system import release_free_heap
 
-_ARCHITECTURE = re.compile(r"^\w+For(SequenceClassification|TokenClassification|QuestionAnswering)$")
-
 
 def _model_class(config: transformers.PretrainedConfig) -> type[nn.Module]:
-    architectures = config.architectures or []
-    if len(architectures) != 1 or not _ARCHITECTURE.match(architectures[0]):
-        raise ValueError(f"unsupported architecture {architectures!r}; expected one *For<Task> class")
-    return getattr(transformers, architectures[0])
+    return model_class(check_architecture(config))
 
 
 def _materialize_buffers(model: nn.Module) -> None:

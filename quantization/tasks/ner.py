@@ -160,7 +160,9 @@ class NERTask(Task[NerInput, NerPrediction]):
         if not item.words:
             return [Feature([tokenizer.cls_token_id, tokenizer.sep_token_id], [0, 0], {"word_ids": [None, None]})]
         encoded = tokenizer(item.words, is_split_into_words=True, truncation=True, max_length=max_length)
-        return [Feature(encoded["input_ids"], encoded["token_type_ids"], {"word_ids": encoded.word_ids()})]
+        ids = encoded["input_ids"]
+        token_types = encoded.get("token_type_ids") or [0] * len(ids)  # RoBERTa's and DistilBERT's tokenizers: none
+        return [Feature(ids, token_types, {"word_ids": encoded.word_ids()})]
 
     def training_features(
         self, tokenizer: Any, example: Example[NerInput], max_length: int, label2id: dict[str, int]

@@ -147,9 +147,10 @@ class QATask(Task[QAInput, QAPrediction]):
                 tuple(span) if sequence_ids[i] == 1 else None
                 for i, span in enumerate(encoded["offset_mapping"][window])
             ]
-            features.append(
-                Feature(encoded["input_ids"][window], encoded["token_type_ids"][window], {"offsets": offsets})
-            )
+            ids = encoded["input_ids"][window]
+            # RoBERTa's and DistilBERT's tokenizers give no token types; the sequence ids above mark the context
+            token_types = encoded["token_type_ids"][window] if "token_type_ids" in encoded else [0] * len(ids)
+            features.append(Feature(ids, token_types, {"offsets": offsets}))
         return features
 
     def read_training_examples(self, path: Path, **options: Any) -> list[Example[QAInput]]:

@@ -22,6 +22,7 @@ from tests.conftest import REPO_ROOT
 
 PACKAGES = ("quantization", "service")
 RUNTIME_MAY_IMPORT = {
+    "quantization.architectures",  # which task-model classes an artifact may be: part of the format
     "quantization.artifact",
     "quantization.artifact_files",
     "quantization.config",
