@@ -127,7 +127,7 @@ class RunBatch:
     batch_id: int
     task: str
     precision: str
-    payloads: tuple[Any, ...]  # str for sst2 and ner, (question, context) for qa
+    payloads: tuple[Any, ...]  # the kind's payloads (`Task.input_from_payload`): texts, {"text", "text_pair"}, (q, c)
 
 
 class ItemError(StrEnum):

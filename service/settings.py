@@ -104,7 +104,12 @@ class ServiceSettings(BaseSettings):
     max_texts: int = Field(64, ge=1, description="texts in one /predict/sst2 or /predict/ner request")
     max_text_chars: int = Field(10_000, ge=1)
     max_context_chars: int = Field(100_000, ge=1, description="QA context; long contexts run in strided windows")
-    max_tokens: int = Field(512, ge=8, description="tokens per text for sst2 and ner (longer → 422)")
+    max_tokens: int = Field(
+        512,
+        ge=8,
+        description='tokens per text for sst2, and for classifiers asked `"truncation": "error"` (longer → 422); NER '
+        "and QA read long texts in overlapping windows, other classifiers truncate",
+    )
     max_body_bytes: int = Field(2_000_000, ge=1024, description="request bodies over this get 413")
 
     api_key: SecretStr | None = Field(None, description="when set, predict endpoints need `Authorization: Bearer`")

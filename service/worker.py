@@ -259,7 +259,8 @@ class InferenceWorker:
         )
 
     def _length_error(self, task: Task, loaded: LoadedModel, item: Any, features: list[Feature]) -> ItemResult | None:
-        """sst2 and ner read one sequence: refuse a text longer than the limit instead of truncating it."""
+        """A task that refuses long inputs (sst2; a classifier asked so): a text longer than the limit is refused
+        instead of truncated."""
         limit = min(self.spec.max_tokens, max_length_for(task, loaded))
         if len(features) != 1 or len(features[0]) < limit:
             return None

@@ -157,35 +157,50 @@ class NERTask(Task[NerInput, NerPrediction]):
         return [Example(NerInput.from_words(w), iob1_to_iob2(t)) for w, t in read_conll(path)]
 
     def preprocess(self, tokenizer: Any, item: NerInput, max_length: int) -> list[Feature]:
+        """One window of the model's length, or for a longer text windows that overlap by a quarter of it (the words
+        sub-token-split at a window's edge are whole in its neighbour); `postprocess` tags each word from the window
+        where it has the most context on both sides."""
         if not item.words:
             return [Feature([tokenizer.cls_token_id, tokenizer.sep_token_id], [0, 0], {"word_ids": [None, None]})]
-        encoded = tokenizer(item.words, is_split_into_words=True, truncation=True, max_length=max_length)
-        ids = encoded["input_ids"]
-        token_types = encoded.get("token_type_ids") or [0] * len(ids)  # RoBERTa's and DistilBERT's tokenizers: none
-        return [Feature(ids, token_types, {"word_ids": encoded.word_ids()})]
+        encoded = tokenizer(
+            item.words,
+            is_split_into_words=True,
+            truncation=True,
+            max_length=max_length,
+            stride=max_length // 4,
+            return_overflowing_tokens=True,
+        )
+        features = []
+        for window, ids in enumerate(encoded["input_ids"]):
+            # RoBERTa's and DistilBERT's tokenizers give no token types
+            token_types = encoded["token_type_ids"][window] if "token_type_ids" in encoded else [0] * len(ids)
+            features.append(Feature(ids, token_types, {"word_ids": encoded.word_ids(window)}))
+        return features
 
     def training_features(
         self, tokenizer: Any, example: Example[NerInput], max_length: int, label2id: dict[str, int]
     ) -> list[Feature]:
-        """The word's tag on its first sub-token (what `postprocess` reads), no loss elsewhere."""
-        (feature,) = self.preprocess(tokenizer, example.input, max_length)
+        """The word's tag on its first sub-token (what `postprocess` reads), no loss elsewhere; every window."""
         unknown = sorted(set(example.gold) - set(label2id))
         if unknown:
             raise ValueError(f"tags {unknown} are not labels of the model ({sorted(label2id)})")
-        targets, seen = [], set()
-        for word in feature.meta["word_ids"]:
-            if word is None or word in seen:
-                targets.append(IGNORE_INDEX)
-            else:
-                seen.add(word)
-                targets.append(label2id[example.gold[word]])
-        feature.meta["targets"] = {"labels": targets}
-        return [feature]
+        features = self.preprocess(tokenizer, example.input, max_length)
+        for feature in features:
+            targets, seen = [], set()
+            for word in feature.meta["word_ids"]:
+                if word is None or word in seen:
+                    targets.append(IGNORE_INDEX)
+                else:
+                    seen.add(word)
+                    targets.append(label2id[example.gold[word]])
+            feature.meta["targets"] = {"labels": targets}
+        return features
 
-    def untruncated_length(self, tokenizer: Any, item: NerInput) -> int:
-        if not item.words:
-            return 2
-        return len(tokenizer(item.words, is_split_into_words=True)["input_ids"])
+    def untruncated_length(self, tokenizer: Any, item: NerInput) -> int | None:
+        return None  # long texts run in overlapping windows: never truncated
+
+    def refuses_long_input(self, payload: Any) -> bool:
+        return False
 
     def split_outputs(self, outputs: Any, features: Sequence[Feature]) -> list[Any]:
         return [logits[: len(f)].float() for logits, f in zip(outputs.logits, features, strict=True)]
@@ -193,20 +208,28 @@ class NERTask(Task[NerInput, NerPrediction]):
     def postprocess(
         self, item: NerInput, features: Sequence[Feature], outputs: Sequence[Any], labels: list[str]
     ) -> NerPrediction:
-        probs = torch.softmax(outputs[0], dim=-1)
-        best_prob, best = probs.max(dim=-1)
-        tags = ["O"] * len(item.words)  # words cut off by truncation stay O
+        tags = ["O"] * len(item.words)
         word_prob = [1.0] * len(item.words)
-        seen: set[int] = set()
-        for position, word in enumerate(features[0].meta["word_ids"]):
-            if word is not None and word not in seen:  # the first sub-token labels the word
+        context = [-1] * len(item.words)  # the context the word's tag was read with: the larger, the better
+        for feature, logits in zip(features, outputs, strict=True):
+            best_prob, best = torch.softmax(logits, dim=-1).max(dim=-1)
+            word_ids = feature.meta["word_ids"]
+            positions = [i for i, word in enumerate(word_ids) if word is not None]
+            first, last = positions[0] if positions else 0, positions[-1] if positions else 0
+            seen: set[int] = set()
+            for position, word in enumerate(word_ids):
+                if word is None or word in seen:  # the first sub-token labels the word
+                    continue
                 seen.add(word)
-                tags[word] = labels[int(best[position])]
-                word_prob[word] = float(best_prob[position])
+                room = min(position - first, last - position)
+                if room > context[word]:  # the window where the word sits furthest from an edge tags it, once
+                    context[word] = room
+                    tags[word] = labels[int(best[position])]
+                    word_prob[word] = float(best_prob[position])
         entities = []
-        for type_, first, last in get_entities(tags):
-            start, end = item.spans[first][0], item.spans[last][1]
-            score = sum(word_prob[first : last + 1]) / (last - first + 1)
+        for type_, first_word, last_word in get_entities(tags):
+            start, end = item.spans[first_word][0], item.spans[last_word][1]
+            score = sum(word_prob[first_word : last_word + 1]) / (last_word - first_word + 1)
             entities.append(Entity(type_, item.text[start:end], start, end, score))
         return NerPrediction(tags, entities)
 

@@ -124,6 +124,22 @@ def test_token_classification_and_qa_of_other_families_answer_in_their_shapes(ad
     assert context[answer["start"] : answer["end"]] == answer["answer"]
 
 
+def test_ner_over_three_windows_finds_entities_in_each_once(added: dict, served) -> None:
+    text = "John Smith lives in Paris and works at Acme Corp . " * 20  # about three 64-token windows
+    with httpx.Client(base_url=served.url, timeout=30) as client:
+        response = client.post("/predict/distilbert-ner", json={"text": text})
+    assert response.status_code == 200, response.text
+    entities = response.json()["entities"]
+    expected = _evaluated(added, "distilbert-ner", "w8", added_ner_input(text))
+    assert [(e["type"], e["start"], e["end"]) for e in entities] == [
+        (e.type, e.start, e.end) for e in expected.entities
+    ]
+    spans = sorted((e["start"], e["end"]) for e in entities)
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False))  # no repeats
+    assert {3 * start // len(text) for start, _ in spans} == {0, 1, 2}  # found in every window's stretch
+    assert all(text[e["start"] : e["end"]] == e["text"] for e in entities)
+
+
 def added_ner_input(text: str) -> object:
     from quantization.tasks.ner import NerInput
 

@@ -76,3 +76,63 @@ def test_sst2_reads_glue_tsv(tiny_data: Path, tmp_path: Path) -> None:
     bad.write_text("text\tgold\nx\t1\n")
     with pytest.raises(ValueError, match="`sentence` and `label`"):
         get_task("sst2").read_examples(bad)
+
+
+def _window_logits(features, tags_by_word, labels, wrong_near_edges=0):  # noqa: ANN001, ANN202
+    """Per-window logits that tag each word by `tags_by_word`; within `wrong_near_edges` positions of a window's
+    edge that cuts the text (a seam) a word's tag is B-MISC instead (what a window with little context might say)."""
+    import torch
+
+    outputs = []
+    for index, feature in enumerate(features):
+        word_ids = feature.meta["word_ids"]
+        positions = [i for i, w in enumerate(word_ids) if w is not None]
+        left_seam, right_seam = index > 0, index < len(features) - 1
+        logits = torch.zeros(len(word_ids), len(labels))
+        for i, word in enumerate(word_ids):
+            tag = "O" if word is None else tags_by_word(word)
+            near_left = left_seam and i - positions[0] < wrong_near_edges
+            near_right = right_seam and positions[-1] - i < wrong_near_edges
+            if word is not None and (near_left or near_right):
+                tag = "B-MISC"
+            logits[i, labels.index(tag)] = 5.0
+        outputs.append(logits)
+    return outputs
+
+
+def test_ner_slides_windows_over_long_texts_and_merges_entities_once(tmp_path: Path) -> None:
+    from tests.conftest import TASK_HEADS, VOCAB
+
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    tokenizer = transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"), do_lower_case=True)
+    labels = TASK_HEADS["ner"][1]
+    words = ["john", "lives", "in", "paris", "."] * 40  # 200 words, about three 64-token windows
+    item = NerInput.from_words(words)
+    task = get_task("ner")
+    features = task.preprocess(tokenizer, item, 64)
+    assert len(features) >= 3
+    assert all(len(f) <= 64 for f in features)
+    covered = {w for f in features for w in f.meta["word_ids"] if w is not None}
+    assert covered == set(range(len(words)))
+
+    def tag(word: int) -> str:
+        return {"john": "B-PER", "paris": "B-LOC"}.get(words[word], "O")
+
+    # windows that disagree near their edges: each word is read from the window where it has the most context
+    prediction = task.postprocess(item, features, _window_logits(features, tag, labels, wrong_near_edges=6), labels)
+    spans = [(e.start, e.end) for e in prediction.entities]
+    assert len(spans) == len(set(spans)) == 80
+    assert [e.type for e in prediction.entities] == ["PER", "LOC"] * 40
+    assert all(item.text[e.start : e.end] == e.text for e in prediction.entities)
+    thirds = {3 * e.start // len(item.text) for e in prediction.entities}
+    assert thirds == {0, 1, 2}
+
+
+def test_ner_short_texts_are_one_window_as_before(tmp_path: Path) -> None:
+    from tests.conftest import VOCAB
+
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    tokenizer = transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"), do_lower_case=True)
+    item = NerInput.from_text("John Smith lives in Paris .")
+    (feature,) = get_task("ner").preprocess(tokenizer, item, 64)
+    assert feature.input_ids == tokenizer(item.words, is_split_into_words=True)["input_ids"]
