@@ -37,7 +37,7 @@ class ModelToAdd:
 
     name: str
     kind: str
-    checkpoint: Path
+    checkpoint: str  # a local folder, or a hub id where a hub is reachable
     eval_data: Path
     precisions: tuple[str, ...]
     train_data: Path | None = None
@@ -50,6 +50,24 @@ class ModelToAdd:
             raise AddError(f"kind {self.kind!r}: supported kinds are {', '.join(KINDS)}")
         if self.columns and self.kind != "sequence-classification":
             raise AddError("text, pair and label columns apply to the sequence-classification kind only")
+
+
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def local_folder(checkpoint: str) -> Path:
+    """`checkpoint` as a local folder: itself, or a hub id's snapshot (config, weights and tokenizer files only)."""
+    folder = Path(checkpoint)
+    if folder.is_dir() or not HUB_ID.match(checkpoint):
+        return folder
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(checkpoint, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+    except Exception as exc:  # offline, unknown repository, no access: the hub's own exception types vary
+        raise AddError(
+            f"{checkpoint}: not a local folder, and the hub could not give it ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def check_checkpoint(directory: Path, kind: str) -> dict[str, Any]:
@@ -92,7 +110,8 @@ def problem_type_of(config: dict[str, Any]) -> str:
 
 def entry_for(model: ModelToAdd) -> dict[str, Any]:
     """The user catalog's table for `model`, once every check passed (raises AddError naming what failed)."""
-    config = check_checkpoint(model.checkpoint, model.kind)
+    folder = local_folder(model.checkpoint)
+    config = check_checkpoint(folder, model.kind)
     options: dict[str, Any] = {}
     if model.kind == "sequence-classification":
         options = {"columns": {"text": "sentence", "label": "label", **model.columns}}
@@ -121,7 +140,8 @@ def entry_for(model: ModelToAdd) -> dict[str, Any]:
             raise AddError(f"{path}: no such {what} data file")
     table: dict[str, Any] = {
         "kind": model.kind,
-        "checkpoint": str(model.checkpoint.resolve()),
+        # a folder by its absolute path; a hub id as given (loading fetches it where a hub is reachable)
+        "checkpoint": str(Path(model.checkpoint).resolve()) if Path(model.checkpoint).is_dir() else model.checkpoint,
         "data": str(model.eval_data.resolve()),
         "precisions": list(model.precisions),
     }

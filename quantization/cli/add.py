@@ -28,7 +28,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         model = ModelToAdd(
             name=args.name,
             kind=args.kind,
-            checkpoint=Path(args.checkpoint),
+            checkpoint=args.checkpoint,
             eval_data=Path(args.eval_data),
             precisions=tuple(args.precisions.split(",")) if args.precisions else DEFAULT_PRECISIONS,
             train_data=Path(args.train_data) if args.train_data else None,
@@ -61,7 +61,11 @@ def register(sub: Any) -> None:
     p = sub.add_parser("add", help="serve your own fine-tuned checkpoint by name: check it, add it, build it")
     p.add_argument("name", help="the model's name: its route is POST /predict/NAME")
     p.add_argument("--kind", required=True, choices=KINDS)
-    p.add_argument("--checkpoint", required=True, help="a local Hugging Face folder (config, weights, tokenizer)")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a Hugging Face folder (config, weights, tokenizer), or a hub id where a hub is reachable",
+    )
     p.add_argument("--eval-data", required=True, help="GLUE-style TSV, CoNLL IOB file or SQuAD JSON, by kind")
     p.add_argument("--train-data", help="the same format; GPTQ calibration and QAT read it, never the eval data")
     p.add_argument("--precisions", help=f"comma-separated (default: {','.join(DEFAULT_PRECISIONS)})")

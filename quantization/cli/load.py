@@ -115,7 +115,7 @@ def register(sub: Any) -> None:
         "--texts-per-request",
         type=int,
         default=1,
-        help='bulk requests: {"texts": [...]} of this many inputs (sst2 and ner); throughput is also given in inputs/s',
+        help='bulk requests: {"texts": [...]} of this many inputs (every kind but QA); throughput also in inputs/s',
     )
     p.add_argument("--compare-raw", action="store_true", help="also measure the bare models in process first")
     p.add_argument("--raw-seconds", type=float, default=10.0)

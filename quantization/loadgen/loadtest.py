@@ -30,12 +30,34 @@ logger = logging.getLogger("qbert.loadtest")
 JSON_CONTENT = {"content-type": "application/json"}
 
 
+def task_named(name: str) -> Any:
+    """The task a served model's name stands for: a built-in one, or a catalog model's (the user's own too)."""
+    from quantization.catalog import load_catalog
+    from quantization.tasks import TASKS
+
+    if name in TASKS:
+        return TASKS[name]
+    try:
+        return load_catalog().task(name).make_task()
+    except (OSError, ValueError):
+        raise ValueError(f"unknown model {name!r}; known: {known_names()}") from None
+
+
+def known_names() -> list[str]:
+    from quantization.catalog import load_catalog
+    from quantization.tasks import TASKS
+
+    try:
+        return sorted(set(TASKS) | set(load_catalog().tasks))
+    except OSError:
+        return sorted(TASKS)
+
+
 def sample_payloads(task: str, limit: int = 256) -> list[Any]:
     """Up to `limit` real inputs of `task` from the catalog's evaluation file, else the task's built-in samples."""
     from quantization.catalog import load_catalog
-    from quantization.tasks import get_task
 
-    kind = get_task(task)
+    kind = task_named(task)
     try:
         entry = load_catalog().task(task)
         examples = kind.read_examples(entry.data, **entry.read_options())[:limit]
@@ -47,33 +69,23 @@ def sample_payloads(task: str, limit: int = 256) -> list[Any]:
 
 def built_in_samples(task: str) -> list[Any]:
     """The task's own sample payloads (no data files needed)."""
-    from quantization.tasks import get_task
-
-    return list(get_task(task).samples)
+    return list(task_named(task).samples)
 
 
 def request_body(task: str, payload: Any) -> dict[str, Any]:
-    from quantization.tasks import get_task
-
-    return get_task(task).request_body(payload)
+    return dict(task_named(task).request_body(payload))
 
 
 def _route(task: str) -> str:
-    from quantization.tasks import get_task
-
-    return get_task(task).route
+    return str(task_named(task).route)
 
 
 def _accepts_batches(task: str) -> bool:
-    from quantization.tasks import get_task
-
-    return get_task(task).accepts_batches
+    return bool(task_named(task).accepts_batches)
 
 
 def _batching_tasks() -> list[str]:
-    from quantization.tasks import TASKS
-
-    return sorted(name for name, task in TASKS.items() if task.accepts_batches)
+    return [name for name in known_names() if _accepts_batches(name)]
 
 
 def request_bodies(task: str, payloads: Sequence[Any], texts_per_request: int = 1) -> list[bytes]:
@@ -126,18 +138,17 @@ class LoadPlan:
     warmup: int = 0
     api_key: str | None = None
     timeout_s: float = 60.0
-    texts_per_request: int = 1  # > 1: bulk requests, {"texts": [...]} (sst2 and ner only)
+    texts_per_request: int = 1  # > 1: bulk requests, {"texts": [...]} (models whose kind takes batches: not QA)
 
     def __post_init__(self) -> None:
         if (self.duration_s is None) == (self.requests is None):
             raise ValueError("give exactly one of duration_s or requests")
         if self.concurrency < 1 or not self.mix:
             raise ValueError("concurrency must be >= 1 and the mix non-empty")
-        from quantization.tasks import TASKS
-
-        unknown = [task for task, _ in self.mix if task not in TASKS]
+        known = known_names()
+        unknown = [task for task, _ in self.mix if task not in known]
         if unknown:
-            raise ValueError(f"unknown tasks {unknown}; known: {sorted(TASKS)}")
+            raise ValueError(f"unknown tasks {unknown}; known: {known}")
         if self.texts_per_request < 1:
             raise ValueError(f"texts_per_request must be >= 1, got {self.texts_per_request}")
         single = sorted({task for task, _ in self.mix if not _accepts_batches(task)})

@@ -238,12 +238,15 @@ def test_add_refuses_bad_checkpoints_and_data_and_writes_nothing(user_models: di
         "no-weights": (["--checkpoint", str(no_weights), "--eval-data", str(dev), *pair], "no weights"),
         "masked": (
             ["--checkpoint", str(masked), "--eval-data", str(dev), *pair],
-            "has no sequence-classification head",
+            "has no SequenceClassification head; supported: BERT, RoBERTa",
         ),
         "labels": (["--checkpoint", str(good), "--eval-data", str(wrong_labels), *pair], "'maybe' is neither one of"),
         "gptq": (["--checkpoint", str(good), "--eval-data", str(dev), "--precisions", "w4g128"], "give --train-data"),
         "sst2": (["--checkpoint", str(good), "--eval-data", str(dev), *pair], "taken by a catalog model"),
     }
+    hub = ["--checkpoint", "nobody-here/no-such-model", "--eval-data", str(dev), "--precisions", "fp32"]
+    cases["hub"] = (hub, "not a local folder, and the hub could not give it")  # offline here: the hub is unreachable
+    env |= {"HF_HUB_OFFLINE": "1"}
     for name, (options, message) in cases.items():
         refused = _add(name, tmp_path, env, *options)
         assert refused.returncode == 2, (name, refused.stderr)
