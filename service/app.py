@@ -10,7 +10,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -64,6 +64,7 @@ from service.schemas import (
     NERRequest,
     NERResponse,
     NERTextResult,
+    PairClassifyRequest,
     QARequest,
     QAResponse,
     SST2Request,
@@ -360,15 +361,11 @@ def _predict_router(service: Service) -> APIRouter:
         )
 
     async def classify(name: str, kind: ModelKind, request: Request) -> Response:
-        body = await read_body(request, ClassifyRequest)
+        body = await read_body(request, PairClassifyRequest if kind.reads_pairs else ClassifyRequest)
         texts, pairs = body.all_texts(), body.all_pairs()
 
         def check() -> None:
             _check_texts(body, service.settings)
-            if kind.reads_pairs and pairs is None:
-                raise InvalidInputError(f"{name} reads text pairs: give `text_pair` (or `text_pairs`) too")
-            if not kind.reads_pairs and pairs is not None:
-                raise InvalidInputError(f"{name} reads one text per input; `text_pair` is for pair models")
             for i, pair in enumerate(pairs or []):
                 _check_text(pair, service.settings.max_text_chars, f"text_pairs[{i}]" if body.texts else "text_pair")
 
@@ -398,19 +395,15 @@ def _predict_router(service: Service) -> APIRouter:
     async def qa(request: Request) -> Response:
         return await answer_question("qa", request)
 
+    # Each served model of the user's own gets its own documented route, with its kind's request and response.
+    for name in sorted(set(service.kinds) - set(BUILT_IN_KINDS)):
+        _user_model_route(predict_route, name, service.kinds[name], classify, tag_entities, answer_question)
+
     @router.post("/predict/{name}", include_in_schema=False)
-    async def predict_by_name(name: str, request: Request) -> Response:
-        kind = service.kinds.get(name) if name in service.tasks() else None
-        if kind is None:
-            raise UnknownTaskError(
-                f"no model {name!r}; available: {', '.join(service.tasks())} (QA is POST /qa)",
-                available=service.tasks(),
-            )
-        if kind.kind == "sequence-classification" and name != "sst2":
-            return await classify(name, kind, request)
-        if kind.kind == "token-classification":
-            return await tag_entities(name, request)
-        return await answer_question(name, request)
+    async def unknown_model(name: str) -> None:
+        raise UnknownTaskError(
+            f"no model {name!r}; available: {', '.join(service.tasks())} (QA is POST /qa)", available=service.tasks()
+        )
 
     @router.get("/models", response_model=ModelsResponse, tags=["ops"], summary="Every model, its state and accuracy")
     async def models() -> ModelsResponse:
@@ -420,6 +413,39 @@ def _predict_router(service: Service) -> APIRouter:
         )
 
     return router
+
+
+def _user_model_route(
+    predict_route: Callable[..., Callable],
+    name: str,
+    kind: ModelKind,
+    classify: Callable[[str, ModelKind, Request], Awaitable[Response]],
+    tag_entities: Callable[[str, Request], Awaitable[Response]],
+    answer_question: Callable[[str, Request], Awaitable[Response]],
+) -> None:
+    """POST /predict/NAME for one of the user's models, documented with its kind's shapes."""
+    path = f"/predict/{name}"
+    if kind.kind == "sequence-classification":
+        what = "pairs of texts" if kind.reads_pairs else "texts"
+        summary = f"{name}: classify {what}" + (" (multi-label)" if kind.multi_label else "")
+
+        async def classify_route(request: Request) -> Response:
+            return await classify(name, kind, request)
+
+        body = PairClassifyRequest if kind.reads_pairs else ClassifyRequest
+        predict_route(path, body, ClassifyResponse, summary)(classify_route)
+    elif kind.kind == "token-classification":
+
+        async def tag_route(request: Request) -> Response:
+            return await tag_entities(name, request)
+
+        predict_route(path, NERRequest, NERResponse | NERBatchResponse, f"{name}: entities")(tag_route)
+    else:
+
+        async def qa_route(request: Request) -> Response:
+            return await answer_question(name, request)
+
+        predict_route(path, QARequest, QAResponse, f"{name}: answer span from a context")(qa_route)
 
 
 def _model_entry(service: Service, key: Key) -> ModelEntry:
@@ -571,11 +597,19 @@ def build_app(service: Service) -> FastAPI:
     app.include_router(playground_router())
     settings = service.settings
     text = {"minLength": 1, "maxLength": settings.max_text_chars, "pattern": NON_BLANK}  # not blank, as `_check_text`
+    texts = {**text, "minItems": 1, "maxItems": settings.max_texts}
     limits = {
         "text": text,
-        "texts": {**text, "minItems": 1, "maxItems": settings.max_texts},
+        "texts": texts,
+        "text_pair": text,
+        "text_pairs": texts,
         "question": text,
         "context": {**text, "maxLength": settings.max_context_chars},
     }
-    document_request_models(app, [SST2Request, NERRequest, QARequest], limits)
+    own = [kind for name, kind in service.kinds.items() if name not in BUILT_IN_KINDS]
+    classifiers = {kind.reads_pairs for kind in own if kind.kind == "sequence-classification"}
+    bodies: list[type[BaseModel]] = [SST2Request, NERRequest, QARequest]
+    bodies += [ClassifyRequest] if False in classifiers else []
+    bodies += [PairClassifyRequest] if True in classifiers else []
+    document_request_models(app, bodies, limits)
     return app

@@ -55,13 +55,8 @@ class NERRequest(TextsRequest):
 
 
 class ClassifyRequest(TextsRequest):
-    """A user model's sequence classification: texts, and for pair models (NLI, paraphrase) their second texts."""
+    """A text classifier of the user's own: one text, or several answered in order."""
 
-    text_pair: str = Field(None, description="the second text of a pair model's input")  # type: ignore[assignment]
-    text_pairs: list[str] = Field(
-        None,  # type: ignore[arg-type]
-        description="with `texts`: each text's second text, in order",
-    )
     truncation: Literal["truncate", "error"] = Field(
         "truncate",
         description="an input longer than the model's window: cut to it (the result says `truncated`), or refused "
@@ -69,28 +64,47 @@ class ClassifyRequest(TextsRequest):
     )
 
     model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"text": "book a table for two tonight"},
-                {"text": "A man is playing a guitar.", "text_pair": "Someone plays music."},
-            ]
-        },
+        extra="forbid", json_schema_extra={"examples": [{"text": "book a table for two tonight"}]}
     )
 
+    def all_pairs(self) -> list[str] | None:
+        """Each text's second text (None: single texts)."""
+        return None
+
+
+class PairClassifyRequest(ClassifyRequest):
+    """A text-pair classifier of the user's own (NLI, paraphrase, similarity): each text with its second text."""
+
+    text_pair: str = Field(None, description="with `text`: its second text")  # type: ignore[assignment]
+    text_pairs: list[str] = Field(
+        None,  # type: ignore[arg-type]
+        description="with `texts`: each text's second text, in order",
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"text": "A man is playing a guitar.", "text_pair": "Someone plays music."}]},
+    )
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = handler(core_schema)
+        schema = handler.resolve_ref_schema(schema)
+        schema["oneOf"] = [{"required": ["text", "text_pair"]}, {"required": ["texts", "text_pairs"]}]
+        return schema
+
     @model_validator(mode="after")
-    def _pairs_match_texts(self) -> ClassifyRequest:
-        if self.text_pair is not None and self.text is None:
-            raise ValueError("`text_pair` goes with `text`")
-        if self.text_pairs is not None and (self.texts is None or len(self.text_pairs) != len(self.texts)):
-            raise ValueError("`text_pairs` goes with `texts`, one second text for each")
+    def _pairs_match_texts(self) -> PairClassifyRequest:
+        if self.text is not None and self.text_pair is None:
+            raise ValueError("a pair model reads two texts: give `text_pair` with `text`")
+        if self.texts is not None and (self.text_pairs is None or len(self.text_pairs) != len(self.texts)):
+            raise ValueError("a pair model reads two texts: give `text_pairs` with `texts`, one for each")
+        if (self.text_pair is not None and self.text is None) or (self.text_pairs is not None and self.texts is None):
+            raise ValueError("`text_pair` goes with `text`, `text_pairs` with `texts`")
         return self
 
     def all_pairs(self) -> list[str] | None:
-        """Each text's second text, or None for single texts."""
-        if self.text_pair is not None:
-            return [self.text_pair]
-        return list(self.text_pairs) if self.text_pairs is not None else None
+        return [self.text_pair] if self.text_pair is not None else list(self.text_pairs or [])
 
 
 class QARequest(_Request):

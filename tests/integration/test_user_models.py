@@ -197,9 +197,10 @@ def test_bad_requests_get_4xx_in_the_error_shape(served) -> None:
         truncated = client.post("/predict/intents", json={"text": long_text})
         refused = client.post("/predict/intents", json={"text": long_text, "truncation": "error"})
     assert single_with_pair.status_code == 422
-    assert "one text per input" in single_with_pair.json()["detail"]
+    assert "text_pair" in single_with_pair.json()["detail"]
+    assert single_with_pair.json()["error"] == "invalid_input"
     assert pair_without.status_code == 422
-    assert "reads text pairs" in pair_without.json()["detail"]
+    assert "a pair model reads two texts" in pair_without.json()["detail"]
     assert unknown.status_code == 404
     assert unknown.json()["available"] == ["intents", "nli", "similarity", "topics"]
     assert truncated.status_code == 200
@@ -252,3 +253,22 @@ def test_add_refuses_bad_checkpoints_and_data_and_writes_nothing(user_models: di
         assert refused.returncode == 2, (name, refused.stderr)
         assert message in refused.stderr, (name, refused.stderr)
     assert not (tmp_path / "catalog.toml").exists()
+
+
+def test_each_model_has_its_own_documented_route(served) -> None:
+    with httpx.Client(base_url=served.url, timeout=30) as client:
+        schema = client.get("/openapi.json").json()
+    paths, components = schema["paths"], schema["components"]["schemas"]
+
+    def body_of(path: str) -> str:
+        return paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+
+    assert body_of("/predict/intents") == "ClassifyRequest"
+    assert body_of("/predict/topics") == "ClassifyRequest"
+    assert body_of("/predict/nli") == body_of("/predict/similarity") == "PairClassifyRequest"
+    assert "text_pair" not in components["ClassifyRequest"]["properties"]
+    assert {"text_pair", "text_pairs", "truncation"} <= set(components["PairClassifyRequest"]["properties"])
+    assert components["PairClassifyRequest"]["properties"]["text_pair"]["maxLength"] == 10_000
+    answer = paths["/predict/intents"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer["$ref"].endswith("/ClassifyResponse")
+    assert "/predict/{name}" not in paths
