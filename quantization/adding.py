@@ -14,6 +14,7 @@ from typing import Any
 
 from quantization.architectures import UnsupportedArchitectureError, check_architecture
 from quantization.catalog import TaskEntry, load_catalog, read_user_entries
+from quantization.config import QATConfig
 from quantization.kinds import KINDS
 from quantization.mixed_plans import plan_widths
 
@@ -42,6 +43,7 @@ class ModelToAdd:
     precisions: tuple[str, ...]
     train_data: Path | None = None
     columns: dict[str, str] = field(default_factory=dict)  # sequence classification: text, pair, label
+    qat_steps: int | None = None  # QAT precisions' training steps (the recipe's default otherwise)
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
@@ -149,6 +151,8 @@ def entry_for(model: ModelToAdd) -> dict[str, Any]:
         table["options"] = options
     if model.train_data is not None:
         table["training"] = {"data": str(model.train_data.resolve())}
+        if model.qat_steps is not None:
+            table["training"]["qat"] = {"steps": model.qat_steps}
     entry = _entry(model.name, table)
     _check_data(entry, labels_of(config))
     return table
@@ -157,12 +161,14 @@ def entry_for(model: ModelToAdd) -> dict[str, Any]:
 def _entry(name: str, table: dict[str, Any]) -> TaskEntry:
     training = table.get("training", {})
     try:
+        QATConfig(**training.get("qat", {}))
         return TaskEntry(
             task=name,
             checkpoint=table["checkpoint"],
             data=Path(table["data"]),
             precisions=tuple(table["precisions"]),
             train_data=Path(training["data"]) if "data" in training else None,
+            qat=dict(training.get("qat", {})),
             kind=table["kind"],
             options=table.get("options", {}),
         )

@@ -33,6 +33,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             precisions=tuple(args.precisions.split(",")) if args.precisions else DEFAULT_PRECISIONS,
             train_data=Path(args.train_data) if args.train_data else None,
             columns=columns,
+            qat_steps=args.qat_steps,
         )
         table = entry_for(model)
     except AddError as exc:
@@ -72,6 +73,7 @@ def register(sub: Any) -> None:
     p.add_argument("--text-column", help="sequence classification: the TSV's text column (default: sentence)")
     p.add_argument("--pair-column", help="sequence classification: the second text's column, for pair models")
     p.add_argument("--label-column", help="sequence classification: the label column (default: label)")
+    p.add_argument("--qat-steps", type=int, help="QAT precisions (e.g. w4g128-qat): training steps (default 600)")
     p.add_argument("--hessian-batches", type=int, default=10, help="mixed plans (mp23): training batches measured")
     p.add_argument("--hessian-batch-size", type=int, default=16)
     p.add_argument("--no-build", action="store_true", help="only check and add; `qbert build --task NAME` builds")

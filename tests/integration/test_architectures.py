@@ -188,3 +188,28 @@ def test_unsupported_families_and_heads_are_refused_with_what_is_supported(added
         refused.stderr
     )
     assert not (tmp_path / "c.toml").exists()
+
+
+@pytest.mark.parametrize("family", ARCHITECTURES)
+def test_qat_trains_each_family(added: dict, family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Q8BERT-style QAT (straight-through fake quantizers, distillation from the FP32 model) on each family's blocks,
+    as found in the model: a few steps, then the artifact evaluates and runs packed."""
+    import dataclasses
+
+    from quantization.build import build_artifact, evaluate_artifact, load_checkpoint
+    from quantization.catalog import load_catalog
+
+    monkeypatch.setenv("QBERT_USER_CATALOG", added["env"]["QBERT_USER_CATALOG"])
+    catalog = load_catalog()
+    name = f"{family}-sentiment"
+    entry = dataclasses.replace(catalog.task(name), qat={"steps": 3, "batch_size": 4, "qparams_every": 2})
+    precision = dataclasses.replace(
+        catalog.precision("w4g128-qat"), qat=entry.qat_recipe(catalog.precision("w4g128-qat").qat)
+    )
+    checkpoint = load_checkpoint(entry.checkpoint_location(), entry.make_task())
+    manifest = build_artifact(checkpoint, entry, precision, tmp_path / "w4g128-qat")
+    assert manifest["qat"] is True
+    assert manifest["training"]["steps"] == 3
+    (row,) = evaluate_artifact(tmp_path / "w4g128-qat", entry, latency_samples=1)
+    assert row["metric"] == "accuracy"
+    assert load_model(tmp_path / "w4g128-qat", "packed").backend == "packed"
