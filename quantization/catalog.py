@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quantization.config import ActivationQuantConfig, PrecisionConfig, QATConfig, WeightQuantConfig
-from quantization.kinds import KIND_OPTIONS, KINDS
+from quantization.kinds import BUILT_IN_KINDS, KIND_OPTIONS, KINDS
 
 if TYPE_CHECKING:
     from quantization.tasks import Task
@@ -70,7 +70,11 @@ class TaskEntry:
 
     @property
     def spec(self) -> dict[str, Any] | None:
-        return None if self.kind is None else {"kind": self.kind, "options": self.options}
+        """The kind and its options as artifacts record them; None for a built-in model of its own kind and no
+        options (its artifacts predate specs, and stay up to date)."""
+        if self.kind is None or (self.kind == BUILT_IN_KINDS.get(self.task) and not self.options):
+            return None
+        return {"kind": self.kind, "options": self.options}
 
     def make_task(self) -> Task:
         from quantization.tasks import task_from_spec

@@ -7,14 +7,11 @@ finds the artifacts and builds to serve, makes the `Service` and hands it to `bu
 from __future__ import annotations
 
 import logging
-import re
-import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
@@ -22,6 +19,7 @@ from pydantic import BaseModel
 from quantization.catalog import Catalog, load_catalog
 from quantization.catalog_build import FINISHED_STATES, BuildEvent, BuildJob, catalog_jobs, serving_order
 from quantization.kinds import BUILT_IN_KINDS
+from service.answering import NON_BLANK, answer, api_key_dependencies, check_text, check_texts
 from service.builder import CatalogBuilder
 from service.discovery import ModelKind, discover_artifacts, model_kinds
 from service.errors import (
@@ -30,18 +28,15 @@ from service.errors import (
     ModelNotReadyError,
     ModelUnavailableError,
     ServiceError,
-    UnauthorizedError,
     UnknownPrecisionError,
     UnknownTaskError,
     install_error_handlers,
-    outcome_of,
 )
 from service.json_io import (
     document_request_models,
     json_response,
     openapi_inputs,
     read_body,
-    requested_precision,
 )
 from service.latency import RecentLatencies
 from service.metrics import ServiceMetrics
@@ -69,9 +64,9 @@ from service.schemas import (
     QAResponse,
     SST2Request,
     SST2Response,
-    TextsRequest,
 )
 from service.settings import ServiceSettings
+from service.v2 import v2_router
 
 logger = logging.getLogger("qbert.service")
 
@@ -249,77 +244,9 @@ class Service:
         return [r.value for r in results]
 
 
-def _api_key_dependencies(settings: ServiceSettings, protects: bool) -> list[Any]:
-    """The API key check as a route dependency; none at all when no key applies, so nothing runs per request."""
-    if settings.api_key is None or not protects:
-        return []
-    expected = settings.api_key.get_secret_value().encode()
-
-    async def require_api_key(request: Request) -> None:
-        # Headers read here rather than declared as parameters: they stay out of the OpenAPI schema.
-        headers = request.headers
-        given = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not secrets.compare_digest(given.encode(), expected):
-            raise UnauthorizedError("a valid API key is required (Authorization: Bearer KEY or X-API-Key)")
-
-    return [Depends(require_api_key)]
-
-
-# A text must hold a character outside every notion of whitespace that a client may check with: Python's (which counts
-# the separators U+001C-U+001F and U+0085) and JSON Schema's ECMAScript `\s` (which counts U+FEFF). The published
-# schema carries this very pattern, so the service and a schema-driven client agree on what is blank.
-NON_BLANK = r"[^\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
-_NON_BLANK = re.compile(NON_BLANK)
-
-
-def _check_text(text: str, limit: int, field: str) -> None:
-    if not _NON_BLANK.search(text):
-        raise InvalidInputError(f"{field} is empty")
-    if len(text) > limit:
-        raise InvalidInputError(f"{field} has {len(text)} characters; at most {limit} are allowed")
-
-
-def _check_texts(body: TextsRequest, settings: ServiceSettings) -> None:
-    texts = body.all_texts()
-    if not texts or len(texts) > settings.max_texts:
-        raise InvalidInputError(f"give 1 to {settings.max_texts} texts, got {len(texts)}")
-    for i, text in enumerate(texts):
-        _check_text(text, settings.max_text_chars, f"texts[{i}]" if body.texts is not None else "text")
-
-
-async def _answer(
-    service: Service, task: str, request: Request, check: Callable[[], None], payloads: list[Any]
-) -> tuple[dict[str, str], list[Any]]:
-    """Choose the precision, check the input, run it: the response's `task`/`precision`/`model` and values.
-
-    The request is counted and timed whatever its outcome; precision "none" means it named none that exists.
-    """
-    started = time.perf_counter()
-    precision: str | None = None
-    error: ServiceError | None = None
-    try:
-        precision = service.choose_precision(task, *requested_precision(request))
-        check()
-        values = await service.run(task, precision, payloads)
-        return {"task": task, "precision": precision, "model": service.model_name(task, precision)}, values
-    except ServiceError as exc:
-        error = exc
-        raise
-    except Exception:
-        error = InferenceFailedError("unexpected")
-        raise
-    finally:
-        service.metrics.requests.labels(task, precision or "none", outcome_of(error)).inc()
-        if precision is not None:
-            seconds = time.perf_counter() - started
-            service.metrics.request_duration.labels(task, precision).observe(seconds)
-            if error is None:
-                service.latencies.record((task, precision), seconds)
-
-
 def _predict_router(service: Service) -> APIRouter:
     # The routes close over `service` rather than asking for it as a dependency: one less to resolve per request.
-    dependencies = _api_key_dependencies(service.settings, protects=True)
+    dependencies = api_key_dependencies(service.settings, protects=True)
     router = APIRouter(dependencies=dependencies, responses=_ERRORS, tags=["predict"])
 
     def predict_route(path: str, body: type[BaseModel], answer: Any, summary: str) -> Callable:
@@ -330,16 +257,14 @@ def _predict_router(service: Service) -> APIRouter:
     async def predict_sst2(request: Request) -> Response:
         body = await read_body(request, SST2Request)
         texts = body.all_texts()
-        answered_by, values = await _answer(
-            service, "sst2", request, lambda: _check_texts(body, service.settings), texts
-        )
+        answered_by, values = await answer(service, "sst2", request, lambda: check_texts(body, service.settings), texts)
         results = [ClassResult(label=v.label, score=v.score, scores=v.scores) for v in values]
         return json_response(SST2Response(**answered_by, results=results))
 
     async def tag_entities(name: str, request: Request) -> Response:
         body = await read_body(request, NERRequest)
         texts = body.all_texts()
-        answered_by, values = await _answer(service, name, request, lambda: _check_texts(body, service.settings), texts)
+        answered_by, values = await answer(service, name, request, lambda: check_texts(body, service.settings), texts)
         found = [[EntityResult.model_validate(e, from_attributes=True) for e in value.entities] for value in values]
         if body.text is not None:
             return json_response(NERResponse(**answered_by, entities=found[0]))
@@ -351,11 +276,11 @@ def _predict_router(service: Service) -> APIRouter:
         body = await read_body(request, QARequest)
 
         def check() -> None:
-            _check_text(body.question, service.settings.max_text_chars, "question")
-            _check_text(body.context, service.settings.max_context_chars, "context")
+            check_text(body.question, service.settings.max_text_chars, "question")
+            check_text(body.context, service.settings.max_context_chars, "context")
 
         payload = [(body.question, body.context)]
-        answered_by, (value,) = await _answer(service, name, request, check, payload)
+        answered_by, (value,) = await answer(service, name, request, check, payload)
         return json_response(
             QAResponse(**answered_by, answer=value.answer, start=value.start, end=value.end, score=value.score)
         )
@@ -365,16 +290,16 @@ def _predict_router(service: Service) -> APIRouter:
         texts, pairs = body.all_texts(), body.all_pairs()
 
         def check() -> None:
-            _check_texts(body, service.settings)
+            check_texts(body, service.settings)
             for i, pair in enumerate(pairs or []):
-                _check_text(pair, service.settings.max_text_chars, f"text_pairs[{i}]" if body.texts else "text_pair")
+                check_text(pair, service.settings.max_text_chars, f"text_pairs[{i}]" if body.texts else "text_pair")
 
         seconds: list[str | None] = list(pairs) if pairs is not None else [None] * len(texts)
         payloads = [
             {"text": text, "text_pair": pair, "truncation": body.truncation}
             for text, pair in zip(texts, seconds, strict=True)
         ]
-        answered_by, values = await _answer(service, name, request, check, payloads)
+        answered_by, values = await answer(service, name, request, check, payloads)
         results = [
             ClassifyResult(
                 label=v.label,
@@ -496,7 +421,7 @@ def _latency_entry(service: Service, key: Key) -> LatencyEntry | None:
 
 
 def _ops_router(service: Service) -> APIRouter:
-    dependencies = _api_key_dependencies(service.settings, protects=service.settings.api_key_protects_ops)
+    dependencies = api_key_dependencies(service.settings, protects=service.settings.api_key_protects_ops)
     router = APIRouter(dependencies=dependencies, tags=["ops"])
 
     @router.get("/healthz", summary="Liveness: the process and its event loop answer")
@@ -594,9 +519,10 @@ def build_app(service: Service) -> FastAPI:
     install_error_handlers(app)
     app.include_router(_predict_router(service))
     app.include_router(_ops_router(service))
+    app.include_router(v2_router(service))
     app.include_router(playground_router())
     settings = service.settings
-    text = {"minLength": 1, "maxLength": settings.max_text_chars, "pattern": NON_BLANK}  # not blank, as `_check_text`
+    text = {"minLength": 1, "maxLength": settings.max_text_chars, "pattern": NON_BLANK}  # not blank, as `check_text`
     texts = {**text, "minItems": 1, "maxItems": settings.max_texts}
     limits = {
         "text": text,

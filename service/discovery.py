@@ -57,6 +57,7 @@ class ModelKind:
     kind: str  # one of quantization.kinds.KINDS
     reads_pairs: bool = False  # a sequence classifier of text pairs (NLI, paraphrase, similarity)
     multi_label: bool = False  # a sequence classifier that applies every label over its threshold
+    regression: bool = False  # a sequence classifier with one output, a score
 
 
 def model_kinds(tasks: list[str], catalog: Catalog | None, refs: list[ArtifactRef]) -> dict[str, ModelKind]:
@@ -81,5 +82,6 @@ def model_kinds(tasks: list[str], catalog: Catalog | None, refs: list[ArtifactRe
                 spec["kind"],
                 reads_pairs=bool((options.get("columns") or {}).get("pair")),
                 multi_label=options.get("problem_type") == "multi_label_classification",
+                regression=options.get("problem_type") == "regression",
             )
     return kinds

@@ -1,12 +1,14 @@
 """Typed service errors and the one place that maps every error to HTTP.
 
 Every error response has one shape: `{"error": <code>, "detail": <human message>}` (plus
-`available` where the client picked something that does not exist).
+`available` where the client picked something that does not exist); on the V2 protocol's routes, the protocol's
+own: `{"error": "<code>: <message>"}`, with 400 for a request it cannot read.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -100,9 +102,23 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+V2_PREFIX = "/v2"  # the V2 (Open Inference) protocol's routes: its own error shape, 400 for a bad request
+
+
+def _is_v2(request: Request) -> bool:
+    path = request.url.path
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
+def _v2_error(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": detail}, status_code=400 if status == 422 else status, headers=headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
-    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        if _is_v2(request):
+            return _v2_error(exc.status, f"{exc.code}: {exc.detail}", exc.headers)
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -112,7 +128,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": code, "detail": _validation_detail(exc)}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if _is_v2(request):
+            return _v2_error(exc.status_code, str(exc.detail), exc.headers)
         # 400 comes from FastAPI's body reading: bytes that are not UTF-8 JSON.
         codes = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         code = codes.get(exc.status_code, "http_error")
