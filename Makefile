@@ -36,7 +36,7 @@ system-packages:
 	  echo "could not install $$missing: the tests that need them will skip"
 
 test: $(STAMP) system-packages
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # Style, the import contract (tests/unit/test_layering.py: no cycles, layers, fences) and types.
 lint: $(STAMP)
