@@ -17,13 +17,9 @@ from quantization.catalog import TaskEntry, load_catalog, read_user_entries
 from quantization.config import QATConfig
 from quantization.kinds import KINDS
 from quantization.mixed_plans import plan_widths
+from quantization.tasks import task_from_spec
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-HEADS = {
-    "sequence-classification": "ForSequenceClassification",
-    "token-classification": "ForTokenClassification",
-    "question-answering": "ForQuestionAnswering",
-}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model")  # one of them, at least
 
@@ -91,7 +87,7 @@ def check_checkpoint(directory: Path, kind: str) -> dict[str, Any]:
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
         raise AddError(f"{directory}: no tokenizer ({' or '.join(TOKENIZER_FILES)}); save the tokenizer with the model")
     try:
-        check_architecture(config, HEADS[kind])
+        check_architecture(config, task_from_spec(kind, {"kind": kind, "options": {}}).architecture_suffix)
     except UnsupportedArchitectureError as exc:
         raise AddError(f"{config_file}: {exc}") from None
     return config
