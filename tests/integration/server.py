@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,3 +99,13 @@ def start_server(
             time.sleep(0.05)
     server.stop()
     raise TimeoutError(f"server not ready in {ready_timeout} s:\n{log.read_text()}")
+
+
+@contextlib.contextmanager
+def running_server(artifacts: Path, log: Path, **settings: str) -> Iterator[RunningServer]:
+    """`start_server`, stopped when the block ends (a module fixture's whole body)."""
+    server = start_server(artifacts, log, **settings)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -14,7 +14,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.integration.server import RunningServer, start_server
+from tests.integration.server import RunningServer, running_server
 
 VERSIONS = ("fp32", "w8")
 TEXTS = ["a good film", "the movie was very bad", "john smith lives in paris"]
@@ -22,9 +22,8 @@ TEXTS = ["a good film", "the movie was very bad", "john smith lives in paris"]
 
 @pytest.fixture(scope="module")
 def server(tiny_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(tiny_artifacts, tmp_path_factory.mktemp("v2") / "serve.log")
-    yield running
-    running.stop()
+    with running_server(tiny_artifacts, tmp_path_factory.mktemp("v2") / "serve.log") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
