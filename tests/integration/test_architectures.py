@@ -27,15 +27,13 @@ NER_LABELS = TASK_HEADS["ner"][1]
 
 
 def _add(env: dict[str, str], name: str, kind: str, *options: str) -> None:
-    added = subprocess.run(
-        [sys.executable, "-m", "quantization.cli", "add", name, "--kind", kind, *options],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert added.returncode == 0, added.stderr
+    """`qbert add` in this process (the CLI's own entry point; a subprocess per model would import torch each time)."""
+    from quantization.cli.main import main
+
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("QBERT_USER_CATALOG", "QBERT_ARTIFACTS", "QBERT_PLANS"):
+            patch.setenv(key, env[key])
+        assert main(["add", name, "--kind", kind, *options]) == 0
 
 
 @pytest.fixture(scope="module")
