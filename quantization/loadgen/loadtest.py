@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import itertools
 import json
@@ -30,6 +31,7 @@ logger = logging.getLogger("qbert.loadtest")
 JSON_CONTENT = {"content-type": "application/json"}
 
 
+@functools.cache  # request bodies are made per payload: the catalog is read once per name, not per body
 def task_named(name: str) -> Any:
     """The task a served model's name stands for: a built-in one, or a catalog model's (the user's own too)."""
     from quantization.catalog import load_catalog
