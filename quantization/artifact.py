@@ -121,7 +121,7 @@ class ArtifactSource:
     checkpoint_sha256: str
     checkpoint_dir: Path  # local folder holding the config and tokenizer files
     inputs_sha256: str  # hash of everything the build depends on, for `qbert build`
-    task_spec: dict[str, Any] | None = None  # the task's kind and options (`quantization.tasks.task_spec`)
+    task_spec: dict[str, Any] | None = None  # the task's kind and options (`TaskEntry.spec`)
 
 
 def write_artifact(

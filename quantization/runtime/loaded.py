@@ -37,7 +37,7 @@ class LoadedModel:
 
     @property
     def task_spec(self) -> dict[str, Any] | None:
-        """The task's kind and options as built (`quantization.tasks.task_spec`); None in artifacts of a built-in
+        """The task's kind and options as built (`TaskEntry.spec`); None in artifacts of a built-in
         task written before specs were recorded."""
         return self.manifest.get("task_spec")
 

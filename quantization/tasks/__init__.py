@@ -26,20 +26,9 @@ def get_task(name: str) -> Task:
         raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}") from None
 
 
-def task_spec(task: Task) -> dict[str, Any]:
-    """What `task_from_spec` needs to make `task` again (JSON-able)."""
-    options: dict[str, Any] = {}
-    if isinstance(task, SequenceClassificationTask):
-        columns = {"text": task.columns.text, "label": task.columns.label}
-        if task.columns.pair is not None:
-            columns["pair"] = task.columns.pair
-        options = {"columns": columns, "problem_type": task.problem_type}
-    return {"kind": task.kind, "options": options}
-
-
 def task_from_spec(name: str, spec: dict[str, Any] | None) -> Task:
-    """The task served as `name` with `spec` (`task_spec`'s output); a built-in name without a spec is the
-    built-in task. Raises ValueError naming the supported kinds for any other kind."""
+    """The task served as `name` with `spec` (`TaskEntry.spec`, as artifacts record it); a built-in name without a
+    spec is the built-in task. Raises ValueError naming the supported kinds for any other kind."""
     if spec is None:
         return get_task(name)
     kind, options = spec.get("kind"), dict(spec.get("options") or {})
@@ -64,5 +53,4 @@ __all__ = [
     "get_task",
     "pad_features",
     "task_from_spec",
-    "task_spec",
 ]
