@@ -13,11 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from quantization.architectures import UnsupportedArchitectureError, check_architecture
-from quantization.catalog import TaskEntry, load_catalog, read_user_entries
-from quantization.config import QATConfig
-from quantization.kinds import KINDS
+from quantization.catalog import TaskEntry, entry_from_table, load_catalog, read_user_entries
 from quantization.mixed_plans import plan_widths
-from quantization.tasks import task_from_spec
+from quantization.tasks import KINDS, get_kind, task_from_spec
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -35,7 +33,7 @@ class ModelToAdd:
     name: str
     kind: str
     checkpoint: str  # a local folder, or a hub id where a hub is reachable
-    eval_data: Path
+    eval_data: Path | None
     precisions: tuple[str, ...]
     train_data: Path | None = None
     columns: dict[str, str] = field(default_factory=dict)  # sequence classification: text, pair, label
@@ -46,8 +44,8 @@ class ModelToAdd:
             raise AddError(f"name {self.name!r}: use 1-64 lowercase letters, digits, '-' or '_' (it becomes a URL)")
         if self.kind not in KINDS:
             raise AddError(f"kind {self.kind!r}: supported kinds are {', '.join(KINDS)}")
-        if self.columns and self.kind != "sequence-classification":
-            raise AddError("text, pair and label columns apply to the sequence-classification kind only")
+        if self.columns and "columns" not in get_kind(self.kind).options:
+            raise AddError(f"text, pair and label columns do not apply to the {self.kind} kind")
 
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -98,22 +96,13 @@ def labels_of(config: dict[str, Any]) -> list[str]:
     return [str(id2label[key]) for key in sorted(id2label, key=int)]
 
 
-def problem_type_of(config: dict[str, Any]) -> str:
-    """A classifier's problem type as transformers decides it: the config's, else regression for one output."""
-    declared = config.get("problem_type")
-    if declared:
-        return str(declared)
-    return "regression" if len(config.get("id2label") or {}) == 1 else "single_label_classification"
-
-
 def entry_for(model: ModelToAdd) -> dict[str, Any]:
     """The user catalog's table for `model`, once every check passed (raises AddError naming what failed)."""
     folder = local_folder(model.checkpoint)
     config = check_checkpoint(folder, model.kind)
-    options: dict[str, Any] = {}
-    if model.kind == "sequence-classification":
-        options = {"columns": {"text": "sentence", "label": "label", **model.columns}}
-        options["problem_type"] = problem_type_of(config)
+    kind = get_kind(model.kind)
+    chosen = {"columns": model.columns} if model.columns else {}
+    options = kind.entry_options(config, chosen) if kind.entry_options is not None else {}
     catalog = load_catalog()
     if model.name in catalog.tasks and model.name not in read_user_entries():
         raise AddError(f"name {model.name!r} is taken by a catalog model; choose another")
@@ -140,9 +129,10 @@ def entry_for(model: ModelToAdd) -> dict[str, Any]:
         "kind": model.kind,
         # a folder by its absolute path; a hub id as given (loading fetches it where a hub is reachable)
         "checkpoint": str(Path(model.checkpoint).resolve()) if Path(model.checkpoint).is_dir() else model.checkpoint,
-        "data": str(model.eval_data.resolve()),
         "precisions": list(model.precisions),
     }
+    if model.eval_data is not None:
+        table["data"] = str(model.eval_data.resolve())
     if options:
         table["options"] = options
     if model.train_data is not None:
@@ -155,28 +145,14 @@ def entry_for(model: ModelToAdd) -> dict[str, Any]:
 
 
 def _entry(name: str, table: dict[str, Any]) -> TaskEntry:
-    training = table.get("training", {})
     try:
-        QATConfig(**training.get("qat", {}))
-        return TaskEntry(
-            task=name,
-            checkpoint=table["checkpoint"],
-            data=Path(table["data"]),
-            precisions=tuple(table["precisions"]),
-            train_data=Path(training["data"]) if "data" in training else None,
-            qat=dict(training.get("qat", {})),
-            kind=table["kind"],
-            options=table.get("options", {}),
-        )
+        return entry_from_table(name, table)
     except (TypeError, ValueError) as exc:
         raise AddError(str(exc)) from None
 
 
 def _check_data(entry: TaskEntry, labels: list[str]) -> None:
     """The evaluation (and training) files read in the kind's format, with labels the model has."""
-    from quantization.tasks.ner import NERTask
-    from quantization.tasks.sequence_classification import SequenceClassificationTask
-
     task = entry.make_task()
     for path in (entry.data, entry.train_data):
         if path is None:
@@ -188,13 +164,7 @@ def _check_data(entry: TaskEntry, labels: list[str]) -> None:
         if not examples:
             raise AddError(f"{path}: no examples")
         try:
-            if isinstance(task, SequenceClassificationTask):
-                task.check_labels(examples, labels)
-            elif isinstance(task, NERTask):  # entity types, whether the model tags IOB1 or IOB2
-                types = {tag.partition("-")[2] for example in examples for tag in example.gold if tag != "O"}
-                missing = sorted(types - {label.partition("-")[2] for label in labels if label != "O"})
-                if missing:
-                    raise ValueError(f"entity types {missing} are not among the model's labels {labels}")
+            task.check_labels(examples, labels)
         except ValueError as exc:
             raise AddError(f"{path}: {exc}") from None
 

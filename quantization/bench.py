@@ -411,7 +411,7 @@ def calibration_inputs(name: str, checkpoint: Any, catalog: Catalog, vocab_size:
     """NNCF's calibration inputs: sequences of the task's training split (never its evaluation data), or random
     ordinary word pieces for the random bert-base model, which has no task data."""
     from quantization.build import training_set
-    from quantization.tasks.base import collate_training, model_inputs
+    from quantization.feature_tensors import collate_training, model_inputs
 
     count = peers.CALIBRATION_INPUTS
     if name == BERT_BASE:

@@ -234,6 +234,8 @@ def evaluate_artifact(
     task = entry.make_task()
     loaded = load_model(artifact_dir, backend)
     path = data or entry.data
+    if path is None:
+        raise ValueError(f"{entry.task}: no evaluation data in its catalog entry; give one (`qbert eval --data FILE`)")
     options = entry.read_options() if data is None else {}
     examples = task.read_examples(path, **options)
     result = evaluate(loaded, task, examples, batch_size=batch_size, on_batch=on_batch)

@@ -8,8 +8,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from quantization.feature_tensors import model_inputs
 from quantization.gptq import input_hessian_update
-from quantization.tasks.base import model_inputs
 
 
 def input_hessians(

@@ -8,13 +8,10 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from quantization.config import ActivationQuantConfig, PrecisionConfig, QATConfig, WeightQuantConfig
-from quantization.kinds import BUILT_IN_KINDS, KIND_OPTIONS, KINDS
-
-if TYPE_CHECKING:
-    from quantization.tasks import Task
+from quantization.tasks import BUILT_IN_KINDS, KIND_BY_NAME, KINDS, Task, task_from_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +46,7 @@ def artifacts_dir() -> Path:
 class TaskEntry:
     task: str
     checkpoint: str  # a folder name under checkpoints_dir(), a path, or a hub id
-    data: Path
+    data: Path | None  # evaluation data; None: built, served, never evaluated
     precisions: tuple[str, ...]
     articles: tuple[int, int] | None = None
     # The reproduction study (QAT, mixed precision, ablations): built by `qbert build --study`, never by `serve`.
@@ -64,7 +61,8 @@ class TaskEntry:
     def __post_init__(self) -> None:
         if self.kind is not None and self.kind not in KINDS:
             raise ValueError(f"task {self.task!r}: unknown kind {self.kind!r}; supported kinds: {', '.join(KINDS)}")
-        unknown = set(self.options) - KIND_OPTIONS.get(self.kind or "", frozenset())
+        allowed = KIND_BY_NAME[self.kind].options if self.kind is not None else frozenset()
+        unknown = set(self.options) - allowed
         if unknown:
             raise ValueError(f"task {self.task!r}: the {self.kind} kind takes no options {sorted(unknown)}")
 
@@ -77,8 +75,6 @@ class TaskEntry:
         return {"kind": self.kind, "options": self.options}
 
     def make_task(self) -> Task:
-        from quantization.tasks import task_from_spec
-
         return task_from_spec(self.task, self.spec)
 
     def checkpoint_location(self) -> str:
@@ -205,19 +201,25 @@ def load_catalog(path: Path | None = None, user_path: Path | None = None) -> Cat
         missing = [p for p in (*spec["precisions"], *spec.get("study", [])) if p not in precisions]
         if missing:
             raise ValueError(f"{path}: task {name!r} lists undefined precisions {missing}")
-        articles, training = spec.get("articles"), spec.get("training", {})
-        QATConfig(**training.get("qat", {}))  # overrides are checked here, not at the first build
-        tasks[name] = TaskEntry(
-            task=name,
-            checkpoint=spec["checkpoint"],
-            data=data_dir() / spec["data"],
-            precisions=tuple(spec["precisions"]),
-            articles=tuple(articles) if articles else None,
-            study=tuple(p for p in spec.get("study", []) if p not in spec["precisions"]),
-            train_data=data_dir() / training["data"] if "data" in training else None,
-            train_articles=tuple(training["articles"]) if "articles" in training else None,
-            qat=dict(training.get("qat", {})),
-            kind=spec.get("kind"),
-            options=dict(spec.get("options", {})),
-        )
+        tasks[name] = entry_from_table(name, spec)
     return Catalog(tasks, precisions, plans, dict(raw.get("stand_ins", {})))
+
+
+def entry_from_table(name: str, spec: dict[str, Any]) -> TaskEntry:
+    """A `[tasks.NAME]` table as an entry (relative data paths are under `data_dir()`); ValueError or TypeError
+    where a field is wrong."""
+    articles, training = spec.get("articles"), spec.get("training", {})
+    QATConfig(**training.get("qat", {}))  # overrides are checked here, not at the first build
+    return TaskEntry(
+        task=name,
+        checkpoint=spec["checkpoint"],
+        data=data_dir() / spec["data"] if "data" in spec else None,
+        precisions=tuple(spec["precisions"]),
+        articles=tuple(articles) if articles else None,
+        study=tuple(p for p in spec.get("study", []) if p not in spec["precisions"]),
+        train_data=data_dir() / training["data"] if "data" in training else None,
+        train_articles=tuple(training["articles"]) if "articles" in training else None,
+        qat=dict(training.get("qat", {})),
+        kind=spec.get("kind"),
+        options=dict(spec.get("options", {})),
+    )

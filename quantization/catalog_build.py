@@ -123,23 +123,24 @@ def _evaluation(out: Path) -> tuple[dict[str, Any], ...]:
 def _needs(
     catalog: Catalog, entry: TaskEntry, precision: str, out: Path, force: bool, checkpoints: _Checkpoints
 ) -> str | None:
-    """What `out` needs: "build", "evaluate", or None (up to date and evaluated).
+    """What `out` needs: "build", "evaluate", or None (up to date, and evaluated where the entry has evaluation data).
 
     An artifact whose checkpoint is not here (mounted into a container, built elsewhere) is taken as it is.
     """
     from quantization.build import inputs_sha256, is_up_to_date
 
+    unevaluated = "evaluate" if entry.data is not None else None
     location = Path(entry.checkpoint_location())
     if not location.is_dir():
         if (out / "manifest.json").is_file() and not force:
-            return None if _evaluation(out) else "evaluate"
+            return None if _evaluation(out) else unevaluated
         return "build"  # from a hub id, where one is reachable
     expected = inputs_sha256(
         checkpoints.sha256(location), catalog.precision_for(entry.task, precision), entry.task, entry.spec
     )
     if force or not is_up_to_date(out, expected):
         return "build"
-    return None if _evaluation(out) else "evaluate"
+    return None if _evaluation(out) else unevaluated
 
 
 @dataclass
@@ -190,7 +191,7 @@ def _build_job(
         build_artifact(
             checkpoints.get(entry), entry, precision, out, on_step=lambda step, _loss: report.trained(step, steps)
         )
-    if needs is not None:
+    if needs is not None and entry.data is not None:
         report("evaluating")
         evaluate_artifact(out, entry, batch_size=batch_size, on_batch=report.evaluated_more)
     return report("built", accuracy=_evaluation(out), detail="" if needs else "up to date")

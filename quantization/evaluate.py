@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
+from quantization.feature_tensors import pad_features
 from quantization.runtime import LoadedModel
-from quantization.tasks import Example, Feature, Task, pad_features
+from quantization.tasks import Example, Feature, Task
 
 
 def max_length_for(task: Task, loaded: LoadedModel | None = None) -> int:

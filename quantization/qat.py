@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from quantization.config import PrecisionConfig, QATConfig, WeightQuantConfig
+from quantization.feature_tensors import model_inputs
 from quantization.plan import build_plan, needs_calibration
 from quantization.primitives import (
     ACTIVATION_LEVELS,
@@ -37,7 +38,6 @@ from quantization.primitives import (
     rows_of_groups,
     token_scales,
 )
-from quantization.tasks.base import model_inputs
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from quantization.feature_tensors import collate_training
 from quantization.tasks import Example, Feature, Task
-from quantization.tasks.base import collate_training
 
 T = TypeVar("T")
 

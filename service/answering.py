@@ -6,16 +6,16 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from fastapi import Depends, Request
 
+from quantization.tasks import TextToCheck
 from service.errors import InferenceFailedError, InvalidInputError, ServiceError, UnauthorizedError, outcome_of
 from service.json_io import requested_precision
 from service.latency import RecentLatencies
 from service.metrics import ServiceMetrics
-from service.schemas import TextsRequest
 from service.settings import ServiceSettings
 
 
@@ -63,12 +63,31 @@ def check_text(text: str, limit: int, field: str) -> None:
         raise InvalidInputError(f"{field} has {len(text)} characters; at most {limit} are allowed")
 
 
-def check_texts(body: TextsRequest, settings: ServiceSettings) -> None:
-    texts = body.all_texts()
-    if not texts or len(texts) > settings.max_texts:
-        raise InvalidInputError(f"give 1 to {settings.max_texts} texts, got {len(texts)}")
-    for i, text in enumerate(texts):
-        check_text(text, settings.max_text_chars, f"texts[{i}]" if body.texts is not None else "text")
+# Request fields that hold a passage (up to `max_context_chars`) rather than a sentence (`max_text_chars`).
+PASSAGE_FIELDS = frozenset({"context"})
+
+
+def max_chars(settings: ServiceSettings, field: str) -> int:
+    return settings.max_context_chars if field in PASSAGE_FIELDS else settings.max_text_chars
+
+
+def field_limits(settings: ServiceSettings) -> Callable[[str], dict[str, Any]]:
+    """A request field's JSON-schema keywords for what `check_request` enforces: published, so that a request the
+    schema allows is one the service takes (items for lists, length and a non-blank character for texts)."""
+
+    def limits(field: str) -> dict[str, Any]:
+        text = {"minLength": 1, "maxLength": max_chars(settings, field), "pattern": NON_BLANK}
+        return {**text, "minItems": 1, "maxItems": settings.max_texts}
+
+    return limits
+
+
+def check_request(payloads: Sequence[Any], texts: Sequence[TextToCheck], settings: ServiceSettings) -> None:
+    """A request's inputs within the batch limit, and each of its texts not blank and within its field's length."""
+    if not 1 <= len(payloads) <= settings.max_texts:
+        raise InvalidInputError(f"give 1 to {settings.max_texts} texts, got {len(payloads)}")
+    for where, text, field in texts:
+        check_text(text, max_chars(settings, field), where)
 
 
 async def answer(

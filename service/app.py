@@ -7,7 +7,7 @@ finds the artifacts and builds to serve, makes the `Service` and hands it to `bu
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,10 +18,10 @@ from pydantic import BaseModel
 
 from quantization.catalog import Catalog, load_catalog
 from quantization.catalog_build import FINISHED_STATES, BuildEvent, BuildJob, catalog_jobs, serving_order
-from quantization.kinds import BUILT_IN_KINDS
-from service.answering import NON_BLANK, answer, api_key_dependencies, check_text, check_texts
+from quantization.tasks import TASKS, Task
+from service.answering import answer, api_key_dependencies, check_request, field_limits
 from service.builder import CatalogBuilder
-from service.discovery import ModelKind, discover_artifacts, model_kinds
+from service.discovery import discover_artifacts, served_tasks
 from service.errors import (
     InferenceFailedError,
     InvalidInputError,
@@ -46,24 +46,10 @@ from service.pool import Key, WorkerPool
 from service.protocol import ArtifactRef, ItemError, ItemResult
 from service.schemas import (
     BuildProgressEntry,
-    ClassifyRequest,
-    ClassifyResponse,
-    ClassifyResult,
-    ClassResult,
-    EntityResult,
     ErrorResponse,
     LatencyEntry,
     ModelEntry,
     ModelsResponse,
-    NERBatchResponse,
-    NERRequest,
-    NERResponse,
-    NERTextResult,
-    PairClassifyRequest,
-    QARequest,
-    QAResponse,
-    SST2Request,
-    SST2Response,
 )
 from service.settings import ServiceSettings
 from service.v2 import v2_router
@@ -90,11 +76,11 @@ class Service:
         builds: list[BuildJob] | None = None,
         on_build_event: Callable[[BuildEvent], None] | None = None,
         pool_factory: Callable[[ServiceSettings, list[ArtifactRef], ServiceMetrics], WorkerPool] = WorkerPool,
-        kinds: dict[str, ModelKind] | None = None,
+        served: dict[str, Task] | None = None,
     ) -> None:
         self.settings = settings
-        # Each served model's kind (its route's request and response shapes); built-in names need no entry.
-        self.kinds = {name: ModelKind(kind) for name, kind in BUILT_IN_KINDS.items()} | (kinds or {})
+        # Each served model's task (its routes' request and response shapes); built-in names need no entry.
+        self.served: dict[str, Task] = dict(TASKS) | (served or {})
         self.metrics = metrics
         self.builds = builds or []
         self.build_jobs = {job.key: job for job in self.builds}
@@ -249,80 +235,31 @@ def _predict_router(service: Service) -> APIRouter:
     dependencies = api_key_dependencies(service.settings, protects=True)
     router = APIRouter(dependencies=dependencies, responses=_ERRORS, tags=["predict"])
 
-    def predict_route(path: str, body: type[BaseModel], answer: Any, summary: str) -> Callable:
+    def predict_route(path: str, body: type[BaseModel], answer: Any, summary: str, name: str) -> Callable:
         """A POST route that reads `body` itself (see `service.json_io`) and answers `answer` (a model or a union)."""
-        return router.post(path, response_model=answer, summary=summary, openapi_extra=openapi_inputs(body))
+        return router.post(path, response_model=answer, summary=summary, openapi_extra=openapi_inputs(body), name=name)
 
-    @predict_route("/predict/sst2", SST2Request, SST2Response, "Sentiment of one or more sentences")
-    async def predict_sst2(request: Request) -> Response:
-        body = await read_body(request, SST2Request)
-        texts = body.all_texts()
-        answered_by, values = await answer(service, "sst2", request, lambda: check_texts(body, service.settings), texts)
-        results = [ClassResult(label=v.label, score=v.score, scores=v.scores) for v in values]
-        return json_response(SST2Response(**answered_by, results=results))
+    def model_route(task: Task) -> None:
+        """POST task.route: its kind's request read and checked, run through the pool, its kind's response."""
+        body_model = task.request_model()
 
-    async def tag_entities(name: str, request: Request) -> Response:
-        body = await read_body(request, NERRequest)
-        texts = body.all_texts()
-        answered_by, values = await answer(service, name, request, lambda: check_texts(body, service.settings), texts)
-        found = [[EntityResult.model_validate(e, from_attributes=True) for e in value.entities] for value in values]
-        if body.text is not None:
-            return json_response(NERResponse(**answered_by, entities=found[0]))
-        return json_response(
-            NERBatchResponse(**answered_by, results=[NERTextResult(entities=entities) for entities in found])
-        )
+        async def predict(request: Request) -> Response:
+            body = await read_body(request, body_model)
+            payloads = task.request_payloads(body)
 
-    async def answer_question(name: str, request: Request) -> Response:
-        body = await read_body(request, QARequest)
+            def check() -> None:
+                check_request(payloads, task.request_texts(body), service.settings)
 
-        def check() -> None:
-            check_text(body.question, service.settings.max_text_chars, "question")
-            check_text(body.context, service.settings.max_context_chars, "context")
+            answered_by, values = await answer(service, task.name, request, check, payloads)
+            return json_response(task.response(answered_by, body, values))
 
-        payload = [(body.question, body.context)]
-        answered_by, (value,) = await answer(service, name, request, check, payload)
-        return json_response(
-            QAResponse(**answered_by, answer=value.answer, start=value.start, end=value.end, score=value.score)
-        )
+        operation = f"predict_{task.name}"  # the OpenAPI operationId's stem: stable per model, not per kind
+        predict_route(task.route, body_model, task.response_model(), task.summary, operation)(predict)
 
-    async def classify(name: str, kind: ModelKind, request: Request) -> Response:
-        body = await read_body(request, PairClassifyRequest if kind.reads_pairs else ClassifyRequest)
-        texts, pairs = body.all_texts(), body.all_pairs()
-
-        def check() -> None:
-            check_texts(body, service.settings)
-            for i, pair in enumerate(pairs or []):
-                check_text(pair, service.settings.max_text_chars, f"text_pairs[{i}]" if body.texts else "text_pair")
-
-        seconds: list[str | None] = list(pairs) if pairs is not None else [None] * len(texts)
-        payloads = [
-            {"text": text, "text_pair": pair, "truncation": body.truncation}
-            for text, pair in zip(texts, seconds, strict=True)
-        ]
-        answered_by, values = await answer(service, name, request, check, payloads)
-        results = [
-            ClassifyResult(
-                label=v.label,
-                score=v.score,
-                scores=v.scores,
-                labels=list(v.labels) if v.labels or kind.multi_label else None,
-                truncated=v.truncated,
-            )
-            for v in values
-        ]
-        return json_response(ClassifyResponse(**answered_by, results=results))
-
-    @predict_route("/predict/ner", NERRequest, NERResponse | NERBatchResponse, "Named entities with character offsets")
-    async def predict_ner(request: Request) -> Response:
-        return await tag_entities("ner", request)
-
-    @predict_route("/qa", QARequest, QAResponse, "Extractive answer span from a context")
-    async def qa(request: Request) -> Response:
-        return await answer_question("qa", request)
-
-    # Each served model of the user's own gets its own documented route, with its kind's request and response.
-    for name in sorted(set(service.kinds) - set(BUILT_IN_KINDS)):
-        _user_model_route(predict_route, name, service.kinds[name], classify, tag_entities, answer_question)
+    # The built-in routes always exist (a model not served answers 404 naming those that are); each model of the
+    # user's own gets its own documented route, with its kind's request and response.
+    for name in [*TASKS, *sorted(set(service.served) - set(TASKS))]:
+        model_route(service.served[name])
 
     @router.post("/predict/{name}", include_in_schema=False)
     async def unknown_model(name: str) -> None:
@@ -338,39 +275,6 @@ def _predict_router(service: Service) -> APIRouter:
         )
 
     return router
-
-
-def _user_model_route(
-    predict_route: Callable[..., Callable],
-    name: str,
-    kind: ModelKind,
-    classify: Callable[[str, ModelKind, Request], Awaitable[Response]],
-    tag_entities: Callable[[str, Request], Awaitable[Response]],
-    answer_question: Callable[[str, Request], Awaitable[Response]],
-) -> None:
-    """POST /predict/NAME for one of the user's models, documented with its kind's shapes."""
-    path = f"/predict/{name}"
-    if kind.kind == "sequence-classification":
-        what = "pairs of texts" if kind.reads_pairs else "texts"
-        summary = f"{name}: classify {what}" + (" (multi-label)" if kind.multi_label else "")
-
-        async def classify_route(request: Request) -> Response:
-            return await classify(name, kind, request)
-
-        body = PairClassifyRequest if kind.reads_pairs else ClassifyRequest
-        predict_route(path, body, ClassifyResponse, summary)(classify_route)
-    elif kind.kind == "token-classification":
-
-        async def tag_route(request: Request) -> Response:
-            return await tag_entities(name, request)
-
-        predict_route(path, NERRequest, NERResponse | NERBatchResponse, f"{name}: entities")(tag_route)
-    else:
-
-        async def qa_route(request: Request) -> Response:
-            return await answer_question(name, request)
-
-        predict_route(path, QARequest, QAResponse, f"{name}: answer span from a context")(qa_route)
 
 
 def _model_entry(service: Service, key: Key) -> ModelEntry:
@@ -453,7 +357,7 @@ def _ops_router(service: Service) -> APIRouter:
     return router
 
 
-def _catalog_if_present() -> Catalog | None:
+def catalog_if_present() -> Catalog | None:
     try:
         return load_catalog()
     except FileNotFoundError:  # an image or folder without the catalog serves whatever is there
@@ -476,7 +380,7 @@ def create_app(
     builder process that builds missing or stale catalog artifacts (each `BuildEvent` also goes to
     `on_build_event`: a progress display); both stop with it."""
     settings = settings or ServiceSettings()
-    catalog = _catalog_if_present()
+    catalog = catalog_if_present()
     stand_ins = catalog.stand_ins if catalog else {}
     artifacts = discover_artifacts(
         settings.artifacts, settings.tasks, settings.precisions, study_precisions(catalog), stand_ins
@@ -489,8 +393,8 @@ def create_app(
         builds = serving_order(jobs, settings.default_precision, slow)
     if not artifacts and not builds:
         raise ValueError(f"no artifacts under {settings.artifacts} for tasks {settings.tasks}; run `qbert build`")
-    kinds = model_kinds(settings.tasks, catalog, artifacts)
-    return build_app(Service(settings, artifacts, ServiceMetrics(), builds, on_build_event, kinds=kinds))
+    served = served_tasks(settings.tasks, catalog, artifacts)
+    return build_app(Service(settings, artifacts, ServiceMetrics(), builds, on_build_event, served=served))
 
 
 def build_app(service: Service) -> FastAPI:
@@ -521,21 +425,6 @@ def build_app(service: Service) -> FastAPI:
     app.include_router(_ops_router(service))
     app.include_router(v2_router(service))
     app.include_router(playground_router())
-    settings = service.settings
-    text = {"minLength": 1, "maxLength": settings.max_text_chars, "pattern": NON_BLANK}  # not blank, as `check_text`
-    texts = {**text, "minItems": 1, "maxItems": settings.max_texts}
-    limits = {
-        "text": text,
-        "texts": texts,
-        "text_pair": text,
-        "text_pairs": texts,
-        "question": text,
-        "context": {**text, "maxLength": settings.max_context_chars},
-    }
-    own = [kind for name, kind in service.kinds.items() if name not in BUILT_IN_KINDS]
-    classifiers = {kind.reads_pairs for kind in own if kind.kind == "sequence-classification"}
-    bodies: list[type[BaseModel]] = [SST2Request, NERRequest, QARequest]
-    bodies += [ClassifyRequest] if False in classifiers else []
-    bodies += [PairClassifyRequest] if True in classifiers else []
-    document_request_models(app, bodies, limits)
+    bodies = list(dict.fromkeys(task.request_model() for task in (TASKS | service.served).values()))
+    document_request_models(app, bodies, field_limits(service.settings))
     return app

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from quantization.artifact_files import MANIFEST
 from quantization.catalog import Catalog
-from quantization.kinds import BUILT_IN_KINDS
+from quantization.tasks import TASKS, Task, task_from_spec
 from service.protocol import ArtifactRef
 
 logger = logging.getLogger("qbert.service")
@@ -50,20 +49,10 @@ def discover_artifacts(
     return refs
 
 
-@dataclass(frozen=True)
-class ModelKind:
-    """What the API needs to know of a served model's task to route and check its requests."""
-
-    kind: str  # one of quantization.kinds.KINDS
-    reads_pairs: bool = False  # a sequence classifier of text pairs (NLI, paraphrase, similarity)
-    multi_label: bool = False  # a sequence classifier that applies every label over its threshold
-    regression: bool = False  # a sequence classifier with one output, a score
-
-
-def model_kinds(tasks: list[str], catalog: Catalog | None, refs: list[ArtifactRef]) -> dict[str, ModelKind]:
-    """Each served model's kind: from its catalog entry, else from one of its artifacts' manifests (an artifact
-    folder served without the catalog), else the built-in name's."""
-    kinds: dict[str, ModelKind] = {}
+def served_tasks(tasks: list[str], catalog: Catalog | None, refs: list[ArtifactRef]) -> dict[str, Task]:
+    """Each served model's task (its routes' shapes come from it): from its catalog entry, else from one of its
+    artifacts' manifests (an artifact folder served without the catalog), else the built-in name's."""
+    served: dict[str, Task] = {}
     for task in tasks:
         spec: dict[str, Any] | None = None
         if catalog is not None and task in catalog.tasks:
@@ -72,16 +61,7 @@ def model_kinds(tasks: list[str], catalog: Catalog | None, refs: list[ArtifactRe
             path = next((ref.path for ref in refs if ref.task == task), None)
             if path is not None:
                 spec = json.loads((path / MANIFEST).read_text()).get("task_spec")
-        if spec is None:
-            if task not in BUILT_IN_KINDS:
-                raise ValueError(f"{task}: neither the catalog nor an artifact says what kind of task it is")
-            kinds[task] = ModelKind(BUILT_IN_KINDS[task])
-        else:
-            options = spec.get("options") or {}
-            kinds[task] = ModelKind(
-                spec["kind"],
-                reads_pairs=bool((options.get("columns") or {}).get("pair")),
-                multi_label=options.get("problem_type") == "multi_label_classification",
-                regression=options.get("problem_type") == "regression",
-            )
-    return kinds
+        if spec is None and task not in TASKS:
+            raise ValueError(f"{task}: neither the catalog nor an artifact says what kind of task it is")
+        served[task] = task_from_spec(task, spec)
+    return served

@@ -9,6 +9,7 @@ model straight to bytes; the OpenAPI schema still describes the same body, param
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -67,12 +68,13 @@ def openapi_inputs(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def document_request_models(
-    app: FastAPI, models: list[type[BaseModel]], limits: dict[str, dict[str, Any]] | None = None
+    app: FastAPI, models: list[type[BaseModel]], limits: Callable[[str], dict[str, Any]] | None = None
 ) -> None:
     """Add the bodies that routes read themselves to the OpenAPI components, where `openapi_inputs` points.
 
-    `limits`: per property name, the JSON-schema keywords the service enforces on its strings (length, a non-blank
-    character) or lists (item count), published so that a request the schema allows is one the service takes."""
+    `limits`: per property name, the JSON-schema keywords the service enforces on its free-text strings (length, a
+    non-blank character) or lists of them (item count), published so that a request the schema allows is one the
+    service takes."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -81,7 +83,7 @@ def document_request_models(
             for model in models:
                 schema = model.model_json_schema(ref_template=_SCHEMA_REF)
                 for name, prop in schema.get("properties", {}).items():
-                    _constrain(prop, (limits or {}).get(name, {}))
+                    _constrain(prop, limits(name) if limits is not None else {})
                 schemas[model.__name__] = schema
         return app.openapi_schema or {}
 
@@ -93,7 +95,7 @@ def _constrain(prop: dict[str, Any], keywords: dict[str, Any]) -> None:
     if prop.get("type") == "array":
         prop.update({k: v for k, v in keywords.items() if k in ("minItems", "maxItems")})
         _constrain(prop.setdefault("items", {}), keywords)
-    elif prop.get("type") == "string":
+    elif prop.get("type") == "string" and "enum" not in prop:  # a choice among names is no free text
         prop.update({k: v for k, v in keywords.items() if k not in ("minItems", "maxItems")})
 
 

@@ -6,24 +6,20 @@ protocol's shape, `{"error": "..."}` (`service.errors`)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from service.answering import Answering, answer, api_key_dependencies, check_text
-from service.discovery import ModelKind
+from quantization.tasks import Task
+from service.answering import Answering, answer, api_key_dependencies, check_text, max_chars
 from service.errors import InvalidInputError, UnknownPrecisionError, UnknownTaskError
 from service.pool import WorkerPool
 from service.v2_codec import (
     BINARY_CONTENT_TYPE,
     INFER_HEADER,
-    InferRequest,
     V2InputError,
     encode_infer_response,
-    kind_inputs,
-    kind_outputs,
     parse_infer_request,
 )
 
@@ -31,7 +27,7 @@ from service.v2_codec import (
 class Service(Answering, Protocol):
     """What the V2 routes need of the service (`service.app.Service`)."""
 
-    kinds: dict[str, ModelKind]
+    served: dict[str, Task]
     pool: WorkerPool
 
     def tasks(self) -> list[str]: ...
@@ -53,36 +49,6 @@ def _labels(service: Service, name: str) -> list[str]:
     return []
 
 
-def _payloads(name: str, kind: ModelKind, request: InferRequest) -> list[Any]:
-    inputs = request.inputs
-    if kind.kind == "question-answering":
-        return list(zip(inputs["question"], inputs["context"], strict=True))
-    if kind.kind == "token-classification" or name == "sst2":
-        return list(inputs["text"])  # the task routes' own payloads: SST-2 keeps refusing long texts
-    pairs: list[str | None] = list(inputs["text_pair"]) if "text_pair" in inputs else [None] * len(inputs["text"])
-    return [{"text": t, "text_pair": p, "truncation": "truncate"} for t, p in zip(inputs["text"], pairs, strict=True)]
-
-
-def _columns(kind: ModelKind, labels: list[str], values: list[Any]) -> dict[str, list[Any]]:
-    if kind.kind == "question-answering":
-        return {
-            "answer": [v.answer for v in values],
-            "start": [v.start for v in values],
-            "end": [v.end for v in values],
-            "score": [v.score for v in values],
-        }
-    if kind.kind == "token-classification":
-        fields = ("type", "text", "start", "end", "score")
-        return {"entities": [json.dumps([{f: getattr(e, f) for f in fields} for e in v.entities]) for v in values]}
-    order = labels or list(values[0].scores)
-    return {
-        "label": [v.label or "" for v in values],
-        "score": [v.score for v in values],
-        "scores": [[v.scores.get(label, 0.0) for label in order] for v in values],
-        "labels": [json.dumps(list(v.labels)) for v in values],
-    }
-
-
 def v2_router(service: Service) -> APIRouter:
     # Out of our OpenAPI document: the protocol has its own specification (KServe's Open Inference Protocol), which
     # its clients (tritonclient, KServe's) follow; our schema-driven contract test covers our own routes.
@@ -90,11 +56,11 @@ def v2_router(service: Service) -> APIRouter:
     ops = api_key_dependencies(service.settings, protects=service.settings.api_key_protects_ops)
     guarded = api_key_dependencies(service.settings, protects=True)
 
-    def kind_of(name: str) -> ModelKind:
-        kind = service.kinds.get(name) if name in service.tasks() else None
-        if kind is None:
+    def task_of(name: str) -> Task:
+        task = service.served.get(name) if name in service.tasks() else None
+        if task is None:
             raise UnknownTaskError(f"no model {name!r}; available: {', '.join(service.tasks())}")
-        return kind
+        return task
 
     def check_version(name: str, version: str | None) -> str:
         chosen = version or service.settings.default_precision
@@ -117,18 +83,17 @@ def v2_router(service: Service) -> APIRouter:
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
     def metadata(name: str, version: str | None) -> dict[str, Any]:
-        kind = kind_of(name)
+        task = task_of(name)
         if version is not None:
             check_version(name, version)
         labels = _labels(service, name)
-        outputs = kind_outputs(kind.kind, len(labels) or -1, kind.multi_label, kind.regression)
         return {
             "name": name,
             "versions": service.precisions_of(name),
             "platform": "qbert",
-            "inputs": [spec.metadata() for spec in kind_inputs(kind.kind, kind.reads_pairs)],
-            "outputs": [spec.metadata() for spec in outputs],
-            "parameters": {"kind": kind.kind, "labels": labels, "default_version": service.settings.default_precision},
+            "inputs": [spec.metadata() for spec in task.v2_inputs()],
+            "outputs": [spec.metadata() for spec in task.v2_outputs(len(labels) or -1)],
+            "parameters": {"kind": task.kind, "labels": labels, "default_version": service.settings.default_precision},
         }
 
     @router.get("/models/{name}", dependencies=guarded, summary="Model metadata: inputs, outputs, versions")
@@ -140,7 +105,7 @@ def v2_router(service: Service) -> APIRouter:
         return metadata(name, version) | {"versions": [version]}
 
     def readiness(name: str, version: str | None) -> JSONResponse:
-        kind_of(name)
+        task_of(name)
         chosen = check_version(name, version)
         is_ready = service.pool.serves((name, chosen))
         return JSONResponse({"name": name, "version": chosen, "ready": is_ready}, status_code=200 if is_ready else 503)
@@ -154,34 +119,28 @@ def v2_router(service: Service) -> APIRouter:
         return readiness(name, version)
 
     async def infer(name: str, version: str | None, request: Request) -> Response:
-        kind = kind_of(name)
+        task = task_of(name)
         header = request.headers.get(INFER_HEADER)
         try:
             parsed = parse_infer_request(
-                await request.body(),
-                int(header) if header is not None else None,
-                kind_inputs(kind.kind, kind.reads_pairs),
+                await request.body(), int(header) if header is not None else None, task.v2_inputs()
             )
         except (V2InputError, ValueError) as exc:
             raise InvalidInputError(str(exc)) from None
-        payloads = _payloads(name, kind, parsed)
+        payloads = task.v2_payloads(parsed.inputs)
 
         def check() -> None:
             if len(payloads) > service.settings.max_texts:
                 raise InvalidInputError(f"a batch of {len(payloads)}; at most {service.settings.max_texts} per request")
             for input_name, rows in parsed.inputs.items():
-                limit = (
-                    service.settings.max_context_chars if input_name == "context" else service.settings.max_text_chars
-                )
                 for row, text in enumerate(rows):
-                    check_text(text, limit, f"{input_name}[{row}]")
+                    check_text(text, max_chars(service.settings, input_name), f"{input_name}[{row}]")
 
         answered_by, values = await answer(service, name, request, check, payloads, version=version)
         labels = _labels(service, name)
-        specs = kind_outputs(kind.kind, len(labels), kind.multi_label, kind.regression)
         try:
             content, json_length = encode_infer_response(
-                name, answered_by["precision"], parsed, specs, _columns(kind, labels, values)
+                name, answered_by["precision"], parsed, task.v2_outputs(len(labels)), task.v2_columns(labels, values)
             )
         except V2InputError as exc:
             raise InvalidInputError(str(exc)) from None

@@ -4,8 +4,8 @@ A request is JSON, optionally followed by binary tensor data (the binary data ex
 default: the `Inference-Header-Content-Length` header gives the JSON's length, and each binary input says its
 `binary_data_size`). BYTES elements in binary are each a 4-byte little-endian length and the bytes.
 
-Each kind's inputs and outputs (`kind_inputs`, `kind_outputs`) are named once here: the metadata route, the request
-reader and the response writer all read them.
+Each kind's inputs and outputs are its task's (`Task.v2_inputs`, `Task.v2_outputs`): the metadata route, the request
+reader and the response writer all read them there.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from quantization.tasks import TensorSpec
+
 INFER_HEADER = "inference-header-content-length"
 BINARY_CONTENT_TYPE = "application/octet-stream"
 
@@ -25,50 +27,10 @@ class V2InputError(ValueError):
 
 
 @dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]  # -1: any size (the batch)
-
-    def metadata(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
-
-
-@dataclass(frozen=True)
 class InferRequest:
     inputs: dict[str, list[str]]  # BYTES inputs by name, each one string per batch row
     outputs: dict[str, bool] = field(default_factory=dict)  # requested outputs -> binary; empty: every output, JSON
     id: str | None = None
-
-
-def kind_inputs(kind: str, reads_pairs: bool = False) -> list[TensorSpec]:
-    """The BYTES inputs a kind reads, batched along the first dimension."""
-    if kind == "question-answering":
-        return [TensorSpec("question", "BYTES", (-1,)), TensorSpec("context", "BYTES", (-1,))]
-    names = ["text", "text_pair"] if reads_pairs else ["text"]
-    return [TensorSpec(name, "BYTES", (-1,)) for name in names]
-
-
-def kind_outputs(kind: str, labels: int, multi_label: bool = False, regression: bool = False) -> list[TensorSpec]:
-    if kind == "question-answering":
-        return [
-            TensorSpec("answer", "BYTES", (-1,)),
-            TensorSpec("start", "INT64", (-1,)),
-            TensorSpec("end", "INT64", (-1,)),
-            TensorSpec("score", "FP32", (-1,)),
-        ]
-    if kind == "token-classification":
-        return [TensorSpec("entities", "BYTES", (-1,))]  # each row: a JSON array of {type, text, start, end, score}
-    if regression:
-        return [TensorSpec("score", "FP32", (-1,))]
-    outputs = [
-        TensorSpec("label", "BYTES", (-1,)),
-        TensorSpec("score", "FP32", (-1,)),
-        TensorSpec("scores", "FP32", (-1, labels)),  # in the order of the metadata's `labels` parameter
-    ]
-    if multi_label:
-        outputs.append(TensorSpec("labels", "BYTES", (-1,)))  # each row: a JSON array of the labels that apply
-    return outputs
 
 
 def _bytes_elements(blob: bytes, name: str) -> list[bytes]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from quantization.cli.output import emit
-from quantization.kinds import KINDS
+from quantization.tasks import KINDS
 
 logger = logging.getLogger("qbert")
 
@@ -29,7 +29,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             name=args.name,
             kind=args.kind,
             checkpoint=args.checkpoint,
-            eval_data=Path(args.eval_data),
+            eval_data=Path(args.eval_data) if args.eval_data else None,
             precisions=tuple(args.precisions.split(",")) if args.precisions else DEFAULT_PRECISIONS,
             train_data=Path(args.train_data) if args.train_data else None,
             columns=columns,
@@ -67,7 +67,11 @@ def register(sub: Any) -> None:
         required=True,
         help="a Hugging Face folder (config, weights, tokenizer), or a hub id where a hub is reachable",
     )
-    p.add_argument("--eval-data", required=True, help="GLUE-style TSV, CoNLL IOB file or SQuAD JSON, by kind")
+    p.add_argument(
+        "--eval-data",
+        help="GLUE-style TSV, CoNLL IOB file or SQuAD JSON, by kind: each precision's accuracy is measured on it "
+        "(without it, none is, and `/models` shows no accuracy)",
+    )
     p.add_argument("--train-data", help="the same format; GPTQ calibration and QAT read it, never the eval data")
     p.add_argument("--precisions", help=f"comma-separated (default: {','.join(DEFAULT_PRECISIONS)})")
     p.add_argument("--text-column", help="sequence classification: the TSV's text column (default: sentence)")

@@ -62,6 +62,8 @@ def sample_payloads(task: str, limit: int = 256) -> list[Any]:
     kind = task_named(task)
     try:
         entry = load_catalog().task(task)
+        if entry.data is None:
+            return list(kind.samples)
         examples = kind.read_examples(entry.data, **entry.read_options())[:limit]
     except (OSError, ValueError) as exc:
         logger.warning("%s: using built-in samples (%s)", task, exc)

@@ -1,21 +1,39 @@
-"""Task kinds and the tasks served: data reading, pre/post-processing and metrics, shared by eval and the service.
+"""Task kinds and the tasks served: data reading, pre/post-processing, metrics and HTTP shapes, shared by eval and
+the service.
 
 A served model's task is its catalog name plus a *spec*: the kind and the kind's options (a classifier's TSV
 columns and problem type). The spec travels in each artifact's manifest, so a worker serves any artifact without the
-catalog. The three built-in names keep their kinds and defaults.
+catalog. The built-in names keep their kinds and defaults.
+
+The kinds are this package's modules that define `KIND`: found here, so that adding a kind is adding its module.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
-from quantization.kinds import KINDS
-from quantization.tasks.base import Example, Feature, Task, pad_features
-from quantization.tasks.ner import NERTask
-from quantization.tasks.qa import QATask
-from quantization.tasks.sequence_classification import Columns, SequenceClassificationTask, sst2
+from quantization.tasks.base import Example, Feature, Kind, Task, TensorSpec, TextToCheck
 
-TASKS: dict[str, Task] = {task.name: task for task in (sst2(), NERTask(), QATask())}
+
+def _discover_kinds() -> dict[str, Kind]:
+    found: dict[str, Kind] = {}
+    for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        kind = getattr(importlib.import_module(f"{__name__}.{module_info.name}"), "KIND", None)
+        if isinstance(kind, Kind):
+            if kind.name in found:
+                raise RuntimeError(f"two modules declare the kind {kind.name!r}")
+            found[kind.name] = kind
+    return dict(sorted(found.items()))
+
+
+KIND_BY_NAME: dict[str, Kind] = _discover_kinds()
+KINDS: tuple[str, ...] = tuple(KIND_BY_NAME)
+TASKS: dict[str, Task] = {
+    task.name: task for kind in KIND_BY_NAME.values() for task in (make() for make in kind.built_in)
+}
+BUILT_IN_KINDS: dict[str, str] = {name: task.kind for name, task in TASKS.items()}
 
 
 def get_task(name: str) -> Task:
@@ -26,31 +44,38 @@ def get_task(name: str) -> Task:
         raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}") from None
 
 
+def get_kind(name: str) -> Kind:
+    """A kind by name; ValueError naming the supported kinds otherwise."""
+    try:
+        return KIND_BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown kind {name!r}; supported kinds: {', '.join(KINDS)}") from None
+
+
 def task_from_spec(name: str, spec: dict[str, Any] | None) -> Task:
     """The task served as `name` with `spec` (`TaskEntry.spec`, as artifacts record it); a built-in name without a
     spec is the built-in task. Raises ValueError naming the supported kinds for any other kind."""
     if spec is None:
         return get_task(name)
-    kind, options = spec.get("kind"), dict(spec.get("options") or {})
-    if kind == "sequence-classification":
-        columns = Columns(**options.pop("columns", {}))
-        return SequenceClassificationTask(name, columns, **options)
-    if options:
-        raise ValueError(f"task {name!r}: the {kind} kind takes no options, got {sorted(options)}")
-    if kind == "token-classification":
-        return NERTask(name)
-    if kind == "question-answering":
-        return QATask(name)
-    raise ValueError(f"task {name!r}: unknown kind {kind!r}; supported kinds: {', '.join(KINDS)}")
+    try:
+        kind = get_kind(spec.get("kind", ""))
+    except ValueError as exc:
+        raise ValueError(f"task {name!r}: {exc}") from None
+    return kind.make_task(name, dict(spec.get("options") or {}))
 
 
 __all__ = [
+    "BUILT_IN_KINDS",
     "KINDS",
+    "KIND_BY_NAME",
     "TASKS",
     "Example",
     "Feature",
+    "Kind",
     "Task",
+    "TensorSpec",
+    "TextToCheck",
+    "get_kind",
     "get_task",
-    "pad_features",
     "task_from_spec",
 ]

@@ -3,17 +3,22 @@
 A task turns one input into one or more model features (`preprocess`), and the model's outputs
 for those features back into one prediction (`postprocess`). Evaluation and serving call the
 same two functions, so a served answer equals the evaluated answer for the same input.
+
+Each kind of task is one module of this package that defines `KIND` (a `Kind`): the service, the catalog, `qbert
+add`, evaluation and the load test read a kind's facts from its task, never from its name. The modules import torch
+only inside the functions that compute with it, so the API process (which reads the HTTP shapes and unpickles the
+predictions) never loads it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
-import torch
+from pydantic import BaseModel
 
 InputT = TypeVar("InputT")
 PredictionT = TypeVar("PredictionT")
@@ -39,18 +44,36 @@ class Example(Generic[InputT]):
     gold: Any
 
 
-def pad_features(features: Sequence[Feature], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
-    """Pad to the longest feature of the batch (never to the model's maximum)."""
-    longest = max(len(f) for f in features)
-    input_ids = torch.full((len(features), longest), pad_token_id, dtype=torch.long)
-    token_type_ids = torch.zeros((len(features), longest), dtype=torch.long)
-    attention_mask = torch.zeros((len(features), longest), dtype=torch.long)
-    for row, feature in enumerate(features):
-        n = len(feature)
-        input_ids[row, :n] = torch.tensor(feature.input_ids)
-        token_type_ids[row, :n] = torch.tensor(feature.token_type_ids)
-        attention_mask[row, :n] = 1
-    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+@dataclass(frozen=True)
+class TensorSpec:
+    """A V2 (Open Inference Protocol) input or output tensor."""
+
+    name: str
+    datatype: str  # "BYTES", "FP32", "INT64"
+    shape: tuple[int, ...]  # -1: any size (the batch)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+class TextToCheck(NamedTuple):
+    """A text of a request that the service checks (not blank, within its field's length limit) before running."""
+
+    where: str  # how an error names it: `text`, `texts[3]`, `context`
+    text: str
+    field: str  # the request schema's field, whose limits apply
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of task, as its module declares it (`KIND`)."""
+
+    name: str  # e.g. "sequence-classification"
+    make_task: Callable[[str, dict[str, Any]], Task]  # (model name, catalog options) -> its task
+    options: frozenset[str] = frozenset()  # what a catalog entry's `options` table may set
+    # (checkpoint config, options a user chose) -> the entry's options (e.g. a classifier's problem type from config)
+    entry_options: Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]] | None = None
+    built_in: tuple[Callable[[], Task], ...] = ()  # the tasks served by name without a kind in the catalog
 
 
 class Task(ABC, Generic[InputT, PredictionT]):
@@ -62,7 +85,7 @@ class Task(ABC, Generic[InputT, PredictionT]):
     """
 
     name: str
-    kind: str  # "sequence-classification", "token-classification" or "question-answering"
+    kind: str  # its `Kind`'s name
     metrics: tuple[str, ...]
     primary_metric: str  # the one metric reports and accuracy targets use
     architecture_suffix: str  # e.g. "ForSequenceClassification"
@@ -90,6 +113,56 @@ class Task(ABC, Generic[InputT, PredictionT]):
     def refuses_long_input(self, payload: Any) -> bool:
         """Whether an input longer than the model's window is refused (422) rather than cut to it."""
         return True
+
+    # ----- the HTTP API: `POST route`'s schemas and codec (the service knows nothing else of a kind) -------------
+
+    @property
+    def summary(self) -> str:
+        """The route's one-line description in the API's documentation."""
+        return f"{self.name}: predict"
+
+    @abstractmethod
+    def request_model(self) -> type[BaseModel]:
+        """The route's request body."""
+
+    @abstractmethod
+    def response_model(self) -> Any:
+        """The route's response: a model, or a union of models."""
+
+    @abstractmethod
+    def request_payloads(self, body: Any) -> list[Any]:
+        """The payloads (one per input, each for `input_from_payload`) of a validated request body."""
+
+    @abstractmethod
+    def request_texts(self, body: Any) -> list[TextToCheck]:
+        """Every text of the body, for the service's blank and length checks."""
+
+    @abstractmethod
+    def response(self, answered_by: dict[str, str], body: Any, predictions: Sequence[PredictionT]) -> BaseModel:
+        """The route's answer: `answered_by` (task, precision, model) and the body's predictions, in order."""
+
+    # ----- the V2 (Open Inference) protocol: BYTES inputs batched along the first dimension ---------------------
+
+    @abstractmethod
+    def v2_inputs(self) -> list[TensorSpec]:
+        """The BYTES tensors a V2 inference request carries."""
+
+    @abstractmethod
+    def v2_outputs(self, labels: int) -> list[TensorSpec]:
+        """The tensors a V2 response carries, for a model with `labels` labels (-1: not known yet)."""
+
+    @abstractmethod
+    def v2_payloads(self, inputs: dict[str, list[str]]) -> list[Any]:
+        """One payload per batch row, from the request's inputs by name (checked against `v2_inputs`)."""
+
+    @abstractmethod
+    def v2_columns(self, labels: list[str], predictions: Sequence[PredictionT]) -> dict[str, list[Any]]:
+        """Each output tensor's rows."""
+
+    # ----- data, features and outputs ---------------------------------------------------------------------------
+
+    def check_labels(self, examples: Sequence[Example[InputT]], labels: Sequence[str]) -> None:
+        """Raise ValueError naming the first gold answer that the model's `labels` cannot give (`qbert add`)."""
 
     @abstractmethod
     def read_examples(self, path: Path) -> list[Example[InputT]]:
@@ -135,27 +208,3 @@ class Task(ABC, Generic[InputT, PredictionT]):
 
 
 IGNORE_INDEX = -100  # positions no loss is taken on (transformers' convention)
-MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
-
-
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A training batch without its targets: what a forward pass that computes no loss takes."""
-    return {key: batch[key] for key in MODEL_INPUTS if key in batch}
-
-
-def collate_training(features: Sequence[Feature], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
-    """Padded model inputs plus the targets of `training_features`, per-token targets padded with -100."""
-    batch = pad_features(features, pad_token_id)
-    longest = batch["input_ids"].shape[1]
-    for key in features[0].meta["targets"]:
-        values = [f.meta["targets"][key] for f in features]
-        if isinstance(values[0], tuple | float):  # a vector per sequence (multi-label) or a regression target
-            batch[key] = torch.tensor(values, dtype=torch.float32)
-        elif isinstance(values[0], list):
-            padded = torch.full((len(values), longest), IGNORE_INDEX, dtype=torch.long)
-            for row, value in enumerate(values):
-                padded[row, : len(value)] = torch.tensor(value, dtype=torch.long)
-            batch[key] = padded
-        else:
-            batch[key] = torch.tensor(values, dtype=torch.long)
-    return batch

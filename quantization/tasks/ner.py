@@ -6,15 +6,17 @@ entity, exactly as seqeval scores it.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+from pydantic import BaseModel, ConfigDict, Field
 
-from quantization.tasks.base import IGNORE_INDEX, Example, Feature, Task
+from quantization.tasks.base import IGNORE_INDEX, Example, Feature, Kind, Task, TensorSpec, TextToCheck
+from quantization.tasks.schemas import Answered, TextsRequest
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -55,6 +57,48 @@ class Entity:
 class NerPrediction:
     tags: list[str]
     entities: list[Entity] = field(default_factory=list)
+
+
+# ----- HTTP schemas -----------------------------------------------------------------------------------------------
+
+
+class NERRequest(TextsRequest):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"text": "John Smith works for Acme Corp in Paris."},
+                {"texts": ["John Smith works for Acme Corp.", "EU rejects German call to boycott British lamb."]},
+            ]
+        },
+    )
+
+
+class EntityResult(BaseModel):
+    type: str
+    text: str
+    start: int = Field(description="character offset into the input text")
+    end: int = Field(description="character offset one past the entity's last character")
+    score: float
+
+
+class NERResponse(Answered):
+    """The answer to `{"text": ...}`."""
+
+    entities: list[EntityResult]
+
+
+class NERTextResult(BaseModel):
+    entities: list[EntityResult]
+
+
+class NERBatchResponse(Answered):
+    """The answer to `{"texts": [...]}`: one result per text, in order."""
+
+    results: list[NERTextResult]
+
+
+ENTITY_FIELDS = ("type", "text", "start", "end", "score")
 
 
 def iob1_to_iob2(tags: Sequence[str]) -> list[str]:
@@ -144,8 +188,53 @@ class NERTask(Task[NerInput, NerPrediction]):
     architecture_suffix = "ForTokenClassification"
     samples = ("John Smith works for Acme Corp in Paris .", "EU rejects German call to boycott British lamb .")
 
-    def __init__(self, name: str = "ner") -> None:
+    def __init__(self, name: str = "ner", description: str = "") -> None:
         self.name = name
+        self.description = description
+
+    # ----- HTTP and V2 ----------------------------------------------------------------------------------------
+
+    @property
+    def summary(self) -> str:
+        return self.description or f"{self.name}: entities"
+
+    def request_model(self) -> type[BaseModel]:
+        return NERRequest
+
+    def response_model(self) -> Any:
+        return NERResponse | NERBatchResponse
+
+    def request_payloads(self, body: Any) -> list[Any]:
+        return body.all_texts()
+
+    def request_texts(self, body: Any) -> list[TextToCheck]:
+        return [TextToCheck(body.where(i), text, "texts") for i, text in enumerate(body.all_texts())]
+
+    def response(self, answered_by: dict[str, str], body: Any, predictions: Sequence[NerPrediction]) -> BaseModel:
+        found = [[EntityResult.model_validate(e, from_attributes=True) for e in p.entities] for p in predictions]
+        if body.text is not None:
+            return NERResponse(**answered_by, entities=found[0])
+        return NERBatchResponse(**answered_by, results=[NERTextResult(entities=entities) for entities in found])
+
+    def v2_inputs(self) -> list[TensorSpec]:
+        return [TensorSpec("text", "BYTES", (-1,))]
+
+    def v2_outputs(self, labels: int) -> list[TensorSpec]:
+        return [TensorSpec("entities", "BYTES", (-1,))]  # each row: a JSON array of {type, text, start, end, score}
+
+    def v2_payloads(self, inputs: dict[str, list[str]]) -> list[Any]:
+        return list(inputs["text"])
+
+    def v2_columns(self, labels: list[str], predictions: Sequence[NerPrediction]) -> dict[str, list[Any]]:
+        rows = [[{f: getattr(e, f) for f in ENTITY_FIELDS} for e in p.entities] for p in predictions]
+        return {"entities": [json.dumps(row) for row in rows]}
+
+    def check_labels(self, examples: Sequence[Example[NerInput]], labels: Sequence[str]) -> None:
+        """The data's entity types among the model's, whether the model tags IOB1 or IOB2."""
+        types = {tag.partition("-")[2] for example in examples for tag in example.gold if tag != "O"}
+        missing = sorted(types - {label.partition("-")[2] for label in labels if label != "O"})
+        if missing:
+            raise ValueError(f"entity types {missing} are not among the model's labels {list(labels)}")
 
     def input_from_payload(self, payload: Any) -> NerInput:
         return NerInput.from_text(payload)
@@ -211,6 +300,8 @@ class NERTask(Task[NerInput, NerPrediction]):
         tags = ["O"] * len(item.words)
         word_prob = [1.0] * len(item.words)
         context = [-1] * len(item.words)  # the context the word's tag was read with: the larger, the better
+        import torch  # here, not at the top: the API process reads this module's schemas without torch
+
         for feature, logits in zip(features, outputs, strict=True):
             best_prob, best = torch.softmax(logits, dim=-1).max(dim=-1)
             word_ids = feature.meta["word_ids"]
@@ -235,3 +326,16 @@ class NERTask(Task[NerInput, NerPrediction]):
 
     def score(self, examples: Sequence[Example[NerInput]], predictions: Sequence[NerPrediction]) -> dict[str, float]:
         return entity_f1([ex.gold for ex in examples], [p.tags for p in predictions])
+
+
+def _task(name: str, options: dict[str, Any]) -> NERTask:
+    if options:
+        raise ValueError(f"task {name!r}: the token-classification kind takes no options, got {sorted(options)}")
+    return NERTask(name)
+
+
+def _conll() -> NERTask:
+    return NERTask("ner", description="Named entities with character offsets")
+
+
+KIND = Kind("token-classification", _task, built_in=(_conll,))

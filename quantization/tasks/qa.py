@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+from pydantic import BaseModel, ConfigDict, Field
 
-from quantization.tasks.base import Example, Feature, Task
+from quantization.tasks.base import Example, Feature, Kind, Task, TensorSpec, TextToCheck
+from quantization.tasks.schemas import Answered, StrictRequest
 
 WINDOW_STRIDE = 128  # tokens shared by consecutive windows
 MAX_ANSWER_TOKENS = 30
@@ -33,6 +34,33 @@ class QAPrediction:
     start: int  # character offsets into the context
     end: int
     score: float
+
+
+# ----- HTTP schemas -----------------------------------------------------------------------------------------------
+
+
+class QARequest(StrictRequest):
+    question: str
+    context: str
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "question": "Where does John live?",
+                    "context": "John Smith lives in Paris, where he works for Acme Corp.",
+                }
+            ]
+        },
+    )
+
+
+class QAResponse(Answered):
+    answer: str
+    start: int = Field(description="character offset into the context (0 with an empty answer)")
+    end: int
+    score: float = Field(description="probability of the span: p(start) · p(end) in its window")
 
 
 def normalize_answer(text: str) -> str:
@@ -106,12 +134,57 @@ class QATask(Task[QAInput, QAPrediction]):
     accepts_batches = False
     samples = (("Where does John live?", "John Smith lives in Paris, where he works for Acme Corp as an engineer."),)
 
-    def __init__(self, name: str = "qa") -> None:
+    def __init__(self, name: str = "qa", description: str = "") -> None:
         self.name = name
+        self.description = description
 
     @property
     def route(self) -> str:
         return "/qa" if self.name == "qa" else super().route  # the first QA model's route predates the others'
+
+    # ----- HTTP and V2 ----------------------------------------------------------------------------------------
+
+    @property
+    def summary(self) -> str:
+        return self.description or f"{self.name}: answer span from a context"
+
+    def request_model(self) -> type[BaseModel]:
+        return QARequest
+
+    def response_model(self) -> Any:
+        return QAResponse
+
+    def request_payloads(self, body: Any) -> list[Any]:
+        return [(body.question, body.context)]
+
+    def request_texts(self, body: Any) -> list[TextToCheck]:
+        return [TextToCheck("question", body.question, "question"), TextToCheck("context", body.context, "context")]
+
+    def response(self, answered_by: dict[str, str], body: Any, predictions: Sequence[QAPrediction]) -> BaseModel:
+        (p,) = predictions
+        return QAResponse(**answered_by, answer=p.answer, start=p.start, end=p.end, score=p.score)
+
+    def v2_inputs(self) -> list[TensorSpec]:
+        return [TensorSpec("question", "BYTES", (-1,)), TensorSpec("context", "BYTES", (-1,))]
+
+    def v2_outputs(self, labels: int) -> list[TensorSpec]:
+        return [
+            TensorSpec("answer", "BYTES", (-1,)),
+            TensorSpec("start", "INT64", (-1,)),
+            TensorSpec("end", "INT64", (-1,)),
+            TensorSpec("score", "FP32", (-1,)),
+        ]
+
+    def v2_payloads(self, inputs: dict[str, list[str]]) -> list[Any]:
+        return list(zip(inputs["question"], inputs["context"], strict=True))
+
+    def v2_columns(self, labels: list[str], predictions: Sequence[QAPrediction]) -> dict[str, list[Any]]:
+        return {
+            "answer": [p.answer for p in predictions],
+            "start": [p.start for p in predictions],
+            "end": [p.end for p in predictions],
+            "score": [p.score for p in predictions],
+        }
 
     def input_from_payload(self, payload: Any) -> QAInput:
         question, context = payload
@@ -180,6 +253,8 @@ class QATask(Task[QAInput, QAPrediction]):
     def postprocess(
         self, item: QAInput, features: Sequence[Feature], outputs: Sequence[Any], labels: list[str]
     ) -> QAPrediction:
+        import torch  # here, not at the top: the API process reads this module's schemas without torch
+
         best: tuple[float, int, int, float] | None = None  # (logit sum, char start, char end, probability)
         for feature, (start_logits, end_logits) in zip(features, outputs, strict=True):
             offsets = feature.meta["offsets"]
@@ -202,3 +277,16 @@ class QATask(Task[QAInput, QAPrediction]):
         em = sum(max(exact_match(p.answer, g) for g in ex.gold) for ex, p in zip(examples, predictions, strict=True))
         f1 = sum(max(f1_score(p.answer, g) for g in ex.gold) for ex, p in zip(examples, predictions, strict=True))
         return {"exact_match": em / len(examples), "f1": f1 / len(examples)}
+
+
+def _task(name: str, options: dict[str, Any]) -> QATask:
+    if options:
+        raise ValueError(f"task {name!r}: the question-answering kind takes no options, got {sorted(options)}")
+    return QATask(name)
+
+
+def _squad() -> QATask:
+    return QATask("qa", description="Extractive answer span from a context")
+
+
+KIND = Kind("question-answering", _task, built_in=(_squad,))

@@ -9,15 +9,17 @@ The metric: accuracy (single-label), micro F1 over labels (multi-label), Pearson
 from __future__ import annotations
 
 import csv
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from quantization.tasks.base import Example, Feature, Task
+from quantization.tasks.base import Example, Feature, Kind, Task, TensorSpec, TextToCheck
+from quantization.tasks.schemas import Answered, TextsRequest
 
 # An input: one text, or a (text, text_pair) pair for models that read two sequences (NLI, paraphrase, similarity).
 ClassificationInput = str | tuple[str, str]
@@ -34,6 +36,95 @@ class ClassPrediction:
     scores: dict[str, float]  # every label's probability (softmax, or sigmoid for multi-label); empty for regression
     labels: tuple[str, ...] = ()  # multi-label: every label at or above the threshold, most probable first
     truncated: bool = False  # the input was longer than the model's window and was cut to it
+
+
+# ----- HTTP schemas -----------------------------------------------------------------------------------------------
+
+
+class SST2Request(TextsRequest):
+    """A text classifier that refuses texts longer than its window (SST-2's route, as it always has)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"text": "a gripping, beautifully acted film"}, {"texts": ["great", "dull"]}]},
+    )
+
+
+class ClassifyRequest(TextsRequest):
+    """A text classifier of the user's own: one text, or several answered in order."""
+
+    truncation: Literal["truncate", "error"] = Field(
+        "truncate",
+        description="an input longer than the model's window: cut to it (the result says `truncated`), or refused "
+        "with 422",
+    )
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"text": "book a table for two tonight"}]}
+    )
+
+    def all_pairs(self) -> list[str] | None:
+        """Each text's second text (None: single texts)."""
+        return None
+
+
+class PairClassifyRequest(ClassifyRequest):
+    """A text-pair classifier of the user's own (NLI, paraphrase, similarity): each text with its second text."""
+
+    text_pair: str = Field(None, description="with `text`: its second text")  # type: ignore[assignment]
+    text_pairs: list[str] = Field(
+        None,  # type: ignore[arg-type]
+        description="with `texts`: each text's second text, in order",
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"text": "A man is playing a guitar.", "text_pair": "Someone plays music."}]},
+    )
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = handler(core_schema)
+        schema = handler.resolve_ref_schema(schema)
+        schema["oneOf"] = [{"required": ["text", "text_pair"]}, {"required": ["texts", "text_pairs"]}]
+        return schema
+
+    @model_validator(mode="after")
+    def _pairs_match_texts(self) -> PairClassifyRequest:
+        if self.text is not None and self.text_pair is None:
+            raise ValueError("a pair model reads two texts: give `text_pair` with `text`")
+        if self.texts is not None and (self.text_pairs is None or len(self.text_pairs) != len(self.texts)):
+            raise ValueError("a pair model reads two texts: give `text_pairs` with `texts`, one for each")
+        if (self.text_pair is not None and self.text is None) or (self.text_pairs is not None and self.texts is None):
+            raise ValueError("`text_pair` goes with `text`, `text_pairs` with `texts`")
+        return self
+
+    def all_pairs(self) -> list[str] | None:
+        return [self.text_pair] if self.text_pair is not None else list(self.text_pairs or [])
+
+
+class ClassResult(BaseModel):
+    label: str
+    score: float
+    scores: dict[str, float]
+
+
+class SST2Response(Answered):
+    results: list[ClassResult]
+
+
+class ClassifyResult(BaseModel):
+    label: str | None = Field(description="the most probable label; null for a regression model")
+    score: float = Field(description="the label's probability, or a regression model's output")
+    scores: dict[str, float] = Field(description="every label's probability (sigmoid each for multi-label)")
+    labels: list[str] | None = Field(
+        None, description="multi-label models: every label whose probability reaches 0.5, most probable first"
+    )
+    truncated: bool = Field(description="the input was longer than the model's window and was cut to it")
+
+
+class ClassifyResponse(Answered):
+    results: list[ClassifyResult]
 
 
 @dataclass(frozen=True)
@@ -58,6 +149,7 @@ class SequenceClassificationTask(Task[ClassificationInput, ClassPrediction]):
     # What an input longer than the model's window gets unless its request says: "truncate" (cut, and the prediction
     # says `truncated`) or "error" (422). A request's payload may say either (`{"truncation": ...}`).
     long_inputs: str = "truncate"
+    description: str = ""  # the route's summary ("NAME: classify texts" where empty)
 
     kind = "sequence-classification"
     architecture_suffix = "ForSequenceClassification"
@@ -82,6 +174,93 @@ class SequenceClassificationTask(Task[ClassificationInput, ClassPrediction]):
     @property
     def reads_pairs(self) -> bool:
         return self.columns.pair is not None
+
+    @property
+    def multi_label(self) -> bool:
+        return self.problem_type == "multi_label_classification"
+
+    @property
+    def states_truncation(self) -> bool:
+        """Whether a request chooses what a long input gets and each result says whether it was cut. A single-text
+        model that always refuses long inputs has neither: SST-2's shapes, as they always were."""
+        return self.long_inputs == "truncate" or self.reads_pairs
+
+    # ----- HTTP and V2 ----------------------------------------------------------------------------------------
+
+    @property
+    def summary(self) -> str:
+        what = "pairs of texts" if self.reads_pairs else "texts"
+        return self.description or f"{self.name}: classify {what}" + (" (multi-label)" if self.multi_label else "")
+
+    def request_model(self) -> type[BaseModel]:
+        if not self.states_truncation:
+            return SST2Request
+        return PairClassifyRequest if self.reads_pairs else ClassifyRequest
+
+    def response_model(self) -> Any:
+        return ClassifyResponse if self.states_truncation else SST2Response
+
+    def request_payloads(self, body: Any) -> list[Any]:
+        texts = body.all_texts()
+        pairs = body.all_pairs() if isinstance(body, ClassifyRequest) else None
+        truncation = body.truncation if isinstance(body, ClassifyRequest) else None
+        seconds: list[str | None] = list(pairs) if pairs is not None else [None] * len(texts)
+        return [_payload(text, pair, truncation) for text, pair in zip(texts, seconds, strict=True)]
+
+    def request_texts(self, body: Any) -> list[TextToCheck]:
+        checks = [TextToCheck(body.where(i), text, "texts") for i, text in enumerate(body.all_texts())]
+        pairs = body.all_pairs() if isinstance(body, ClassifyRequest) else None
+        checks += [
+            TextToCheck(body.where(i, "text_pair", "text_pairs"), p, "text_pairs") for i, p in enumerate(pairs or [])
+        ]
+        return checks
+
+    def response(self, answered_by: dict[str, str], body: Any, predictions: Sequence[ClassPrediction]) -> BaseModel:
+        if not self.states_truncation:
+            results = [ClassResult(label=p.label or "", score=p.score, scores=p.scores) for p in predictions]
+            return SST2Response(**answered_by, results=results)
+        return ClassifyResponse(
+            **answered_by,
+            results=[
+                ClassifyResult(
+                    label=p.label,
+                    score=p.score,
+                    scores=p.scores,
+                    labels=list(p.labels) if p.labels or self.multi_label else None,
+                    truncated=p.truncated,
+                )
+                for p in predictions
+            ],
+        )
+
+    def v2_inputs(self) -> list[TensorSpec]:
+        names = ["text", "text_pair"] if self.reads_pairs else ["text"]
+        return [TensorSpec(name, "BYTES", (-1,)) for name in names]
+
+    def v2_outputs(self, labels: int) -> list[TensorSpec]:
+        if self.problem_type == "regression":
+            return [TensorSpec("score", "FP32", (-1,))]
+        outputs = [
+            TensorSpec("label", "BYTES", (-1,)),
+            TensorSpec("score", "FP32", (-1,)),
+            TensorSpec("scores", "FP32", (-1, labels)),  # in the order of the metadata's `labels` parameter
+        ]
+        if self.multi_label:
+            outputs.append(TensorSpec("labels", "BYTES", (-1,)))  # each row: a JSON array of the labels that apply
+        return outputs
+
+    def v2_payloads(self, inputs: dict[str, list[str]]) -> list[Any]:
+        pairs: list[str | None] = list(inputs["text_pair"]) if "text_pair" in inputs else [None] * len(inputs["text"])
+        return [_payload(text, pair, None) for text, pair in zip(inputs["text"], pairs, strict=True)]
+
+    def v2_columns(self, labels: list[str], predictions: Sequence[ClassPrediction]) -> dict[str, list[Any]]:
+        order = labels or list(predictions[0].scores)
+        return {
+            "label": [p.label or "" for p in predictions],
+            "score": [p.score for p in predictions],
+            "scores": [[p.scores.get(label, 0.0) for label in order] for p in predictions],
+            "labels": [json.dumps(list(p.labels)) for p in predictions],
+        }
 
     # ----- data ---------------------------------------------------------------------------------
 
@@ -192,7 +371,9 @@ class SequenceClassificationTask(Task[ClassificationInput, ClassPrediction]):
         truncated = any(feature.meta.get("truncated", False) for feature in features)
         if self.problem_type == "regression":
             return ClassPrediction(None, float(logits[0]), {}, truncated=truncated)
-        multi = self.problem_type == "multi_label_classification"
+        import torch  # here, not at the top: the API process reads this module's schemas without torch
+
+        multi = self.multi_label
         probs = torch.sigmoid(logits) if multi else torch.softmax(logits, dim=-1)
         best = int(probs.argmax())
         scores = {label: float(p) for label, p in zip(labels, probs, strict=True)}
@@ -264,7 +445,51 @@ def _ranks(values: Sequence[float]) -> list[float]:
     return ranks
 
 
+def _payload(text: str, pair: str | None, truncation: str | None) -> dict[str, Any]:
+    """A request's payload for one input: what `input_from_payload` and `refuses_long_input` read."""
+    payload: dict[str, Any] = {"text": text}
+    if pair is not None:
+        payload["text_pair"] = pair
+    if truncation is not None:
+        payload["truncation"] = truncation
+    return payload
+
+
 def sst2() -> SequenceClassificationTask:
     """SST-2 (GLUE): `sentence` and a 0/1 `label` indexing the model's labels. Its route has always refused a text
     longer than the window (422), and keeps doing so."""
-    return SequenceClassificationTask("sst2", long_inputs="error")
+    return SequenceClassificationTask("sst2", long_inputs="error", description="Sentiment of one or more sentences")
+
+
+def _task(name: str, options: dict[str, Any]) -> SequenceClassificationTask:
+    options = dict(options)
+    columns = Columns(**options.pop("columns", {}))
+    return SequenceClassificationTask(name, columns, **options)
+
+
+def _entry_options(config: Mapping[str, Any], chosen: Mapping[str, Any]) -> dict[str, Any]:
+    """The catalog options of a checkpoint: its TSV columns (SST-2's names unless chosen) and its problem type."""
+    unknown = set(chosen) - {"columns"}
+    if unknown:
+        raise ValueError(f"the sequence-classification kind takes no options {sorted(unknown)}")
+    return {
+        "columns": {"text": "sentence", "label": "label", **chosen.get("columns", {})},
+        "problem_type": problem_type_of(config),
+    }
+
+
+def problem_type_of(config: Mapping[str, Any]) -> str:
+    """A classifier's problem type as transformers decides it: the config's, else regression for one output."""
+    declared = config.get("problem_type")
+    if declared:
+        return str(declared)
+    return "regression" if len(config.get("id2label") or {}) == 1 else "single_label_classification"
+
+
+KIND = Kind(
+    "sequence-classification",
+    _task,
+    options=frozenset({"columns", "problem_type"}),
+    entry_options=_entry_options,
+    built_in=(sst2,),
+)

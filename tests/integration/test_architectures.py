@@ -20,20 +20,11 @@ from quantization.runtime import load_model, warm_up
 from quantization.tasks import task_from_spec
 from tests.architectures import ARCHITECTURES, make_checkpoint
 from tests.conftest import REPO_ROOT, TASK_HEADS, write_tiny_data
+from tests.integration.adding import add_model
 from tests.integration.server import start_server
 
 PRECISIONS = ("fp32", "w8", "w4g128", "mp23-ptq")
 NER_LABELS = TASK_HEADS["ner"][1]
-
-
-def _add(env: dict[str, str], name: str, kind: str, *options: str) -> None:
-    """`qbert add` in this process (the CLI's own entry point; a subprocess per model would import torch each time)."""
-    from quantization.cli.main import main
-
-    with pytest.MonkeyPatch.context() as patch:
-        for key in ("QBERT_USER_CATALOG", "QBERT_ARTIFACTS", "QBERT_PLANS"):
-            patch.setenv(key, env[key])
-        assert main(["add", name, "--kind", kind, *options]) == 0
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +42,15 @@ def added(tmp_path_factory: pytest.TempPathFactory) -> dict:
         checkpoint = make_checkpoint(
             root / family, family, "sequence-classification", ["negative", "positive"], seed=seed
         )
-        _add(env, f"{family}-sentiment", "sequence-classification", "--checkpoint", str(checkpoint), *sst2,
+        add_model(env, f"{family}-sentiment", "sequence-classification", "--checkpoint", str(checkpoint), *sst2,
              "--precisions", ",".join(PRECISIONS), *hessian)  # fmt: skip
     ner = make_checkpoint(root / "distilbert-ner", "distilbert", "token-classification", NER_LABELS)
     conll = [str(data / "conll2003" / name) for name in ("eng.testa", "eng.train")]
-    _add(env, "distilbert-ner", "token-classification", "--checkpoint", str(ner), "--eval-data", conll[0],
+    add_model(env, "distilbert-ner", "token-classification", "--checkpoint", str(ner), "--eval-data", conll[0],
          "--train-data", conll[1])  # fmt: skip
     qa = make_checkpoint(root / "roberta-qa", "roberta", "question-answering")
     squad = str(data / "squad" / "dev-v1.1.json")
-    _add(env, "roberta-qa", "question-answering", "--checkpoint", str(qa), "--eval-data", squad,
+    add_model(env, "roberta-qa", "question-answering", "--checkpoint", str(qa), "--eval-data", squad,
          "--precisions", "fp32,w8")  # fmt: skip
     return {"root": root, "env": env}
 

@@ -7,8 +7,6 @@ process) answers for the same input at the same precision."""
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -19,7 +17,8 @@ import transformers
 from quantization.evaluate import predict
 from quantization.runtime import load_model
 from quantization.tasks import task_from_spec
-from tests.conftest import _WORDS, REPO_ROOT, VOCAB
+from tests.conftest import _WORDS, VOCAB
+from tests.integration.adding import add_model, run_add
 from tests.integration.server import start_server
 
 PRECISIONS = ("fp32", "w8", "w4g128")
@@ -56,17 +55,6 @@ def _sentence(rng: random.Random) -> str:
 def _tsv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
     path.write_text("\n".join("\t".join(row) for row in [header, *rows]) + "\n")
     return path
-
-
-def _add(name: str, root: Path, env: dict[str, str], *options: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "quantization.cli", "add", name, "--kind", "sequence-classification", *options],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -107,19 +95,12 @@ def user_models(tmp_path_factory: pytest.TempPathFactory) -> dict:
             split: _tsv(root / f"{name}-{split}.tsv", header, [make() for _ in range(n)])
             for split, n in (("dev", 24), ("train", 48))
         }
-        added = _add(
-            name,
-            root,
-            env,
-            "--checkpoint",
-            str(checkpoint),
-            "--eval-data",
-            str(files["dev"]),
-            "--train-data",
-            str(files["train"]),
-            *columns[name],
-        )
-        assert added.returncode == 0, added.stderr
+        # The regression model is added without evaluation data: it is built and served, never evaluated.
+        evaluation = ["--eval-data", str(files["dev"])] if name != "similarity" else []
+        add_model(
+            env, name, "sequence-classification", "--checkpoint", str(checkpoint), *evaluation,
+            "--train-data", str(files["train"]), *columns[name],
+        )  # fmt: skip
     return {"root": root, "env": env, "names": list(specs)}
 
 
@@ -216,10 +197,12 @@ def test_models_lists_every_precision_with_its_accuracy(served) -> None:
     assert set(metrics) == {(name, p) for name in ("intents", "nli", "topics", "similarity") for p in PRECISIONS}
     assert metrics[("intents", "w8")] == {"accuracy"}
     assert metrics[("topics", "w4g128")] == {"micro_f1", "subset_accuracy"}
-    assert metrics[("similarity", "fp32")] == {"pearson", "spearman"}
+    assert metrics[("similarity", "fp32")] == set()  # added without evaluation data
 
 
-def test_add_refuses_bad_checkpoints_and_data_and_writes_nothing(user_models: dict, tmp_path: Path) -> None:
+def test_add_refuses_bad_checkpoints_and_data_and_writes_nothing(
+    user_models: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     env = user_models["env"] | {"QBERT_USER_CATALOG": str(tmp_path / "catalog.toml")}
     good = user_models["root"] / "nli"
     dev = user_models["root"] / "nli-dev.tsv"
@@ -249,9 +232,9 @@ def test_add_refuses_bad_checkpoints_and_data_and_writes_nothing(user_models: di
     cases["hub"] = (hub, "not a local folder, and the hub could not give it")  # offline here: the hub is unreachable
     env |= {"HF_HUB_OFFLINE": "1"}
     for name, (options, message) in cases.items():
-        refused = _add(name, tmp_path, env, *options)
-        assert refused.returncode == 2, (name, refused.stderr)
-        assert message in refused.stderr, (name, refused.stderr)
+        caplog.clear()
+        assert run_add(env, name, "sequence-classification", *options) == 2, name
+        assert message in caplog.text, (name, caplog.text)
     assert not (tmp_path / "catalog.toml").exists()
 
 

@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.app import NON_BLANK, Service, build_app
+from service.answering import NON_BLANK
+from service.app import Service, build_app
 from service.metrics import ServiceMetrics
 from service.pool import Key
 from service.protocol import (

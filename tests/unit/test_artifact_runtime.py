@@ -6,6 +6,7 @@ import torch
 
 from quantization.artifact import WEIGHTS, ArtifactError, read_artifact
 from quantization.build import load_checkpoint
+from quantization.feature_tensors import pad_features
 from quantization.runtime import (
     Int8Linear,
     QuantizedEmbedding,
@@ -14,7 +15,7 @@ from quantization.runtime import (
     load_model,
     onednn_int8_is_usable,
 )
-from quantization.tasks import get_task, pad_features
+from quantization.tasks import get_task
 from tests.conftest import build_tiny_artifact
 
 

@@ -6,14 +6,17 @@
 - the runtime (`quantization.runtime`) imports only itself and the artifact format and primitives it runs, never
   the offline algorithms (building, training, evaluating, benchmarking);
 - torch's and transformers' private APIs appear only in the runtime's two fence modules;
-- the API process's modules import neither torch nor transformers when they load (the workers and the builder do);
+- the API process's modules import neither torch nor transformers when they load (the workers and the builder do),
+  nor does it when it builds its routes from the kinds found at run time and unpickles the workers' predictions;
 - the load generators import neither FastAPI, transformers, torch nor the runtime when they load.
 """
 
 from __future__ import annotations
 
 import ast
+import pickle
 import re
+import subprocess
 import sys
 from functools import cache
 from pathlib import Path
@@ -175,6 +178,39 @@ def test_the_api_process_loads_neither_torch_nor_transformers() -> None:
     loaded = loaded_when_imported(API_PROCESS)
     heavy = {name: sorted(_imports(name, top_level_only=True) & {"torch", "transformers"}) for name in loaded}
     assert {name: found for name, found in heavy.items() if found} == {}
+
+
+def test_the_api_process_routes_and_reads_predictions_without_torch() -> None:
+    # The kinds are found by name at run time and the predictions arrive pickled: neither shows in the import graph.
+    from quantization.tasks import TASKS
+    from quantization.tasks.ner import Entity, NerPrediction
+    from quantization.tasks.qa import QAPrediction
+    from quantization.tasks.sequence_classification import ClassPrediction
+
+    predictions = [
+        ClassPrediction("positive", 0.9, {"negative": 0.1, "positive": 0.9}),
+        NerPrediction(["B-PER"], [Entity("PER", "John", 0, 4, 0.9)]),
+        QAPrediction("Paris", 20, 25, 0.8),
+    ]
+    code = (
+        "import pickle, sys\n"
+        "from service.app import Service, build_app\n"
+        "from service.metrics import ServiceMetrics\n"
+        "from service.settings import ServiceSettings\n"
+        "settings = ServiceSettings(tasks=sys.argv[1:], precisions=['w8'])\n"
+        "build_app(Service(settings, [], ServiceMetrics())).openapi()\n"
+        "pickle.loads(sys.stdin.buffer.read())\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *sorted(TASKS)],
+        input=pickle.dumps(predictions),
+        capture_output=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().strip().splitlines()[-1] == "[]"
 
 
 def test_a_load_generator_loads_no_server_model_or_runtime() -> None:

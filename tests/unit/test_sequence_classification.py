@@ -6,7 +6,8 @@ import pytest
 import torch
 import transformers
 
-from quantization.tasks.base import Example, collate_training
+from quantization.feature_tensors import collate_training
+from quantization.tasks.base import Example
 from quantization.tasks.sequence_classification import Columns, SequenceClassificationTask, label_index, pearson
 from tests.conftest import VOCAB
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 import transformers
 
+from quantization.feature_tensors import collate_training
 from quantization.tasks import Example, get_task
-from quantization.tasks.base import IGNORE_INDEX, collate_training
+from quantization.tasks.base import IGNORE_INDEX
 from quantization.tasks.ner import NerInput
 from quantization.tasks.qa import AnswerSpan, QAInput, read_squad_answers
 from quantization.train_data import encode_training_set, subsample, training_batches
