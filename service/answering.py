@@ -110,7 +110,11 @@ async def answer(
         chosen = (version, None) if version is not None else requested_precision(request)
         precision = service.choose_precision(task, *chosen)
         check()
-        values = await service.run(task, precision, payloads)
+        service.metrics.inflight_inputs.inc(len(payloads))
+        try:
+            values = await service.run(task, precision, payloads)
+        finally:
+            service.metrics.inflight_inputs.dec(len(payloads))
         return {"task": task, "precision": precision, "model": service.model_name(task, precision)}, values
     except ServiceError as exc:
         error = exc

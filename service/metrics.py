@@ -105,6 +105,11 @@ class ServiceMetrics:
         self.worker_cpu = WorkerCpuCollector()
         r.register(self.worker_cpu)
         self.queue_depth = Gauge("qbert_queue_depth", "Inputs waiting in the batching queues.", registry=r)
+        self.inflight_inputs = Gauge(
+            "qbert_inflight_inputs",
+            "Inputs of the requests being answered: queued or in a worker (what an autoscaler scales on).",
+            registry=r,
+        )
         self.workers_ready = Gauge("qbert_workers_ready", "Worker processes loaded and serving.", registry=r)
         self.workers_configured = Gauge("qbert_workers_configured", "Worker processes configured.", registry=r)
         self.worker_restarts = Counter(

@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from quantization.catalog import artifacts_dir, load_catalog
+from service.cgroup import cgroup_cpu_limit
 
 TASKS = ("sst2", "ner", "qa")  # the built-in models; the catalog may add the user's own (`qbert add`)
 
@@ -23,10 +24,14 @@ def catalog_task_names() -> list[str]:
 
 
 def available_cores() -> int:
+    """The cores this process may run on: its CPU affinity, capped by its cgroup's CPU quota (a container's CPU
+    limit), so that workers' intra-op threads never outnumber the CPUs the quota pays for."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return min(cores, limit) if limit is not None else cores
 
 
 def _split_csv(value: object) -> object:

@@ -19,6 +19,9 @@ RULE_FILES = sorted((DOCKER / "prometheus" / "rules").glob("*.yml"))
 ALERT_TESTS = DOCKER / "prometheus" / "tests" / "alerts.test.yml"
 GRAFANA = DOCKER / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
+K8S = REPO_ROOT / "deploy" / "k8s"
+K8S_MANIFESTS = sorted(K8S.glob("*.yaml"))
+K8S_VERSION = "1.33"  # the Kubernetes release whose schema every manifest is validated against
 
 # `<series> <op> <number>`: the one form an alert expression takes (docker/prometheus/rules/qbert-alerts.yml).
 ALERT_FORM = re.compile(r"^(?P<series>.+?)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<threshold>-?[0-9.]+)$", re.S)
@@ -101,3 +104,37 @@ def dashboard_expressions(variables: dict[str, str]) -> list[Expression]:
 def metric_names(promql: str) -> set[str]:
     """The `qbert_*` metric names an expression reads (recorded series `a:b:c` excluded)."""
     return set(re.findall(r"(?<![\w:])(qbert_[a-z0-9_]+)(?![\w:])", promql))
+
+
+def k8s_objects() -> list[dict[str, Any]]:
+    """Every object of every manifest under deploy/k8s (the kustomization included), with `file` added."""
+    return [
+        document | {"file": path.name}
+        for path in K8S_MANIFESTS
+        for document in yaml.safe_load_all(path.read_text())
+        if document
+    ]
+
+
+def k8s_object(kind: str, name: str | None = None) -> dict[str, Any]:
+    (found,) = [o for o in k8s_objects() if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    return found
+
+
+def adapter_rules() -> list[dict[str, Any]]:
+    """prometheus-adapter's rules (deploy/k8s/prometheus-adapter.yaml's config.yaml)."""
+    config = yaml.safe_load(k8s_object("ConfigMap", "prometheus-adapter-qbert")["data"]["config.yaml"])
+    return list(config["rules"])
+
+
+def adapter_query(rule: dict[str, Any], namespace: str, pods: list[str]) -> str:
+    """The PromQL prometheus-adapter runs for `rule` when the HPA asks for `pods` of `namespace`: its metricsQuery
+    with the templates filled in as the adapter fills them (series name, label matchers, group-by labels)."""
+    series = re.match(r"^\s*(\w+)", rule["seriesQuery"]).group(1)  # type: ignore[union-attr]
+    matchers = f'namespace="{namespace}",pod=~"{"|".join(pods)}"'
+    return (
+        rule["metricsQuery"]
+        .replace("<<.Series>>", series)
+        .replace("<<.LabelMatchers>>", matchers)
+        .replace("<<.GroupBy>>", "pod")
+    )

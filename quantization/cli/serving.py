@@ -36,6 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "port": args.port,
             "workers": args.workers,
             "default_precision": args.default_precision,
+            "tasks": args.tasks.split(",") if args.tasks else None,
             "torch_threads": args.threads,
             "build": not args.no_build,
         }.items()
@@ -67,5 +68,6 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, help="default 8000 (QBERT_PORT)")
     p.add_argument("--workers", type=int, help="worker processes (QBERT_WORKERS, default 1)")
     p.add_argument("--default-precision", help="precision when a request names none (QBERT_DEFAULT_PRECISION)")
+    p.add_argument("--tasks", help="comma-separated catalog models to serve (QBERT_TASKS, default: all of them)")
     p.add_argument("--no-build", action="store_true", help="serve what is built; do not build missing artifacts")
     p.set_defaults(func=cmd_serve)

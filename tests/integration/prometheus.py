@@ -28,8 +28,14 @@ def find_prometheus() -> tuple[str | None, str]:
     return None, "no prometheus binary: `make test` installs the Debian package `prometheus` where apt-get can"
 
 
+# The labels Kubernetes service discovery puts on a pod's series (deploy/k8s/servicemonitor.yaml), which
+# prometheus-adapter's rules select and group by.
+POD_LABELS = {"namespace": "qbert", "pod": "qbert-serve-0"}
+
+
 def config_for_tests(service_address: str, port: int, interval: str = "1s") -> dict:
-    """docker/prometheus/prometheus.yml with only the targets (and, for speed, the intervals) changed."""
+    """docker/prometheus/prometheus.yml with only the targets (and, for speed, the intervals) changed, and the
+    service's series labelled as a Kubernetes pod's."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     config["global"] |= {"scrape_interval": interval, "evaluation_interval": interval}
     config["rule_files"] = [str(PROMETHEUS_CONFIG.parent / pattern) for pattern in config["rule_files"]]
@@ -37,6 +43,8 @@ def config_for_tests(service_address: str, port: int, interval: str = "1s") -> d
     for job in config["scrape_configs"]:
         for static in job["static_configs"]:
             static["targets"] = [targets[job["job_name"]]]
+            if job["job_name"] == "qbert":
+                static["labels"] = static.get("labels", {}) | POD_LABELS
     return config
 
 

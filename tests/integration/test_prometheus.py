@@ -15,8 +15,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.deployment import ALERT_TESTS, PROMETHEUS_CONFIG, RULE_FILES, dashboard_expressions, rule_expressions
-from tests.integration.prometheus import RunningPrometheus, find_prometheus, start_prometheus
+from tests.deployment import (
+    ALERT_TESTS,
+    PROMETHEUS_CONFIG,
+    RULE_FILES,
+    adapter_query,
+    adapter_rules,
+    dashboard_expressions,
+    rule_expressions,
+)
+from tests.integration.prometheus import POD_LABELS, RunningPrometheus, find_prometheus, start_prometheus
 from tests.integration.server import RunningServer, start_server
 
 PRECISIONS = ("fp32", "w8", "w2g128")  # what `tiny_artifacts` builds
@@ -138,6 +146,15 @@ def test_every_dashboard_expression_returns_data(prometheus: RunningPrometheus, 
     result = prometheus.query(expression.promql)
     assert result, f"{expression.where}: no data for {expression.promql}"
     assert any(math.isfinite(float(series["value"][1])) for series in result), (expression.where, result)
+
+
+@pytest.mark.parametrize("rule", adapter_rules(), ids=lambda rule: rule["name"]["as"])
+def test_each_autoscaling_query_returns_a_value_per_pod(prometheus: RunningPrometheus, rule: dict) -> None:
+    """What prometheus-adapter asks Prometheus when the HPA reads the metric (deploy/k8s): one finite value for the
+    pod, by the `pod` label the HPA matches it with."""
+    query = adapter_query(rule, POD_LABELS["namespace"], [POD_LABELS["pod"]])
+    result = _wait_for(prometheus, query)
+    assert [series["metric"] for series in result] == [{"pod": POD_LABELS["pod"]}]
 
 
 def test_latency_is_recorded_for_every_task_and_precision_served(prometheus: RunningPrometheus) -> None:

@@ -72,6 +72,8 @@ class FakePool:
         self.compiles_held = False
         self.started = self.closed = False
         self.submitted: list[tuple[str, str, list[Any]]] = []
+        self.registry = metrics.registry
+        self.inflight_seen: list[float | None] = []  # `qbert_inflight_inputs` while each submission runs
 
     async def start(self) -> None:
         self.started = True
@@ -107,6 +109,7 @@ class FakePool:
 
     async def submit(self, task: str, precision: str, payloads: list[Any]) -> list[ItemResult]:
         self.submitted.append((task, precision, payloads))
+        self.inflight_seen.append(self.registry.get_sample_value("qbert_inflight_inputs"))
         failing = self.failing.get((task, precision))
         return [failing or ItemResult(value=_prediction(task, payload)) for payload in payloads]
 
@@ -166,6 +169,23 @@ def test_predict_routes_answer_in_their_shapes_and_name_the_model(tmp_path: Path
     assert service.pool.submitted[-1] == ("qa", "w8", [("who?", "John lives here")])
     assert service.pool.started
     assert service.pool.closed  # the lifespan stops what it started
+
+
+def test_inputs_in_flight_are_counted_while_they_run_whatever_the_outcome(tmp_path: Path) -> None:
+    service = _service(tmp_path)
+    pool = service.pool
+    assert isinstance(pool, FakePool)
+    pool.failing[("ner", "w8")] = ItemResult(error=ItemError.INFERENCE_FAILED, detail="boom")
+
+    async def requests(client: httpx.AsyncClient) -> list[int]:
+        return [
+            (await client.post("/predict/sst2", json={"texts": ["good", "bad", "fine"]})).status_code,
+            (await client.post("/predict/ner", json={"text": "John"})).status_code,
+        ]
+
+    assert _call(service, requests) == [200, 500]
+    assert pool.inflight_seen == [3.0, 1.0]
+    assert service.metrics.registry.get_sample_value("qbert_inflight_inputs") == 0.0
 
 
 @pytest.mark.parametrize(
