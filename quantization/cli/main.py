@@ -13,6 +13,7 @@ from quantization.cli.benchmark import register as bench_commands
 from quantization.cli.kernels import register as kernel_commands
 from quantization.cli.load import register as load_commands
 from quantization.cli.output import set_threads
+from quantization.cli.ray_serve import register as ray_commands
 from quantization.cli.serving import register as serving_commands
 from quantization.cli.study import register as study_commands
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         artifact_commands,
         add_commands,
         serving_commands,
+        ray_commands,
         load_commands,
         bench_commands,
         kernel_commands,
