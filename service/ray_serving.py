@@ -118,26 +118,27 @@ class ModelReplica:
         return list(self.served.values()), list(self.refused)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def infer(self, items: list[tuple[str, Any]]) -> list[ItemResult]:
-        """Each item is (precision, payload); items of one precision run as one batch, off the event loop (which
-        keeps answering Ray's health checks meanwhile)."""
-        by_precision: dict[str, list[int]] = defaultdict(list)
-        for index, (precision, _) in enumerate(items):
-            by_precision[precision].append(index)
-        results: list[ItemResult | None] = [None] * len(items)
-        for precision, indices in by_precision.items():
+    async def infer(self, requests: list[tuple[str, tuple[Any, ...]]]) -> list[list[ItemResult]]:
+        """Each request is (precision, its payloads): one handle call per request, not per input (a call costs the
+        ingress a millisecond or two of CPU). The batcher gathers concurrent requests; their inputs of one precision
+        run as one batch, off the event loop (which keeps answering Ray's health checks meanwhile)."""
+        by_precision: dict[str, list[tuple[int, int]]] = defaultdict(list)  # precision -> (request, input) indices
+        for r, (precision, payloads) in enumerate(requests):
+            by_precision[precision] += [(r, i) for i in range(len(payloads))]
+        results: list[list[ItemResult]] = [[ItemResult()] * len(payloads) for _, payloads in requests]
+        for precision, where in by_precision.items():
             self._batch_ids += 1
-            request = RunBatch(self._batch_ids, self.name, precision, tuple(items[i][1] for i in indices))
-            done = await asyncio.to_thread(self.worker.run, request)
-            for index, result in zip(indices, done.results, strict=True):
-                results[index] = result
-        return [result for result in results if result is not None]
+            payloads = tuple(requests[r][1][i] for r, i in where)
+            done = await asyncio.to_thread(self.worker.run, RunBatch(self._batch_ids, self.name, precision, payloads))
+            for (r, i), result in zip(where, done.results, strict=True):
+                results[r][i] = result
+        return results
 
 
 @dataclass
 class RayPool:
     """What `Service` asks of a worker pool, answered by the models' Ray Serve deployments (`service.pool.WorkerPool`
-    is the local one): `submit` sends each input to the model's deployment, whose batcher groups them."""
+    is the local one): `submit` sends a request's inputs to the model's deployment, whose batcher groups requests."""
 
     handles: dict[str, DeploymentHandle]
     settings: ServiceSettings
@@ -193,13 +194,11 @@ class RayPool:
     async def submit(self, task: str, precision: str, payloads: list[Any]) -> list[ItemResult]:
         if not self.serves((task, precision)):
             raise NotReadyError(f"no replica serves {task}/{precision}", headers={"Retry-After": "5"})
-        handle = self.handles[task]
-        calls = [handle.infer.remote((precision, payload)) for payload in payloads]
+        call = self.handles[task].infer.remote((precision, tuple(payloads)))
         try:
-            return list(await asyncio.wait_for(asyncio.gather(*calls), self.settings.request_timeout_s))
+            return list(await asyncio.wait_for(call, self.settings.request_timeout_s))
         except TimeoutError:
-            for call in calls:
-                call.cancel()
+            call.cancel()
             raise DeadlineExceededError(f"no result within {self.settings.request_timeout_s:g} s") from None
         except (RayActorError, RayTaskError) as exc:  # the replica died with the request: Ray replaces it
             raise WorkerLostError(

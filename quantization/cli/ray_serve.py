@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 from typing import Any
 
 from quantization.cli.output import emit
 
 logger = logging.getLogger("qbert")
+
+APPLICATION = "qbert"  # the Ray Serve application's name
 
 
 def cmd_ray_serve(args: argparse.Namespace) -> int:
@@ -38,8 +41,19 @@ def cmd_ray_serve(args: argparse.Namespace) -> int:
     serve.start(http_options={"host": args.host, "port": args.port}, proxy_location="EveryNode")
     application = build_application({"settings": settings, "scaling": scaling})
     emit(f"deploying to Ray ({ray.cluster_resources().get('CPU', 0):g} CPUs): http://{args.host}:{args.port}")
-    serve.run(application, name="qbert", route_prefix="/", blocking=True)
+    # As `serve run` does, the application lives as long as this command: SIGINT or SIGTERM (a process manager's,
+    # or a shell's for a background job, which ignores SIGINT) deletes it from the cluster.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        serve.run(application, name=APPLICATION, route_prefix="/", blocking=True)
+    except KeyboardInterrupt:
+        serve.delete(APPLICATION)
+        emit(f"deleted the {APPLICATION} application")
     return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def register(sub: Any) -> None:
