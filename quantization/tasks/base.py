@@ -76,6 +76,17 @@ class Kind:
     built_in: tuple[Callable[[], Task], ...] = ()  # the tasks served by name without a kind in the catalog
 
 
+def without_options(kind: str, make: Callable[[str], Task]) -> Callable[[str, dict[str, Any]], Task]:
+    """`Kind.make_task` for a kind whose catalog entries set no options: `make(name)`, any option refused."""
+
+    def make_task(name: str, options: dict[str, Any]) -> Task:
+        if options:
+            raise ValueError(f"task {name!r}: the {kind} kind takes no options, got {sorted(options)}")
+        return make(name)
+
+    return make_task
+
+
 class Task(ABC, Generic[InputT, PredictionT]):
     """A task: data reading, pre/post-processing and its metric.
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from quantization.tasks.base import IGNORE_INDEX, Example, Feature, Kind, Task, TensorSpec, TextToCheck
+from quantization.tasks.base import IGNORE_INDEX, Example, Feature, Kind, Task, TensorSpec, TextToCheck, without_options
 from quantization.tasks.schemas import Answered, TextsRequest
 
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -328,14 +328,8 @@ class NERTask(Task[NerInput, NerPrediction]):
         return entity_f1([ex.gold for ex in examples], [p.tags for p in predictions])
 
 
-def _task(name: str, options: dict[str, Any]) -> NERTask:
-    if options:
-        raise ValueError(f"task {name!r}: the token-classification kind takes no options, got {sorted(options)}")
-    return NERTask(name)
-
-
 def _conll() -> NERTask:
     return NERTask("ner", description="Named entities with character offsets")
 
 
-KIND = Kind("token-classification", _task, built_in=(_conll,))
+KIND = Kind("token-classification", without_options("token-classification", NERTask), built_in=(_conll,))

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from quantization.tasks.base import Example, Feature, Kind, Task, TensorSpec, TextToCheck
+from quantization.tasks.base import Example, Feature, Kind, Task, TensorSpec, TextToCheck, without_options
 from quantization.tasks.schemas import Answered, StrictRequest
 
 WINDOW_STRIDE = 128  # tokens shared by consecutive windows
@@ -279,14 +279,8 @@ class QATask(Task[QAInput, QAPrediction]):
         return {"exact_match": em / len(examples), "f1": f1 / len(examples)}
 
 
-def _task(name: str, options: dict[str, Any]) -> QATask:
-    if options:
-        raise ValueError(f"task {name!r}: the question-answering kind takes no options, got {sorted(options)}")
-    return QATask(name)
-
-
 def _squad() -> QATask:
     return QATask("qa", description="Extractive answer span from a context")
 
 
-KIND = Kind("question-answering", _task, built_in=(_squad,))
+KIND = Kind("question-answering", without_options("question-answering", QATask), built_in=(_squad,))

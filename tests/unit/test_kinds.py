@@ -4,9 +4,12 @@ its name or its classes."""
 from __future__ import annotations
 
 import ast
+import importlib
+import pkgutil
 
 import pytest
 
+import quantization.tasks as tasks_package
 from quantization.tasks import KIND_BY_NAME, KINDS, TASKS, get_kind, task_from_spec
 from tests.unit.test_layering import modules
 
@@ -14,8 +17,15 @@ pytestmark = pytest.mark.unit
 
 
 def _kind_modules() -> dict[str, str]:
-    """kind name -> the module that declares it."""
-    return {kind.make_task.__module__: name for name, kind in KIND_BY_NAME.items()}
+    """The module that declares each kind -> the kind's name."""
+    owners = {}
+    for info in pkgutil.iter_modules(tasks_package.__path__):
+        module = importlib.import_module(f"{tasks_package.__name__}.{info.name}")
+        kind = getattr(module, "KIND", None)
+        if kind is not None:
+            owners[module.__name__] = kind.name
+    assert sorted(owners.values()) == sorted(KIND_BY_NAME)
+    return owners
 
 
 def _string_constants(tree: ast.Module) -> set[str]:
