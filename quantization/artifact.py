@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from quantization.artifact_files import MANIFEST, MODEL_CONFIG, TOKENIZER_FILES, WEIGHTS
-from quantization.config import PrecisionConfig
+from quantization.config import PrecisionConfig, QATConfig
 from quantization.primitives import group_offsets
 from quantization.qtensor import QuantizedWeight
 from quantization.quantize import QuantizedState
@@ -48,8 +48,17 @@ def precision_to_dict(precision: PrecisionConfig) -> dict[str, Any]:
         "activations": asdict(precision.activations) if precision.activations else None,
         "layer_bits": dict(precision.layer_bits),
         # Only where set, so the inputs hash (and `qbert build`'s up-to-date check) of PTQ artifacts is unchanged.
-        **({"qat": asdict(precision.qat)} if precision.qat else {}),
+        **({"qat": qat_to_dict(precision.qat)} if precision.qat else {}),
     }
+
+
+def qat_to_dict(qat: QATConfig) -> dict[str, Any]:
+    """The recipe's fields; Quant-Noise's only where it is on, so plain QAT artifacts' inputs hash is unchanged."""
+    data = asdict(qat)
+    if not qat.quant_noise:
+        for key in ("noise_rate", "noise_unit", "noise_block"):
+            data.pop(key)
+    return data
 
 
 def _tensor_entries(state: QuantizedState) -> list[dict[str, Any]]:

@@ -124,6 +124,7 @@ class ActivationQuantConfig:
 
 
 ACTIVATION_RANGES = ("dynamic", "ema")
+NOISE_UNITS = ("block", "layer")
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,10 @@ class QATConfig:
     Q8BERT's simulation (one range per Linear input, an exponential moving average of max |x| in training).
     `distill_weight`: the share of the loss that is KL divergence to the FP32 model's outputs (0: task loss only).
     `qparams_every`: steps between re-choosing each weight group's (scale, zero point); the search is costly.
+    `noise_rate` < 1: Quant-Noise (Fan et al., 2020): each training forward pass quantizes only this share of the
+    weights, chosen at random per `noise_unit` ("block": `noise_block` consecutive weights of a row; "layer": a whole
+    weight matrix), the rest staying full precision, much as dropout drops units. Evaluation and packing quantize
+    every weight. 1 is plain QAT.
     """
 
     steps: int = 600
@@ -148,6 +153,9 @@ class QATConfig:
     ema_decay: float = 0.9
     qparams_every: int = 10
     seed: int = 0
+    noise_rate: float = 1.0
+    noise_unit: str = "block"
+    noise_block: int = 8
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.max_length < 8 or self.qparams_every < 1:
@@ -160,6 +168,15 @@ class QATConfig:
             raise ValueError(f"activation_ranges must be one of {ACTIVATION_RANGES}, got {self.activation_ranges!r}")
         if self.max_examples is not None and self.max_examples < 1:
             raise ValueError(f"max_examples must be ≥ 1, got {self.max_examples}")
+        if not 0 < self.noise_rate <= 1 or self.noise_unit not in NOISE_UNITS or self.noise_block < 1:
+            raise ValueError(
+                f"Quant-Noise needs 0 < noise_rate ≤ 1, noise_unit one of {NOISE_UNITS} and noise_block ≥ 1; got "
+                f"{self.noise_rate}, {self.noise_unit!r}, {self.noise_block}"
+            )
+
+    @property
+    def quant_noise(self) -> bool:
+        return self.noise_rate < 1
 
 
 @dataclass(frozen=True)

@@ -47,16 +47,44 @@ def _straight_through(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     return x + (x_hat - x).detach()
 
 
+@dataclass(frozen=True)
+class QuantNoise:
+    """Quant-Noise (Fan et al., 2020): which weights a training forward pass quantizes. Each unit (a block of
+    `block` consecutive weights in a row, or the whole matrix) is quantized with probability `rate`, independently
+    and afresh every pass (torch's generator, seeded by the training run); the others pass at full precision."""
+
+    rate: float
+    unit: str = "block"
+    block: int = 8
+
+    def mask(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
+        """True where the weight is quantized in this pass."""
+        if self.unit == "layer":
+            return torch.full(shape, bool(torch.rand(()) < self.rate), device=device)
+        rows, columns = shape[0], math.prod(shape[1:])
+        blocks = torch.rand(rows, math.ceil(columns / self.block), device=device) < self.rate
+        return blocks.repeat_interleave(self.block, dim=1)[:, :columns].reshape(shape)
+
+
 class WeightFakeQuant(nn.Module):
     """Parametrization: the weight as its quantized value, straight-through gradient.
 
     Each group's (scale, zero point) is chosen by `choose_qparams` (the packed path's own choice) on the current
     weights, again every `refresh_every` training calls (and on the first call); codes always follow the weights.
+    With `noise`, a training pass quantizes only the units its mask picks (Quant-Noise); evaluation quantizes all.
     """
 
-    def __init__(self, config: WeightQuantConfig, rows: int, head_rows: int | None, refresh_every: int) -> None:
+    def __init__(
+        self,
+        config: WeightQuantConfig,
+        rows: int,
+        head_rows: int | None,
+        refresh_every: int,
+        noise: QuantNoise | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
+        self.noise = noise
         self.refresh_every = refresh_every
         self.offsets = group_offsets(rows, resolve_num_groups(config, rows), head_rows)
         self.row_group: torch.Tensor
@@ -82,6 +110,8 @@ class WeightFakeQuant(nn.Module):
         with torch.no_grad():
             codes = quantize(weight, self.row_scale, self.row_zero, self.config.bits)
             weight_hat = dequantize(codes, self.row_scale, self.row_zero)
+            if self.training and self.noise is not None:
+                weight_hat = torch.where(self.noise.mask(weight.shape, weight.device), weight_hat, weight)
         return _straight_through(weight, weight_hat)
 
 
@@ -145,10 +175,11 @@ def prepare_qat(model: nn.Module, precision: PrecisionConfig, config: QATConfig)
         raise ValueError(f"precision {precision.name!r}: QAT simulates round-to-nearest; GPTQ rounding is PTQ only")
     modules = dict(model.named_modules())
     prepared = QATModel(model, {}, nn.ModuleDict())
+    noise = QuantNoise(config.noise_rate, config.noise_unit, config.noise_block) if config.quant_noise else None
     for name, planned in plan.items():
         module = modules[name]
         quantizer = WeightFakeQuant(
-            planned.config, module.weight.shape[0], planned.target.head_rows, config.qparams_every
+            planned.config, module.weight.shape[0], planned.target.head_rows, config.qparams_every, noise
         )
         parametrize.register_parametrization(module, "weight", quantizer)
         prepared.weight_quantizers[name] = quantizer

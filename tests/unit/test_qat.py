@@ -9,9 +9,17 @@ import pytest
 import torch
 import transformers
 
+from quantization.artifact import qat_to_dict
 from quantization.build import load_checkpoint, quantize_checkpoint
 from quantization.config import ActivationQuantConfig, PrecisionConfig, QATConfig, WeightQuantConfig
-from quantization.qat import ActivationFakeQuant, WeightFakeQuant, distillation_loss, prepare_qat, train_qat
+from quantization.qat import (
+    ActivationFakeQuant,
+    QuantNoise,
+    WeightFakeQuant,
+    distillation_loss,
+    prepare_qat,
+    train_qat,
+)
 from quantization.qtensor import QuantizedWeight
 from quantization.runtime import load_model
 from tests.conftest import VOCAB, tiny_config
@@ -40,6 +48,49 @@ def test_qat_config_is_validated() -> None:
         QATConfig(distill_weight=1.5)
     with pytest.raises(ValueError, match="qat need weights"):
         PrecisionConfig(name="fp32", qat=QATConfig())
+    for bad in ({"noise_rate": 0.0}, {"noise_rate": 1.5}, {"noise_unit": "row"}, {"noise_block": 0}):
+        with pytest.raises(ValueError, match="Quant-Noise"):
+            QATConfig(**bad)
+
+
+def test_plain_qat_recipes_keep_their_inputs_hash_fields() -> None:
+    assert "noise_rate" not in qat_to_dict(QATConfig())  # artifacts built before Quant-Noise stay up to date
+    assert qat_to_dict(QATConfig(noise_rate=0.5, noise_unit="layer"))["noise_unit"] == "layer"
+
+
+def test_quant_noise_masks_blocks_of_a_row_or_whole_layers_at_the_rate() -> None:
+    torch.manual_seed(0)
+    mask = QuantNoise(0.25, "block", 8).mask(torch.Size([64, 100]), torch.device("cpu"))
+    assert mask.shape == (64, 100)
+    assert 0.2 < float(mask.float().mean()) < 0.3
+    blocks = mask[:, :96].reshape(64, 12, 8)
+    assert torch.equal(blocks.all(dim=2), blocks.any(dim=2))  # each block of 8 is quantized whole or not at all
+    layers = [bool(QuantNoise(0.5, "layer").mask(torch.Size([4, 4]), torch.device("cpu")).all()) for _ in range(200)]
+    assert 60 < sum(layers) < 140
+    torch.manual_seed(1)
+    first = QuantNoise(0.5).mask(torch.Size([8, 16]), torch.device("cpu"))
+    torch.manual_seed(1)
+    assert torch.equal(first, QuantNoise(0.5).mask(torch.Size([8, 16]), torch.device("cpu")))  # follows the seed
+
+
+def test_quant_noise_quantizes_the_masked_units_in_training_and_everything_in_evaluation() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(24, 16, requires_grad=True)
+    config = WeightQuantConfig(bits=2, num_groups=6, range_method="mse")
+    noise = QuantNoise(0.5, "block", 4)
+    fake = WeightFakeQuant(config, rows=24, head_rows=None, refresh_every=1, noise=noise)
+    quantized = QuantizedWeight.from_float(weight, config).dequantize()
+    torch.manual_seed(7)
+    out = fake(weight)
+    torch.manual_seed(7)
+    mask = noise.mask(weight.shape, weight.device)
+    assert 0 < int(mask.sum()) < mask.numel()
+    assert torch.allclose(out.detach()[mask], quantized[mask], atol=1e-6, rtol=0)
+    assert torch.equal(out.detach()[~mask], weight.detach()[~mask])  # full precision where not drawn
+    out.backward(torch.ones_like(out))
+    assert torch.equal(weight.grad, torch.ones_like(weight))  # straight through everywhere
+    fake.eval()
+    assert torch.allclose(fake(weight).detach(), quantized, atol=1e-6, rtol=0)
 
 
 def test_weight_fake_quant_equals_the_packed_quantizer_with_identity_gradient() -> None:
@@ -107,10 +158,17 @@ def test_training_lowers_the_loss_and_strip_leaves_plain_trained_weights() -> No
     assert not stripped.bert.encoder.layer[0].output.dense._forward_pre_hooks
 
 
-def test_trained_weights_pack_without_further_loss(tmp_path: Path) -> None:
-    """The fake-quantized model (ranges of the final weights) computes what the packed int8 runtime computes."""
+@pytest.mark.parametrize(
+    "noise",
+    [{}, {"noise_rate": 0.3, "noise_unit": "block", "noise_block": 4}, {"noise_rate": 0.5, "noise_unit": "layer"}],
+    ids=["plain", "quant-noise-blocks", "quant-noise-layers"],
+)
+def test_trained_weights_pack_without_further_loss(tmp_path: Path, noise: dict) -> None:
+    """The fake-quantized model (ranges of the final weights) computes what the packed int8 runtime computes, also
+    after Quant-Noise training (which quantized only part of the weights in each training pass)."""
     model = _model("ner", seed=2)
-    precision = _precision(bits=2, qat=QATConfig(steps=5, batch_size=8, learning_rate=1e-3, distill_weight=0.0))
+    recipe = QATConfig(steps=5, batch_size=8, learning_rate=1e-3, distill_weight=0.0, **noise)
+    precision = _precision(bits=2, qat=recipe)
     prepared = prepare_qat(model, precision, precision.qat)
     train_qat(prepared, ({**b, "labels": b["input_ids"] % 9} for b in _batches(model)), precision.qat)
     modules = dict(model.named_modules())
@@ -124,10 +182,16 @@ def test_trained_weights_pack_without_further_loss(tmp_path: Path) -> None:
     (tmp_path / "trained" / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
     checkpoint = load_checkpoint(str(tmp_path / "trained"), "ner")
     quantize_checkpoint(checkpoint, "ner", precision, tmp_path / "artifact", {"qat": True})
-    runtime = load_model(tmp_path / "artifact").model
-    with torch.no_grad():
-        real = runtime(**inputs).logits
-    assert torch.allclose(fake, real, atol=1e-4, rtol=1e-3), float((fake - real).abs().max())
+    from quantization.runtime.packed_kernels import unavailable_reason
+
+    # The int8 reference, and (once: it builds our kernels' graph) the default backend on the packed 2-bit codes.
+    backends = ["eager"] + (["packed"] if noise and unavailable_reason() is None else [])
+    for backend in backends:
+        loaded = load_model(tmp_path / "artifact", backend)
+        assert loaded.backend == backend
+        with torch.no_grad():
+            real = loaded.model(**inputs).logits
+        assert torch.allclose(fake, real, atol=1e-4, rtol=1e-3), (backend, float((fake - real).abs().max()))
 
 
 def test_distillation_loss_is_zero_against_itself_and_ignores_padding() -> None:
