@@ -26,9 +26,18 @@ from ray.serve.handle import DeploymentHandle
 
 from service.app import Service, build_app, catalog_if_present, study_precisions
 from service.discovery import discover_artifacts, served_tasks
-from service.errors import DeadlineExceededError, NotReadyError, WorkerLostError
+from service.errors import DeadlineExceededError, InferenceFailedError, NotReadyError, WorkerLostError
 from service.metrics import ServiceMetrics
-from service.protocol import ArtifactRef, ItemResult, ModelInfo, ModelRefused, ModelServing, RunBatch, WorkerSpec
+from service.protocol import (
+    ArtifactRef,
+    ItemError,
+    ItemResult,
+    ModelInfo,
+    ModelRefused,
+    ModelServing,
+    RunBatch,
+    WorkerSpec,
+)
 from service.settings import ServiceSettings
 
 logger = logging.getLogger("qbert.ray")
@@ -129,8 +138,17 @@ class ModelReplica:
         for precision, where in by_precision.items():
             self._batch_ids += 1
             payloads = tuple(requests[r][1][i] for r, i in where)
-            done = await asyncio.to_thread(self.worker.run, RunBatch(self._batch_ids, self.name, precision, payloads))
-            for (r, i), result in zip(where, done.results, strict=True):
+            try:
+                done = await asyncio.to_thread(
+                    self.worker.run, RunBatch(self._batch_ids, self.name, precision, payloads)
+                )
+                answers = done.results
+            except Exception as exc:  # a bug or a kernel error fails this batch, not the replica (as a local worker)
+                logger.exception("%s/%s: a batch failed", self.name, precision)
+                answers = (ItemResult(error=ItemError.INFERENCE_FAILED, detail=f"{type(exc).__name__}: {exc}"),) * len(
+                    where
+                )
+            for (r, i), result in zip(where, answers, strict=True):
                 results[r][i] = result
         return results
 
@@ -200,10 +218,12 @@ class RayPool:
         except TimeoutError:
             call.cancel()
             raise DeadlineExceededError(f"no result within {self.settings.request_timeout_s:g} s") from None
-        except (RayActorError, RayTaskError) as exc:  # the replica died with the request: Ray replaces it
+        except RayActorError as exc:  # the replica died with the request: Ray replaces it
             raise WorkerLostError(
                 f"the {task} replica was lost ({type(exc).__name__}); retry", headers={"Retry-After": "1"}
             ) from None
+        except RayTaskError as exc:  # the call failed inside Ray (the replica answers its own errors as results)
+            raise InferenceFailedError(f"{type(exc).__name__}: {exc.cause!r}") from None
 
 
 @serve.ingress()
