@@ -89,10 +89,23 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         changes["layer_bits"] = read_plan(Path(args.plan))
     if args.qat and precision.qat is None:
         changes["qat"] = entry.qat_recipe(QATConfig())
+    recipe: dict[str, Any] = {}
     if args.qat_steps:
-        changes["qat"] = dataclasses.replace(changes.get("qat", precision.qat or QATConfig()), steps=args.qat_steps)
+        recipe["steps"] = args.qat_steps
+    if args.qat_seed is not None:
+        recipe["seed"] = args.qat_seed
+    if args.quant_noise:
+        rate, _, rest = args.quant_noise.partition(",")
+        unit, _, block = rest.partition(",")
+        recipe |= {"noise_rate": float(rate), "noise_unit": unit or "block", "noise_block": int(block or 8)}
+    if recipe:
+        base = changes.get("qat", precision.qat or entry.qat_recipe(QATConfig()))
+        changes["qat"] = dataclasses.replace(base, **recipe)
     if changes:
         default_name = f"{args.precision}-qat" if "qat" in changes and precision.qat is None else args.precision
+        # A recipe changed from the catalog's is an artifact of its own, never the catalog precision's folder.
+        default_name += "-qn" if "noise_rate" in recipe else ""
+        default_name += f"-seed{args.qat_seed}" if args.qat_seed is not None else ""
         changes["name"] = args.name or default_name
         precision = dataclasses.replace(precision, **changes)
     out = Path(args.out) if args.out else artifacts_dir() / args.task / precision.name
@@ -178,6 +191,13 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--qat", action="store_true", help="quantization-aware fine-tuning first (the task's recipe)")
     p.add_argument("--qat-steps", type=int, help="training steps (implies --qat)")
+    p.add_argument("--qat-seed", type=int, help="the training run's seed: data order, dropout, Quant-Noise's draws")
+    p.add_argument(
+        "--quant-noise",
+        metavar="RATE[,UNIT[,BLOCK]]",
+        help="Quant-Noise: quantize this share of the weights per training pass, by UNIT block (BLOCK weights of a "
+        "row, default 8) or layer (implies --qat)",
+    )
     p.add_argument("--plan", help="a bit-allocation plan JSON (`qbert allocate`): bits for every encoder Linear")
     p.add_argument("--name", help="precision name of the artifact (default: PRECISION, or PRECISION-qat)")
     p.set_defaults(func=cmd_quantize)

@@ -130,6 +130,16 @@ def test_hessian_allocate_and_a_qat_mixed_precision_artifact(env: dict[str, str]
     bits = {t.get("module"): t["bits"] for t in manifest["tensors"] if t.get("module") in plans["mp23"]["layer_bits"]}
     assert bits == plans["mp23"]["layer_bits"]
 
+    noisy = _qbert(
+        env, "quantize", "--task", "sst2", "--precision", "mp23", "--qat-steps", "4", "--qat-seed", "3",
+        "--quant-noise", "0.5,layer", "--no-eval",
+    )  # fmt: skip
+    assert noisy.returncode == 0, noisy.stderr
+    recorded = json.loads((Path(env["QBERT_ARTIFACTS"]) / "sst2" / "mp23-qn-seed3" / "manifest.json").read_text())
+    assert recorded["precision"]["name"] == "mp23-qn-seed3"  # its own folder: the catalog's mp23 is untouched
+    assert (recorded["precision"]["qat"]["noise_rate"], recorded["precision"]["qat"]["noise_unit"]) == (0.5, "layer")
+    assert recorded["precision"]["qat"]["seed"] == 3
+
 
 def test_a_plan_file_leaving_out_a_layer_is_refused(env: dict[str, str], tmp_path: Path) -> None:
     plan = {"layer_bits": {"bert.encoder.layer.0.attention.self.query": 3}}

@@ -1,0 +1,59 @@
+"""The Quant-Noise study's table (scripts/quant-noise-study.sh): per task and precision, plain QAT against
+Quant-Noise, each as mean ± standard deviation over its seeds of the task's primary metric, and the runs' wall time.
+
+    python3 scripts/quant-noise-table.py OUT [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+NAME = re.compile(r"^(?P<precision>.+)-(?P<recipe>plain|noise)-seed(?P<seed>\d+)$")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    runs: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for manifest_path in sorted(args.out.glob("*/*/manifest.json")):
+        manifest = json.loads(manifest_path.read_text())
+        match = NAME.match(manifest_path.parent.name)
+        if match is None or not manifest.get("evaluation"):
+            continue
+        row = manifest["evaluation"][0]  # the task's first metric is its primary one
+        training = manifest.get("training") or {}
+        runs[(manifest_path.parent.parent.name, match["precision"], match["recipe"])].append(
+            {
+                "seed": int(match["seed"]),
+                "metric": row["metric"],
+                "value": row["value"],
+                "train_seconds": training.get("seconds"),
+                "noise": (manifest["precision"].get("qat") or {}).get("noise_rate"),
+            }
+        )
+    print("| task | precision | recipe | metric | mean | sd | seeds | train s (mean) |")
+    print("|---|---|---|---|---|---|---|---|")
+    table = []
+    for (task, precision, recipe), rows in sorted(runs.items()):
+        values = [r["value"] * 100 for r in rows]
+        seconds = [r["train_seconds"] for r in rows if r["train_seconds"] is not None]
+        spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+        mean_seconds = statistics.mean(seconds) if seconds else float("nan")
+        print(
+            f"| {task} | {precision} | {recipe} | {rows[0]['metric']} | {statistics.mean(values):.2f} | "
+            f"{spread:.2f} | {len(rows)} | {mean_seconds:.0f} |"
+        )
+        table.append({"task": task, "precision": precision, "recipe": recipe, "runs": rows})
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=1))
+
+
+if __name__ == "__main__":
+    main()
