@@ -39,7 +39,6 @@ from service.protocol import (
     RunBatch,
     WorkerFailed,
     WorkerProgress,
-    WorkerSpec,
     WorkerStarted,
 )
 from service.settings import ServiceSettings
@@ -147,15 +146,8 @@ class WorkerPool:
         slot.started_at = slot.progressed_at = time.monotonic()
         parent_inbox, child_inbox = self._context.Pipe(duplex=False)  # (reader, writer)
         child_outbox_reader, child_outbox = self._context.Pipe(duplex=False)
-        spec = WorkerSpec(
-            index=slot.index,
-            threads=self.settings.threads_per_worker,
-            artifacts=tuple(self.artifacts),
-            max_tokens=self.settings.max_tokens,
-            max_batch_tokens=self.settings.max_batch_tokens,
-            backend=self.settings.backend,
-            openvino_activation_group_size=self.settings.openvino_activation_group_size,
-            hold_compiles=self._hold_compiles,
+        spec = self.settings.worker_spec(
+            slot.index, tuple(self.artifacts), self.settings.threads_per_worker, self._hold_compiles
         )
         process = self._context.Process(
             target=run_worker, args=(spec, parent_inbox, child_outbox), name=f"qbert-worker-{slot.index}", daemon=True

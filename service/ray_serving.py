@@ -36,7 +36,6 @@ from service.protocol import (
     ModelRefused,
     ModelServing,
     RunBatch,
-    WorkerSpec,
 )
 from service.settings import ServiceSettings
 
@@ -97,15 +96,7 @@ class ModelReplica:
         threads = _assigned_cpus()
         torch.set_num_threads(threads)
         refs = tuple(ArtifactRef(task, precision, Path(path)) for task, precision, path in artifacts)
-        spec = WorkerSpec(
-            index=0,
-            threads=threads,
-            artifacts=refs,
-            max_tokens=service_settings.max_tokens,
-            max_batch_tokens=service_settings.max_batch_tokens,
-            backend=service_settings.backend,
-            openvino_activation_group_size=service_settings.openvino_activation_group_size,
-        )
+        spec = service_settings.worker_spec(0, refs, threads)
         messages: list[Any] = []
         self.worker = InferenceWorker(spec, messages.append)
         self.worker.add(refs)

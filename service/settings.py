@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from quantization.catalog import artifacts_dir, load_catalog
 from service.cgroup import cgroup_cpu_limit
+from service.protocol import ArtifactRef, WorkerSpec
 
 TASKS = ("sst2", "ner", "qa")  # the built-in models; the catalog may add the user's own (`qbert add`)
 
@@ -143,6 +144,21 @@ class ServiceSettings(BaseSettings):
     @property
     def threads_per_worker(self) -> int:
         return self.torch_threads or max(1, available_cores() // self.workers)
+
+    def worker_spec(
+        self, index: int, artifacts: tuple[ArtifactRef, ...], threads: int, hold_compiles: bool = False
+    ) -> WorkerSpec:
+        """What a worker (a pool's process or a Ray replica) is told: these settings' limits and backend."""
+        return WorkerSpec(
+            index=index,
+            threads=threads,
+            artifacts=artifacts,
+            max_tokens=self.max_tokens,
+            max_batch_tokens=self.max_batch_tokens,
+            backend=self.backend,
+            openvino_activation_group_size=self.openvino_activation_group_size,
+            hold_compiles=hold_compiles,
+        )
 
     @property
     def build_threads(self) -> int:
