@@ -364,6 +364,15 @@ def catalog_if_present() -> Catalog | None:
         return None
 
 
+def artifacts_to_serve(settings: ServiceSettings, catalog: Catalog | None) -> list[ArtifactRef]:
+    """The built artifacts of `settings`' tasks and precisions on disk (the study's only where named; a served
+    precision whose artifact is missing by its stand-in's)."""
+    stand_ins = catalog.stand_ins if catalog else {}
+    return discover_artifacts(
+        settings.artifacts, settings.tasks, settings.precisions, study_precisions(catalog), stand_ins
+    )
+
+
 def study_precisions(catalog: Catalog | None) -> frozenset[str]:
     """The catalog's reproduction-study precisions (served only when QBERT_PRECISIONS names them)."""
     if catalog is None:
@@ -381,10 +390,7 @@ def create_app(
     `on_build_event`: a progress display); both stop with it."""
     settings = settings or ServiceSettings()
     catalog = catalog_if_present()
-    stand_ins = catalog.stand_ins if catalog else {}
-    artifacts = discover_artifacts(
-        settings.artifacts, settings.tasks, settings.precisions, study_precisions(catalog), stand_ins
-    )
+    artifacts = artifacts_to_serve(settings, catalog)
     builds = []
     if settings.build:
         catalog = catalog or load_catalog()  # raises: building needs the catalog

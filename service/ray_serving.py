@@ -24,10 +24,11 @@ from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 
-from service.app import Service, build_app, catalog_if_present, study_precisions
-from service.discovery import discover_artifacts, served_tasks
+from service.app import Service, artifacts_to_serve, build_app, catalog_if_present
+from service.discovery import served_tasks
 from service.errors import DeadlineExceededError, InferenceFailedError, NotReadyError, WorkerLostError
 from service.metrics import ServiceMetrics
+from service.pool import Key
 from service.protocol import (
     ArtifactRef,
     ItemError,
@@ -40,8 +41,6 @@ from service.protocol import (
 from service.settings import ServiceSettings
 
 logger = logging.getLogger("qbert.ray")
-
-Key = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ def _assigned_cpus() -> int:
 
 class ModelReplica:
     """One replica of a model's deployment: our worker (`InferenceWorker`) with every precision of the model loaded
-    and compiled before it reports healthy, answering batches that Ray Serve's batcher forms from single inputs."""
+    and compiled before it reports healthy, answering the batches that Ray Serve's batcher forms from requests."""
 
     def __init__(self, name: str, artifacts: list[tuple[str, str, str]], settings: dict[str, Any]) -> None:
         import torch
@@ -244,14 +243,7 @@ def build_application(args: dict[str, Any]) -> Any:
     `ModelScaling`'s fields, for every model; a config file's `deployments` section overrides them per model)."""
     settings = ServiceSettings(**(args.get("settings") or {}))
     scaling = ModelScaling(**(args.get("scaling") or {}))
-    catalog = catalog_if_present()
-    refs = discover_artifacts(
-        settings.artifacts,
-        settings.tasks,
-        settings.precisions,
-        study_precisions(catalog),
-        catalog.stand_ins if catalog else {},
-    )
+    refs = artifacts_to_serve(settings, catalog_if_present())
     if not refs:
         raise ValueError(f"no artifacts of {settings.tasks} under {settings.artifacts}: build them first (qbert build)")
     plain = settings.model_dump(mode="json", exclude={"api_key"})
