@@ -27,6 +27,19 @@ def _padded_units(codes: torch.Tensor, per_unit: int) -> torch.Tensor:
     return codes.view(-1, per_unit)
 
 
+def pack_1bit_u8(codes: torch.Tensor) -> torch.Tensor:
+    """Eight 1-bit codes per byte: byte k = sum_i c[8k+i] << i (i = 0..7)."""
+    _check_codes(codes, 1)
+    units = _padded_units(codes, 8)
+    shifts = torch.arange(8, dtype=torch.uint8)
+    return (units << shifts).sum(1, dtype=torch.uint8)
+
+
+def unpack_1bit_u8(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    shifts = torch.arange(8, dtype=torch.uint8)
+    return ((packed[:, None] >> shifts) & 1).reshape(-1)[:numel].contiguous()
+
+
 def pack_2bit_u8(codes: torch.Tensor) -> torch.Tensor:
     """Four 2-bit codes per byte.
 
@@ -93,13 +106,14 @@ Packer = Callable[[torch.Tensor], torch.Tensor]
 Unpacker = Callable[[torch.Tensor, int], torch.Tensor]
 
 PACKERS: dict[int, tuple[Packer, Unpacker]] = {
+    1: (pack_1bit_u8, unpack_1bit_u8),
     2: (pack_2bit_u8, unpack_2bit_u8),
     3: (pack_3bit_u8, unpack_3bit_u8),
     4: (pack_4bit_u8, unpack_4bit_u8),
     8: (pack_8bit_u8, unpack_8bit_u8),
 }
 # (codes per unit, bytes per unit) for every width.
-_UNITS = {2: (4, 1), 3: (8, 3), 4: (2, 1), 8: (1, 1)}
+_UNITS = {1: (8, 1), 2: (4, 1), 3: (8, 3), 4: (2, 1), 8: (1, 1)}
 
 
 def _packers(bits: int) -> tuple[Packer, Unpacker]:

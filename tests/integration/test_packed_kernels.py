@@ -18,9 +18,9 @@ try:
 except KernelsUnavailableError as exc:  # a CPU without AVX-512 VNNI, or no compiler: the runtime falls back
     pytest.skip(f"packed kernels unavailable here: {exc}", allow_module_level=True)
 
-BITS = (2, 3, 4, 8)
-PARTS = {2: 4, 3: 2, 4: 4, 8: 4}  # 16-row parts per row block (the kernel's geometry)
-GROUP_INPUTS = {2: 16, 3: 16, 4: 8, 8: 4}  # inputs per packed group
+BITS = (1, 2, 3, 4, 8)  # 1: PTQ1.61's sign codes
+PARTS = {1: 4, 2: 4, 3: 2, 4: 4, 8: 4}  # 16-row parts per row block (the kernel's geometry)
+GROUP_INPUTS = {1: 32, 2: 16, 3: 16, 4: 8, 8: 4}  # inputs per packed group
 # Shapes with ragged rows (not a whole block) and inputs (not a whole group), and BERT's.
 SHAPES = [(1, 4), (17, 5), (50, 40), (65, 129), (384, 384), (96, 1536)]
 
@@ -59,7 +59,7 @@ def test_packed_codes_take_their_own_bits(bits: int) -> None:
 def test_a_code_too_wide_is_refused() -> None:
     with pytest.raises(RuntimeError, match="does not fit in 2 bits"):
         OPS.pack_codes(torch.full((4, 4), 4, dtype=torch.uint8), 2)
-    with pytest.raises(RuntimeError, match="bits must be 2, 3, 4 or 8"):
+    with pytest.raises(RuntimeError, match="bits must be 1, 2, 3, 4 or 8"):
         OPS.pack_codes(torch.zeros((4, 4), dtype=torch.uint8), 5)
 
 

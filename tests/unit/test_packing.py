@@ -23,12 +23,16 @@ def test_extreme_codes_round_trip(bits: int) -> None:
     assert torch.equal(unpack_codes(pack_codes(codes, bits), bits, (26,)), codes)
 
 
-@pytest.mark.parametrize(("bits", "numel", "nbytes"), [(2, 9, 3), (3, 8, 3), (3, 9, 6), (4, 5, 3), (8, 5, 5)])
+@pytest.mark.parametrize(
+    ("bits", "numel", "nbytes"), [(1, 8, 1), (1, 9, 2), (2, 9, 3), (3, 8, 3), (3, 9, 6), (4, 5, 3), (8, 5, 5)]
+)
 def test_packed_size_is_the_true_bit_width(bits: int, numel: int, nbytes: int) -> None:
     assert packed_nbytes(numel, bits) == nbytes
 
 
 def test_documented_layouts() -> None:
+    # 1-bit: bit i of the byte is code i
+    assert pack_codes(torch.tensor([1, 0, 1, 1, 0, 0, 0, 1], dtype=torch.uint8), 1).tolist() == [0b10001101]
     # 2-bit: byte = c0 | c1<<2 | c2<<4 | c3<<6
     assert pack_codes(torch.tensor([1, 2, 3, 0], dtype=torch.uint8), 2).tolist() == [1 | 2 << 2 | 3 << 4]
     # 4-bit: low nibble first
@@ -39,7 +43,7 @@ def test_documented_layouts() -> None:
     assert pack_codes(codes, 3).tolist() == [value & 0xFF, (value >> 8) & 0xFF, value >> 16]
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
 def test_codes_that_do_not_fit_are_refused(bits: int) -> None:
     with pytest.raises(ValueError, match="does not fit"):
         pack_codes(torch.tensor([2**bits], dtype=torch.uint8), bits)

@@ -1,4 +1,4 @@
-// Packed 2/3/4/8-bit weight GEMM with per-token dynamic int8 activations, on AVX-512 VNNI.
+// Packed 1/2/3/4/8-bit weight GEMM with per-token dynamic int8 activations, on AVX-512 VNNI.
 //
 //   y[t, r] = s_t * s_r * (sum_k xq[t, k] * c[r, k]  -  z_r * sum_k xq[t, k])  +  b[r]
 //   xq[t, k] = round(x[t, k] / s_t),  s_t = max(max_k |x[t, k]|, 1e-8) / 127
@@ -13,6 +13,7 @@
 //   8 bits: 1 quad, T(h, q) as is;                          64 bytes per part
 //   4 bits: 2 quads, nibble j of each byte from T(h, 2p+j); 64 bytes per part
 //   2 bits: 4 quads, bit pair j from T(h, 4p+j);            64 bytes per part
+//   1 bit:  8 quads, bit j from T(h, 8p+j);                 64 bytes per part
 //   3 bits: 4 quads, the low two bits as 2-bit, then 4 x 64-bit masks of each tile's top bit; 96 bytes per part
 // A micro-tile is `tile_rows(bits)` tokens x one row block: its P x tokens accumulators and P weight registers fit
 // the 32 zmm registers (3-bit tiles take two more registers to unpack, so they use narrower blocks).
@@ -33,7 +34,7 @@ constexpr int parts(int64_t bits) { return bits == 3 ? 2 : 4; }
 constexpr int tile_rows(int64_t bits) { return bits == 3 ? 12 : 6; }
 constexpr int64_t block_rows(int64_t bits) { return 16 * parts(bits); }
 
-int64_t quads_per_group(int64_t bits) { return bits == 8 ? 1 : bits == 4 ? 2 : 4; }
+int64_t quads_per_group(int64_t bits) { return bits == 8 ? 1 : bits == 4 ? 2 : bits == 1 ? 8 : 4; }
 int64_t half_group_bytes(int64_t bits) { return bits == 3 ? 96 : 64; }
 int64_t group_inputs(int64_t bits) { return 4 * quads_per_group(bits); }
 int64_t padded(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
@@ -45,7 +46,8 @@ bool cpu_supported() {
 }
 
 void check_bits(int64_t bits) {
-  TORCH_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8, "bits must be 2, 3, 4 or 8, got ", bits);
+  TORCH_CHECK(bits == 1 || bits == 2 || bits == 3 || bits == 4 || bits == 8, "bits must be 1, 2, 3, 4 or 8, got ",
+              bits);
 }
 
 // codes: uint8 [rows, inputs], each < 2**bits -> packed uint8 [row_blocks, groups, parts, half_group_bytes]
@@ -75,6 +77,8 @@ at::Tensor pack_codes(const at::Tensor& codes, int64_t bits) {
                 tile[byte] = v;
               } else if (bits == 4) {
                 tile[byte] |= static_cast<uint8_t>(v << (4 * j));
+              } else if (bits == 1) {
+                tile[byte] |= static_cast<uint8_t>(v << j);
               } else {
                 tile[byte] |= static_cast<uint8_t>((v & 3) << (2 * j));
                 if (bits == 3 && (v & 4)) tile[64 + 8 * j + byte / 8] |= static_cast<uint8_t>(1u << (byte % 8));
@@ -105,6 +109,7 @@ at::Tensor unpack_codes(const at::Tensor& packed, int64_t bits, int64_t rows, in
       uint8_t v;
       if (bits == 8) v = tile[byte];
       else if (bits == 4) v = (tile[byte] >> (4 * j)) & 15;
+      else if (bits == 1) v = (tile[byte] >> j) & 1;
       else {
         v = (tile[byte] >> (2 * j)) & 3;
         if (bits == 3) v |= ((tile[64 + 8 * j + byte / 8] >> (byte % 8)) & 1) << 2;
@@ -165,11 +170,12 @@ inline __attribute__((always_inline)) void tile_sums(const int8_t* a, int64_t gr
   constexpr int kParts = parts(BITS), kTileRows = tile_rows(BITS);
   for (int t = 0; t < MR; ++t)
     for (int h = 0; h < kParts; ++h) acc[t][h] = _mm512_setzero_si512();
-  const __m512i low2 = _mm512_set1_epi8(3), low4 = _mm512_set1_epi8(15), four = _mm512_set1_epi8(4);
-  constexpr int64_t kQuads = BITS == 8 ? 1 : BITS == 4 ? 2 : 4;
+  const __m512i low1 = _mm512_set1_epi8(1), low2 = _mm512_set1_epi8(3), low4 = _mm512_set1_epi8(15);
+  const __m512i four = _mm512_set1_epi8(4);
+  constexpr int64_t kQuads = BITS == 8 ? 1 : BITS == 4 ? 2 : BITS == 1 ? 8 : 4;
   constexpr int64_t kHalf = BITS == 3 ? 96 : 64;
   for (int64_t g = 0; g < groups; ++g, w += kParts * kHalf) {
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int j = 0; j < kQuads; ++j, a += kTileRows * 4) {
       __m512i wv[kParts];
 #pragma GCC unroll 4
@@ -179,6 +185,8 @@ inline __attribute__((always_inline)) void tile_sums(const int8_t* a, int64_t gr
           wv[h] = _mm512_loadu_si512(part);
         } else if constexpr (BITS == 4) {
           wv[h] = _mm512_and_si512(_mm512_srli_epi16(_mm512_loadu_si512(part), 4 * j), low4);
+        } else if constexpr (BITS == 1) {
+          wv[h] = _mm512_and_si512(_mm512_srli_epi16(_mm512_loadu_si512(part), j), low1);
         } else {
           wv[h] = _mm512_and_si512(_mm512_srli_epi16(_mm512_loadu_si512(part), 2 * j), low2);
           if constexpr (BITS == 3) {
@@ -280,6 +288,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& packed, int64_t bits, i
         const uint8_t* w = wp + b * block_bytes;
         float* yt = yp + t * rows + r0;
         switch (bits) {
+          case 1: run_tile<1>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
           case 2: run_tile<2>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
           case 3: run_tile<3>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
           case 4: run_tile<4>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
