@@ -20,6 +20,7 @@ from functools import reduce
 import torch
 from torch import nn
 
+from quantization.binarized import BinarizedWeight
 from quantization.config import Rounding, WeightQuantConfig
 from quantization.hessian import BlockSensitivity
 from quantization.qtensor import QuantizedWeight
@@ -93,7 +94,14 @@ def layer_options(
         weight = modules[target.name].weight.detach()
         options[target.name] = []
         for width in bits:
-            quantized = QuantizedWeight.from_float(weight, config.with_bits(width), target.head_rows)
+            quantized: QuantizedWeight | BinarizedWeight
+            if width == 1:
+                # PTQ1.61 picks its mask and fits its scales on calibration inputs; the allocator sees weights only,
+                # so it estimates with unit input second moments (each input channel alike, uncorrelated)
+                identity = torch.eye(weight.shape[1], dtype=torch.float64)
+                quantized = BinarizedWeight.from_float(weight, config.with_bits(1), identity)
+            else:
+                quantized = QuantizedWeight.from_float(weight, config.with_bits(width), target.head_rows)
             error = float((weight - quantized.dequantize()).pow(2).sum())
             cost = second_order_cost(weight_traces[target.name], weight.numel(), error)
             options[target.name].append(LayerOption(width, quantized.packed_nbytes(), cost))

@@ -20,12 +20,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from quantization.artifact_files import MANIFEST, MODEL_CONFIG, TOKENIZER_FILES, WEIGHTS
+from quantization.binarized import BinarizedWeight
 from quantization.config import PrecisionConfig, QATConfig
 from quantization.primitives import group_offsets
-from quantization.qtensor import QuantizedWeight
+from quantization.qtensor import QDATA, SCALE, ZERO_POINT, QuantizedWeight
 from quantization.quantize import QuantizedState
 
 SCHEMA_VERSION = 1
+BINARIZED_LAYOUT = "binarized"  # a tensor entry's `layout` for PTQ1.61 weights (`BinarizedWeight`); absent: uniform
 
 
 class ArtifactError(RuntimeError):
@@ -49,6 +51,7 @@ def precision_to_dict(precision: PrecisionConfig) -> dict[str, Any]:
         "layer_bits": dict(precision.layer_bits),
         # Only where set, so the inputs hash (and `qbert build`'s up-to-date check) of PTQ artifacts is unchanged.
         **({"qat": qat_to_dict(precision.qat)} if precision.qat else {}),
+        **({"preprocessing": asdict(precision.preprocessing)} if precision.preprocessing else {}),
     }
 
 
@@ -65,21 +68,33 @@ def _tensor_entries(state: QuantizedState) -> list[dict[str, Any]]:
     entries = []
     for name, qweight in state.quantized.items():
         planned = state.plan[name]
-        entries.append(
-            {
-                "name": f"{name}.weight",
-                "module": name,
-                "role": planned.target.role.value,
-                "shape": list(qweight.shape),
+        entry: dict[str, Any] = {
+            "name": f"{name}.weight",
+            "module": name,
+            "role": planned.target.role.value,
+            "shape": list(qweight.shape),
+        }
+        if isinstance(qweight, BinarizedWeight):
+            entry |= {
+                "bits": 1,
+                "layout": BINARIZED_LAYOUT,
+                "salient_channels": int(qweight.salient_index.numel()),
+                "salient_bits": qweight.salient.bits if qweight.salient is not None else None,
+                # codes and mask (PTQ1.61's count); packed_bytes holds every stored byte, factors included
+                "bits_per_weight": round(qweight.code_bits_per_weight(), 6),
+                "mask_bits_per_weight": round(qweight.mask_bits_per_weight(), 6),
+            }
+        else:
+            entry |= {
                 "bits": qweight.bits,
                 "granularity": planned.config.granularity.value,
                 "num_groups": int(qweight.scale.numel()),
                 "head_rows": planned.target.head_rows,
                 "symmetric": planned.config.symmetric,
                 "range_method": planned.config.range_method.value,
-                "packed_bytes": qweight.packed_nbytes(),
             }
-        )
+        entry["packed_bytes"] = qweight.packed_nbytes()
+        entries.append(entry)
     for name, tensor in state.fp32.items():
         entries.append({"name": name, "shape": list(tensor.shape), "bits": 32, "packed_bytes": tensor.numel() * 4})
     return entries
@@ -92,15 +107,18 @@ def summarize(entries: list[dict[str, Any]], encoder_weight_names: set[str], emb
         chosen = [e for e in entries if e["name"] in names]
         numel = sum(_numel(e["shape"]) for e in chosen)
         packed = sum(e["packed_bytes"] for e in chosen)
-        bits = sum(_numel(e["shape"]) * e["bits"] for e in chosen) / numel if numel else 0.0
+        bits = sum(_numel(e["shape"]) * e.get("bits_per_weight", e["bits"]) for e in chosen) / numel if numel else 0.0
         return packed, numel * 4, bits
 
     enc_packed, enc_fp32, enc_bits = totals(encoder_weight_names)
     emb_packed, emb_fp32, emb_bits = totals(embedding_names)
+    encoder_numel = enc_fp32 // 4
     all_packed = sum(e["packed_bytes"] for e in entries)
     all_fp32 = sum(_numel(e["shape"]) * 4 for e in entries)
     return {
         "avg_bits_encoder": round(enc_bits, 4),
+        # every stored byte of the encoder weights (scales, zero points, masks, factors) in bits per weight
+        "avg_bits_encoder_all_in": round(8 * enc_packed / encoder_numel, 4) if encoder_numel else 0.0,
         "avg_bits_embeddings": round(emb_bits, 4),
         "encoder_packed_bytes": enc_packed,
         "encoder_fp32_bytes": enc_fp32,
@@ -219,8 +237,18 @@ class Artifact:
     manifest: dict[str, Any]
     tensors: dict[str, torch.Tensor]
 
-    def quantized_weight(self, entry: dict[str, Any]) -> QuantizedWeight:
+    def stored_names(self, entry: dict[str, Any]) -> list[str]:
+        """The safetensors entries holding a quantized weight."""
+        if entry.get("layout") == BINARIZED_LAYOUT:
+            return BinarizedWeight.storage_names(entry["name"], self.tensors)
+        return [f"{entry['name']}.{suffix}" for suffix in (QDATA, SCALE, ZERO_POINT)]
+
+    def quantized_weight(self, entry: dict[str, Any]) -> QuantizedWeight | BinarizedWeight:
         """The quantized weight a manifest tensor entry describes (its groups recomputed from the entry)."""
+        if entry.get("layout") == BINARIZED_LAYOUT:
+            return BinarizedWeight.from_storage(
+                self.tensors, entry["name"], tuple(entry["shape"]), entry["salient_bits"] or 0
+            )
         offsets = group_offsets(entry["shape"][0], entry["num_groups"], entry.get("head_rows"))
         return QuantizedWeight.from_storage(self.tensors, entry["name"], tuple(entry["shape"]), entry["bits"], offsets)
 

@@ -22,7 +22,7 @@ from typing import Any
 BACKENDS = ("eager", "compiled", "packed", "openvino")
 COMPILED_BACKENDS = ("compiled", "packed")  # under torch.compile: warmed up (compiled) at load
 
-SUPPORTED_WEIGHT_BITS = (2, 3, 4, 8)
+SUPPORTED_WEIGHT_BITS = (1, 2, 3, 4, 8)  # 1: binarized, PTQ1.61 (`BinarizationConfig`)
 _PRECISION_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
 
 
@@ -49,6 +49,49 @@ class Rounding(StrEnum):
     # weighted by the inverse Hessian of the layer's inputs on calibration data (needs that data at build time)
 
 
+SALIENCY_CRITERIA = ("error-bound", "activation")
+
+
+@dataclass(frozen=True)
+class BinarizationConfig:
+    """PTQ1.61 (Zhao et al., 2025) for 1-bit weight matrices: a structured mask over input channels keeps the salient
+    ones at `salient_bits` (uniform, one scale and zero point per output row); the rest are binarized,
+
+        w[r, c] = column_scale[c] · (row_scale[r] · sign[r, c] + row_mean[r])
+
+    `salient_fraction`: the share of input channels kept (0: no mask, every channel binarized).
+    `saliency`: how they are picked from the calibration inputs X (training split): "error-bound" (the channels c
+    with the largest ‖X[:, c]‖ · ‖binarization error of column c‖, the terms of the upper bound Σ_c ‖X[:, c]‖·‖w_c −
+    ŵ_c‖ of the layer's output error) or "activation" (largest ‖X[:, c]‖, the reference code's criterion).
+    `row_mean`: binarize around each row's mean; `column_scales`: the per-input-channel factors. With both off and no
+    mask this is plain binarization, sign(w) · mean |w| per row.
+    `refinement_passes`: alternating least-squares passes that fit the row scales, row means and column scales to the
+    layer's output on the calibration inputs, ‖X(W − Ŵ)ᵀ‖² (0: the closed-form start, which needs no inputs).
+    """
+
+    salient_fraction: float = 0.2
+    salient_bits: int = 4
+    saliency: str = "error-bound"
+    row_mean: bool = True
+    column_scales: bool = True
+    refinement_passes: int = 4
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.salient_fraction < 1:
+            raise ValueError(f"salient_fraction must be in [0, 1), got {self.salient_fraction}")
+        if self.salient_bits not in (2, 3, 4, 8):
+            raise ValueError(f"salient_bits must be 2, 3, 4 or 8, got {self.salient_bits}")
+        if self.saliency not in SALIENCY_CRITERIA:
+            raise ValueError(f"saliency must be one of {SALIENCY_CRITERIA}, got {self.saliency!r}")
+        if self.refinement_passes < 0:
+            raise ValueError(f"refinement_passes must be ≥ 0, got {self.refinement_passes}")
+
+    @property
+    def needs_inputs(self) -> bool:
+        """Whether building it needs the layer's calibration inputs (their second moments)."""
+        return self.salient_fraction > 0 or self.refinement_passes > 0
+
+
 @dataclass(frozen=True)
 class WeightQuantConfig:
     """Uniform quantization of one weight matrix, with scales per row group.
@@ -64,11 +107,17 @@ class WeightQuantConfig:
     range_method: RangeMethod = RangeMethod.MINMAX
     rounding: Rounding = Rounding.NEAREST
     version: int = 1
+    # how 1-bit matrices are built (PTQ1.61); other widths ignore it, so a mixed plan may give some layers 1 bit
+    binarization: BinarizationConfig | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rounding", Rounding(self.rounding))
+        if isinstance(self.binarization, dict):
+            object.__setattr__(self, "binarization", BinarizationConfig(**self.binarization))
         if self.bits not in SUPPORTED_WEIGHT_BITS:
             raise ValueError(f"bits must be one of {SUPPORTED_WEIGHT_BITS}, got {self.bits}")
+        if self.bits == 1 and self.binarization is None:
+            raise ValueError("1-bit weights are binarized: give a `binarization` (PTQ1.61) config")
         object.__setattr__(self, "granularity", Granularity(self.granularity))
         object.__setattr__(self, "range_method", RangeMethod(self.range_method))
         if self.num_groups < 1:
@@ -85,7 +134,12 @@ class WeightQuantConfig:
             symmetric=self.symmetric,
             range_method=self.range_method,
             rounding=self.rounding,
+            binarization=self.binarization,
         )
+
+    @property
+    def binarized(self) -> bool:
+        return self.bits == 1
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -94,6 +148,8 @@ class WeightQuantConfig:
         data["rounding"] = self.rounding.value
         if self.rounding is Rounding.NEAREST:  # as before the field existed: the inputs hashes stay the same
             del data["rounding"]
+        if self.binarization is None:  # likewise
+            del data["binarization"]
         return data
 
     @classmethod
@@ -180,6 +236,22 @@ class QATConfig:
 
 
 @dataclass(frozen=True)
+class PreprocessingConfig:
+    """PTQ1.61's quantization preprocessing ("restorative LoRA"): the model is quantized once, low-rank corrections
+    B·A (`rank`) are trained on top of the frozen quantized weights to restore the FP32 model's outputs
+    (distillation, on the training split), and the merged weights Ŵ + B·A, whose distribution now sits near the
+    quantization grid, are what the precision then quantizes. `steps` at `learning_rate`, the task's QAT batches."""
+
+    rank: int = 16
+    steps: int = 300
+    learning_rate: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.rank < 1 or self.steps < 1 or not self.learning_rate > 0:
+            raise ValueError(f"preprocessing needs rank ≥ 1, steps ≥ 1, learning_rate > 0; got {self}")
+
+
+@dataclass(frozen=True)
 class PrecisionConfig:
     """A named recipe: how encoder weights, embeddings and activations are quantized.
 
@@ -194,12 +266,17 @@ class PrecisionConfig:
     activations: ActivationQuantConfig | None = None
     layer_bits: dict[str, int] = field(default_factory=dict)
     qat: QATConfig | None = None
+    preprocessing: PreprocessingConfig | None = None
 
     def __post_init__(self) -> None:
         if not _PRECISION_NAME.match(self.name):
             raise ValueError(f"precision name must match {_PRECISION_NAME.pattern}, got {self.name!r}")
         if self.weights is None and (self.embeddings or self.activations or self.layer_bits or self.qat):
             raise ValueError(f"precision {self.name!r}: embeddings/activations/layer_bits/qat need weights")
+        if self.weights is None and self.preprocessing is not None:
+            raise ValueError(f"precision {self.name!r}: preprocessing needs quantized weights")
+        if self.qat is not None and self.preprocessing is not None:
+            raise ValueError(f"precision {self.name!r}: preprocessing is for post-training quantization, not QAT")
         if self.weights is not None and self.activations is None:
             raise ValueError(f"precision {self.name!r}: quantized weights run with 8-bit activations")
         if self.embeddings is not None and self.embeddings.rounding is not Rounding.NEAREST:
@@ -209,6 +286,10 @@ class PrecisionConfig:
         for module, bits in self.layer_bits.items():
             if bits not in SUPPORTED_WEIGHT_BITS:
                 raise ValueError(f"layer_bits[{module!r}] = {bits} is not one of {SUPPORTED_WEIGHT_BITS}")
+            if bits == 1 and (self.weights is None or self.weights.binarization is None):
+                raise ValueError(f"layer_bits[{module!r}] = 1 needs the weights' `binarization` (PTQ1.61) config")
+        if self.embeddings is not None and self.embeddings.bits == 1:
+            raise ValueError(f"precision {self.name!r}: embeddings are not binarized (PTQ1.61 is for Linear weights)")
 
     @property
     def is_fp32(self) -> bool:

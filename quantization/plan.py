@@ -44,6 +44,8 @@ def build_plan(model: nn.Module, precision: PrecisionConfig) -> dict[str, Planne
     if precision.embeddings is not None:
         for target in embeddings:
             bits = precision.layer_bits.get(target.name, precision.embeddings.bits)
+            if bits == 1:
+                raise ValueError(f"precision {precision.name!r}: {target.name} is an embedding; only Linears binarize")
             plan[target.name] = PlannedWeight(target, precision.embeddings.with_bits(bits))
     return plan
 
@@ -61,5 +63,12 @@ def check_full_plan(model: nn.Module, layer_bits: dict[str, int]) -> None:
 
 
 def needs_calibration(plan: dict[str, PlannedWeight]) -> list[str]:
-    """The planned modules whose rounding (GPTQ) needs the inputs they see on calibration data."""
-    return [name for name, planned in plan.items() if planned.config.rounding is not Rounding.NEAREST]
+    """The planned modules whose rounding (GPTQ) or binarization (PTQ1.61's mask and scales) needs the inputs they
+    see on calibration data."""
+    return [name for name, planned in plan.items() if _needs_inputs(planned.config)]
+
+
+def _needs_inputs(config: WeightQuantConfig) -> bool:
+    if config.binarized:
+        return config.binarization is not None and config.binarization.needs_inputs
+    return config.rounding is not Rounding.NEAREST

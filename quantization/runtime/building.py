@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typing
-from collections.abc import Callable
 
 import torch
 import transformers
@@ -11,7 +10,9 @@ from torch import nn
 
 from quantization.architectures import check_architecture, model_class
 from quantization.artifact import Artifact
-from quantization.qtensor import QDATA, SCALE, ZERO_POINT, QuantizedWeight
+from quantization.binarized import BinarizedWeight
+from quantization.qtensor import QuantizedWeight
+from quantization.runtime.binarized_linear import BinarizedLinear, LinearFactory
 from quantization.runtime.int8_linear import Int8Linear
 from quantization.runtime.modules import (
     QuantizedEmbedding,
@@ -43,9 +44,6 @@ def _materialize_buffers(model: nn.Module) -> None:
             module.register_buffer(name, value, persistent=False)
 
 
-LinearFactory = Callable[[QuantizedWeight, torch.Tensor | None], nn.Module]
-
-
 def build_model(
     artifact: Artifact, stack_qkv: bool = True, linear_factory: LinearFactory | None = None
 ) -> tuple[nn.Module, int]:
@@ -66,16 +64,21 @@ def build_model(
             continue
         module_name = entry["module"]
         qweight = artifact.quantized_weight(entry)
-        for suffix in (QDATA, SCALE, ZERO_POINT):
-            del tensors[f"{entry['name']}.{suffix}"]
+        for name in artifact.stored_names(entry):
+            del tensors[name]
         original = model.get_submodule(module_name)
-        if isinstance(original, nn.Embedding):
+        if isinstance(original, nn.Embedding) and isinstance(qweight, QuantizedWeight):
             replacement: nn.Module = QuantizedEmbedding(qweight, original.padding_idx)
-        elif isinstance(original, nn.Linear):
+        elif isinstance(original, nn.Linear) and isinstance(qweight, BinarizedWeight):
+            replacement = BinarizedLinear(qweight, tensors.pop(f"{module_name}.bias", None), linear_factory)
+        elif isinstance(original, nn.Linear) and isinstance(qweight, QuantizedWeight):
             bias = tensors.pop(f"{module_name}.bias", None)
             replacement = linear_factory(qweight, bias)
         else:
-            raise ValueError(f"{module_name} is a {type(original).__name__}; only Linear/Embedding quantize")
+            raise ValueError(
+                f"{module_name} is a {type(original).__name__} with a {type(qweight).__name__}; only Linear and "
+                "Embedding quantize, and only Linear binarizes"
+            )
         set_submodule(model, module_name, replacement)
     # Copies, so that no model tensor keeps the memory-mapped weights file (and its pages) alive.
     result = model.load_state_dict({k: v.clone() for k, v in tensors.items()}, strict=False, assign=True)

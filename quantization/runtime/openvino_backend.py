@@ -4,7 +4,9 @@ Each quantized Linear is handed to OpenVINO in its weight-decompression form, `y
 codes `c` as a constant of a packed width (`u2`, `u3`, `u4` or `u8`), the per-row zero point `z` as a `u8`
 constant and the per-row scale `s` as float32. OpenVINO's CPU plugin recognises that pattern and multiplies with
 the codes still packed, unpacking tiles inside its GEMM; no requantization: the weights the artifact records are
-the weights that run. The 8-bit embedding tables are gathered as `u8` codes and dequantized per looked-up row.
+the weights that run. PTQ1.61's layers run as two such Linears (`BinarizedLinear`); the plugin folds `u1`
+constants into float weights, so their sign codes are stored as `u2` (twice their width). The 8-bit embedding
+tables are gathered as `u8` codes and dequantized per looked-up row.
 
 Activations, two ways (`OpenVinoOptions.dynamic_quantization_group_size`):
 - int8 kernels (the default, N > 0): the plugin's dynamic quantization rounds each token's input to a
@@ -41,7 +43,7 @@ from quantization.runtime.modules import CodesLinear
 logger = logging.getLogger(__name__)
 
 MIN_OPENVINO = (2025, 1)  # u2/u3 element types and FullyConnected weight decompression on CPU
-_WIDTHS = (2, 3, 4, 8)
+_WIDTHS = (1, 2, 3, 4, 8)
 
 
 class BackendUnavailableError(RuntimeError):
@@ -163,7 +165,7 @@ def _digest(array: np.ndarray) -> tuple[tuple[int, ...], str]:
 
 
 def _element_type(ov: Any, bits: int) -> Any:
-    return {2: ov.Type.u2, 3: ov.Type.u3, 4: ov.Type.u4, 8: ov.Type.u8}[bits]
+    return {1: ov.Type.u1, 2: ov.Type.u2, 3: ov.Type.u3, 4: ov.Type.u4, 8: ov.Type.u8}[bits]
 
 
 @functools.cache
@@ -194,7 +196,7 @@ def kept_widths() -> dict[int, int]:
 
 
 # The plugin's int8 (dynamic quantization) kernels take u4 and u8 weights; narrower codes go in as u4.
-INT8_KERNEL_WIDTHS = {2: 4, 3: 4, 4: 4, 8: 8}
+INT8_KERNEL_WIDTHS = {1: 4, 2: 4, 3: 4, 4: 4, 8: 8}
 
 
 def stored_widths(plugin_quantizes: bool) -> dict[int, int]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from quantization.artifact import read_artifact
+from quantization.binarized import BinarizedWeight
 from quantization.build import build_artifact, load_checkpoint
 from quantization.catalog import load_catalog
 from tests.conftest import tiny_entry, write_tiny_data
@@ -62,10 +63,39 @@ def float64_reference(checkpoint_dir: Path, task: str, artifact_dir: Path) -> to
     for entry in artifact.manifest["tensors"]:
         if entry["bits"] != 32:
             module = reference.get_submodule(entry["module"])
-            module.weight.data = artifact.quantized_weight(entry).dequantize()
-            if isinstance(module, torch.nn.Linear):
+            weight = artifact.quantized_weight(entry)
+            module.weight.data = weight.dequantize()
+            if isinstance(weight, BinarizedWeight):
+                module.register_forward_hook(binarized_formula(weight))
+            elif isinstance(module, torch.nn.Linear):
                 module.register_forward_pre_hook(quantize_per_token)
     return reference.double()
+
+
+def _rounded_per_token(x: torch.Tensor) -> torch.Tensor:
+    scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-8) / 127
+    return torch.round(x / scale) * scale
+
+
+def binarized_formula(weight: BinarizedWeight):  # noqa: ANN201 — a forward hook
+    """A PTQ1.61 layer's output in float64 as `BinarizedLinear` defines it: the salient inputs and the column-scaled
+    binarized inputs each rounded per token, times the salient weights and 2·row_scale·b, plus the row offset times
+    the binarized inputs' sum, plus the bias."""
+    rest = weight.rest
+    column = rest.column_scale.double() if rest.column_scale is not None else 1.0
+    mean = rest.row_mean.double() if rest.row_mean is not None else 0.0
+    codes = (rest.signs.double() + 1) / 2 * (2 * rest.row_scale.double()[:, None])
+    salient = weight.salient.dequantize().double() if weight.salient is not None else None
+
+    def hook(module: torch.nn.Linear, args: tuple[torch.Tensor], _output: torch.Tensor) -> torch.Tensor:
+        x = args[0].double()
+        binarized = x[..., weight.rest_index] * column
+        y = _rounded_per_token(binarized) @ codes.T + binarized.sum(-1, keepdim=True) * (mean - rest.row_scale.double())
+        if salient is not None:
+            y = y + _rounded_per_token(x[..., weight.salient_index]) @ salient.T
+        return y if module.bias is None else y + module.bias.double()
+
+    return hook
 
 
 def outputs_in_float64(output) -> list[torch.Tensor]:

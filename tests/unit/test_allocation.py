@@ -92,8 +92,8 @@ def test_second_order_cost_is_mean_trace_times_squared_error() -> None:
     assert second_order_cost(trace=-5.0, parameters=10, squared_error=3.0) == 0.0
 
 
-def _model(layers: int = 3) -> transformers.PreTrainedModel:
-    config = tiny_config("sst2", layers=layers)
+def _model(layers: int = 3, hidden: int = 48) -> transformers.PreTrainedModel:
+    config = tiny_config("sst2", layers=layers, hidden=hidden)
     return getattr(transformers, config.architectures[0])(config)
 
 
@@ -130,3 +130,19 @@ def test_layer_options_cost_falls_with_bits_and_size_grows() -> None:
         assert [o.cost for o in choices] == sorted((o.cost for o in choices), reverse=True)
     with pytest.raises(ValueError, match="no Hessian trace"):
         layer_options(model, WeightQuantConfig(bits=2), (2,), {})
+
+
+def test_ptq161_layers_are_an_allocation_option() -> None:
+    """With a binarization config the allocator offers 1 bit (PTQ1.61) beside 2/3/4, sized as stored: at a width of
+    256 its float factors (a few per row and column) no longer outweigh the bit it saves over 2-bit codes."""
+    from quantization.config import BinarizationConfig
+
+    model = _model(layers=1, hidden=256)
+    traces = {t.name: 4.0 for t in linear_targets(model)}
+    config = WeightQuantConfig(bits=1, num_groups=8, binarization=BinarizationConfig())
+    options = layer_options(model, config, (1, 2, 4), traces)
+    for choices in options.values():
+        assert [o.bits for o in choices] == [1, 2, 4]
+        assert choices[0].size_bytes < choices[1].size_bytes < choices[2].size_bytes
+        assert choices[0].cost > choices[2].cost
+    assert qbert_block_bits(SENSITIVITIES, 1, 2) == {"b0": 1, "b1": 2, "b2": 2, "b3": 1}

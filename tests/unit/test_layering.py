@@ -28,6 +28,7 @@ RUNTIME_MAY_IMPORT = {
     "quantization.architectures",  # which task-model classes an artifact may be: part of the format
     "quantization.artifact",
     "quantization.artifact_files",
+    "quantization.binarized",  # PTQ1.61's stored layout
     "quantization.config",
     "quantization.primitives",
     "quantization.qtensor",
