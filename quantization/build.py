@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -172,6 +173,47 @@ def qat_finetune(
     return prepared.strip(), training_record(config, log, data.split, data.examples)
 
 
+def preprocess(
+    checkpoint: Checkpoint,
+    entry: TaskEntry,
+    precision: PrecisionConfig,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """PTQ1.61's preprocessing (`quantization.preprocessing`): the checkpoint quantized once at `precision`
+    (calibrated as the build calibrates), low-rank corrections trained on the task's training split, merged; returns
+    the model to quantize and the manifest's record of it."""
+    import time
+
+    from quantization.plan import build_plan, needs_calibration
+    from quantization.preprocessing import restore
+    from quantization.train_data import training_batches
+
+    config = precision.preprocessing
+    if config is None:
+        raise ValueError(f"precision {precision.name!r} has no preprocessing")
+    started = time.perf_counter()
+    plain = dataclasses.replace(precision, preprocessing=None)
+    calibrated = needs_calibration(build_plan(checkpoint.model, plain))
+    hessians = calibrate(checkpoint, entry, checkpoint.model, calibrated)[0] if calibrated else None
+    state = quantize_model(checkpoint.model, plain, hessians)
+    linears = {target.name for target in linear_targets(checkpoint.model)}  # the embeddings keep their FP32 values
+    first_pass = {
+        name: weight.dequantize().to(torch.float32) for name, weight in state.quantized.items() if name in linears
+    }
+    training = entry.qat_recipe(QATConfig())
+    data = training_set(checkpoint, entry, None, training.max_length, training.seed)
+    batches = training_batches(data.features, training.batch_size, training.seed, data.pad_token_id)
+    model, log = restore(checkpoint.model, first_pass, config, training, batches, on_step=on_step)
+    logger.info("%s %s preprocessing: loss %.4f -> %.4f", entry.task, precision.name, log.first_loss, log.final_loss)
+    return model, {
+        "config": dataclasses.asdict(config),
+        "split": data.split,
+        "examples": data.examples,
+        "seconds": round(time.perf_counter() - started, 1),
+        **dataclasses.asdict(log),
+    }
+
+
 CALIBRATION_SEQUENCES = 128
 
 
@@ -278,6 +320,8 @@ def build_artifact(
     if precision.qat is not None:
         model, record = qat_finetune(checkpoint, entry, precision, on_step=on_step)
         extra = {"qat": True, "training": record}
+    if precision.preprocessing is not None:
+        model, extra["preprocessing"] = preprocess(checkpoint, entry, precision, on_step=on_step)
     hessians = None
     calibrated = needs_calibration(build_plan(model, precision))
     if calibrated:

@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quantization.config import ActivationQuantConfig, PrecisionConfig, QATConfig, WeightQuantConfig
+from quantization.config import (
+    ActivationQuantConfig,
+    PrecisionConfig,
+    PreprocessingConfig,
+    QATConfig,
+    WeightQuantConfig,
+)
 from quantization.tasks import BUILT_IN_KINDS, KIND_BY_NAME, KINDS, Task, task_from_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -149,6 +155,7 @@ def precision_from_dict(name: str, data: dict[str, Any]) -> PrecisionConfig:
         activations=ActivationQuantConfig(**activations) if activations else None,
         layer_bits=dict(data.get("layer_bits", {})),
         qat=QATConfig(**data["qat"]) if "qat" in data else None,
+        preprocessing=PreprocessingConfig(**data["preprocessing"]) if "preprocessing" in data else None,
     )
 
 

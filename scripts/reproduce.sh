@@ -25,6 +25,9 @@ for task in $TASKS; do
         $QBERT allocate --task "$task" --name mp24 --rule qbert --bits 2,4
         $QBERT allocate --task "$task" --name budget --rule budget --bits 2,3,4,8 --budget-as mp23
     fi
+    if [[ "${1:-}" == "--hessian" || ! -f "models/plans/$task/mp12.json" ]]; then
+        $QBERT allocate --task "$task" --name mp12 --rule qbert --bits 1,2 --base ptq161  # PTQ1.61 and 2-bit blocks
+    fi
     $QBERT --threads 2 build --study --task "$task"
 done
 $QBERT report
