@@ -36,6 +36,8 @@ def collect_results(catalog: Catalog, artifacts: Path) -> list[dict[str, Any]]:
                         "split": evaluation["split"],
                         "n": evaluation["n"],
                         "avg_bits": summary["avg_bits_encoder"],
+                        # every stored byte of the encoder weights, scales and masks included, per weight
+                        "avg_bits_all_in": _all_in_bits(summary),
                         "packed_bytes": summary["encoder_packed_bytes"],
                         "fp32_bytes": summary["encoder_fp32_bytes"],
                         "qat": bool(manifest.get("qat", False)),
@@ -43,6 +45,7 @@ def collect_results(catalog: Catalog, artifacts: Path) -> list[dict[str, Any]]:
                         "activation_bits": 8 if manifest["precision"]["activations"] else 32,
                         "embedding_packed_bytes": summary["embedding_packed_bytes"],
                         "training": _training_summary(manifest.get("training")),
+                        **_preprocessing_summary(manifest.get("preprocessing")),
                         "total_packed_bytes": summary["total_packed_bytes"],
                         "total_fp32_bytes": summary["total_fp32_bytes"],
                         "latency_b1_ms": evaluation.get("latency_b1_ms"),
@@ -51,6 +54,39 @@ def collect_results(catalog: Catalog, artifacts: Path) -> list[dict[str, Any]]:
                     }
                 )
     return rows
+
+
+def _all_in_bits(summary: dict[str, Any]) -> float | None:
+    fp32 = summary["encoder_fp32_bytes"]
+    return round(32 * summary["encoder_packed_bytes"] / fp32, 4) if fp32 else None
+
+
+def merge_with_recorded(built: list[dict[str, Any]], recorded: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The recorded rows (the last results.json), each task and precision built here replaced by its built rows, and
+    the built ones not recorded yet after their task's last row: an artifact lives on the machine that built it, the
+    record of its evaluation in the repository. Rows without an FP32 figure take it from the merged FP32 rows."""
+    built_by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in built:
+        built_by_key.setdefault((row["task"], row["precision"]), []).append(row)
+    merged: list[dict[str, Any]] = []
+    placed: set[tuple[str, str]] = set()
+    for row in recorded:
+        key = (row["task"], row["precision"])
+        if key not in built_by_key:
+            merged.append(row)
+        elif key not in placed:
+            merged.extend(built_by_key[key])
+            placed.add(key)
+    for key, rows in built_by_key.items():
+        if key in placed:
+            continue
+        last = max((i for i, row in enumerate(merged) if row["task"] == key[0]), default=len(merged) - 1)
+        merged[last + 1 : last + 1] = rows
+    fp32 = {(row["task"], row["metric"]): row["value"] for row in merged if row["precision"] == "fp32"}
+    return [
+        row if row.get("fp32_value") is not None else {**row, "fp32_value": fp32.get((row["task"], row["metric"]))}
+        for row in merged
+    ]
 
 
 def _training_summary(training: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -67,6 +103,13 @@ def _training_summary(training: dict[str, Any] | None) -> dict[str, Any] | None:
         "activation_ranges": config["activation_ranges"],
         "seconds": training["seconds"],
     }
+
+
+def _preprocessing_summary(record: dict[str, Any] | None) -> dict[str, Any]:
+    """PTQ1.61's preprocessing where it ran: its steps and wall time (calibration, first quantization, training)."""
+    if not record:
+        return {}
+    return {"preprocessing": {"steps": record["steps"], "rank": record["config"]["rank"], "seconds": record["seconds"]}}
 
 
 def write_results_json(rows: list[dict[str, Any]], path: Path) -> None:

@@ -1,7 +1,7 @@
 """The Quant-Noise study's table (scripts/quant-noise-study.sh): per task and precision, plain QAT against
 Quant-Noise, each as mean ± standard deviation over its seeds of the task's primary metric, and the runs' wall time.
 
-    python3 scripts/quant-noise-table.py OUT [--json FILE]
+    python3 scripts/quant-noise-table.py OUT [OUT ...] [--json FILE]   (models/quant-noise.json: `qbert report` reads it)
 """
 
 from __future__ import annotations
@@ -18,24 +18,26 @@ NAME = re.compile(r"^(?P<precision>.+)-(?P<recipe>plain|noise)-seed(?P<seed>\d+)
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("out", type=Path)
+    parser.add_argument("out", type=Path, nargs="+")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     runs: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
-    for manifest_path in sorted(args.out.glob("*/*/manifest.json")):
+    for manifest_path in sorted(path for out in args.out for path in out.glob("*/*/manifest.json")):
         manifest = json.loads(manifest_path.read_text())
         match = NAME.match(manifest_path.parent.name)
         if match is None or not manifest.get("evaluation"):
             continue
         row = manifest["evaluation"][0]  # the task's first metric is its primary one
         training = manifest.get("training") or {}
-        runs[(manifest_path.parent.parent.name, match["precision"], match["recipe"])].append(
+        rate = (manifest["precision"].get("qat") or {}).get("noise_rate")
+        recipe = "plain" if match["recipe"] == "plain" else f"noise {rate:g}"
+        runs[(manifest_path.parent.parent.name, match["precision"], recipe)].append(
             {
                 "seed": int(match["seed"]),
                 "metric": row["metric"],
                 "value": row["value"],
                 "train_seconds": training.get("seconds"),
-                "noise": (manifest["precision"].get("qat") or {}).get("noise_rate"),
+                "noise": rate,
             }
         )
     print("| task | precision | recipe | metric | mean | sd | seeds | train s (mean) |")

@@ -158,18 +158,30 @@ def _hessian_tables(out_dir: Path) -> dict[str, tuple[str, str | None]]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from quantization.report import collect_results, plot_results, results_markdown, write_results_json
+    from quantization.report import (
+        collect_results,
+        merge_with_recorded,
+        plot_results,
+        results_markdown,
+        write_results_json,
+    )
     from quantization.reproduction import reproduction_markdown
 
     out_dir = Path(args.out) if args.out else repo_root() / "models"
-    rows = collect_results(load_catalog(), artifacts_dir())
+    catalog = load_catalog()
+    rows = collect_results(catalog, artifacts_dir())
+    recorded_file = out_dir / "results.json"  # the record this report extends
+    if recorded_file.exists():
+        rows = merge_with_recorded(rows, json.loads(recorded_file.read_text())["results"])
     if not rows:
         logger.error("no evaluated artifacts under %s; run `qbert build` first", artifacts_dir())
         return 1
     write_results_json(rows, out_dir / "results.json")
     plot_results(rows, out_dir / "results.png")
     markdown = results_markdown(rows, "results.png")
-    markdown += "\n" + reproduction_markdown(rows, _hessian_tables(out_dir))
+    quant_noise_file = repo_root() / "models" / "quant-noise.json"  # scripts/quant-noise-table.py --json
+    quant_noise = json.loads(quant_noise_file.read_text()) if quant_noise_file.exists() else None
+    markdown += "\n" + reproduction_markdown(rows, _hessian_tables(out_dir), quant_noise)
     bench_file = out_dir / "bench.json"
     if bench_file.exists():  # written by `qbert bench --json models/bench.json` (`make bench`)
         from quantization.bench import bench_markdown
@@ -217,6 +229,10 @@ def register(sub: Any) -> None:
     p.add_argument("--study", action="store_true", help="also the reproduction study (QAT, mixed precision, ablations)")
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("report", help="write models/results.json, models/RESULTS.md and the plot")
+    p = sub.add_parser(
+        "report",
+        help="write models/results.json, models/RESULTS.md and the plot: the artifacts built here, and the rows "
+        "the results.json already in the folder records for those not built here",
+    )
     p.add_argument("--out", help="folder (default: models/)")
     p.set_defaults(func=cmd_report)
