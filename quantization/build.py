@@ -159,6 +159,8 @@ def qat_finetune(
         raise ValueError(f"precision {precision.name!r} has no QAT recipe")
     data = training_set(checkpoint, entry, config.max_examples, config.max_length, config.seed)
     student = copy.deepcopy(checkpoint.model)
+    if config.start == "gptq":
+        _start_from_gptq(checkpoint, entry, precision, student)
     prepared = prepare_qat(student, precision, config)
     batches = training_batches(data.features, config.batch_size, config.seed, data.pad_token_id)
     log = train_qat(prepared, batches, config, teacher=checkpoint.model, on_step=on_step)
@@ -171,6 +173,22 @@ def qat_finetune(
         log.seconds,
     )
     return prepared.strip(), training_record(config, log, data.split, data.examples)
+
+
+def _start_from_gptq(checkpoint: Checkpoint, entry: TaskEntry, precision: PrecisionConfig, student: nn.Module) -> None:
+    """Set `student`'s quantized Linear weights to the values GPTQ rounds them to (`precision`'s widths and ranges,
+    GPTQ rounding, calibrated on the training split as PTQ is): QAT's `start = "gptq"`."""
+    from quantization.config import Rounding
+
+    assert precision.weights is not None
+    weights = dataclasses.replace(precision.weights, rounding=Rounding.GPTQ)
+    gptq = dataclasses.replace(precision, weights=weights, embeddings=None, qat=None)
+    names = [target.name for target in linear_targets(student)]
+    hessians, _ = calibrate(checkpoint, entry, student, names)
+    state = quantize_model(student, gptq, hessians)
+    modules = dict(student.named_modules())
+    for name in names:
+        modules[name].weight.data = state.quantized[name].dequantize().to(torch.float32)
 
 
 def preprocess(

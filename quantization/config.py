@@ -181,6 +181,9 @@ class ActivationQuantConfig:
 
 ACTIVATION_RANGES = ("dynamic", "ema")
 NOISE_UNITS = ("block", "layer")
+# "checkpoint": QAT starts from the FP32 weights; "gptq": from the values GPTQ rounds them to on the calibration inputs
+# (so that its first forward pass computes the GPTQ model), the training then moves them
+QAT_STARTS = ("checkpoint", "gptq")
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,8 @@ class QATConfig:
     weights, chosen at random per `noise_unit` ("block": `noise_block` consecutive weights of a row; "layer": a whole
     weight matrix), the rest staying full precision, much as dropout drops units. Evaluation and packing quantize
     every weight. 1 is plain QAT.
+    `start`: "checkpoint" trains from the FP32 weights; "gptq" from the values GPTQ rounding gives them on 128
+    calibration sequences of the training split (the PTQ artifact's weights), so training begins where PTQ ends.
     """
 
     steps: int = 600
@@ -212,8 +217,11 @@ class QATConfig:
     noise_rate: float = 1.0
     noise_unit: str = "block"
     noise_block: int = 8
+    start: str = "checkpoint"
 
     def __post_init__(self) -> None:
+        if self.start not in QAT_STARTS:
+            raise ValueError(f"start must be one of {QAT_STARTS}, got {self.start!r}")
         if self.steps < 1 or self.batch_size < 1 or self.max_length < 8 or self.qparams_every < 1:
             raise ValueError("steps, batch_size, qparams_every ≥ 1 and max_length ≥ 8 are required")
         if not self.learning_rate > 0 or not 0 <= self.warmup_fraction < 1 or self.weight_decay < 0:

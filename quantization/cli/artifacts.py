@@ -14,7 +14,7 @@ from tqdm import tqdm
 from quantization.artifact import read_manifest
 from quantization.catalog import TaskEntry, artifacts_dir, hessian_dir, load_catalog, repo_root
 from quantization.cli.output import emit
-from quantization.config import BACKENDS, PrecisionConfig
+from quantization.config import BACKENDS, QAT_STARTS, PrecisionConfig
 
 logger = logging.getLogger("qbert")
 
@@ -94,6 +94,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         recipe["steps"] = args.qat_steps
     if args.qat_seed is not None:
         recipe["seed"] = args.qat_seed
+    if args.qat_start:
+        recipe["start"] = args.qat_start
+    if args.distill_weight is not None:
+        recipe["distill_weight"] = args.distill_weight
     if args.quant_noise:
         rate, _, rest = args.quant_noise.partition(",")
         unit, _, block = rest.partition(",")
@@ -105,6 +109,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         default_name = f"{args.precision}-qat" if "qat" in changes and precision.qat is None else args.precision
         # A recipe changed from the catalog's is an artifact of its own, never the catalog precision's folder.
         default_name += "-qn" if "noise_rate" in recipe else ""
+        default_name += f"-from-{args.qat_start}" if args.qat_start else ""
+        default_name += f"-kd{args.distill_weight:g}" if args.distill_weight is not None else ""
         default_name += f"-seed{args.qat_seed}" if args.qat_seed is not None else ""
         changes["name"] = args.name or default_name
         precision = dataclasses.replace(precision, **changes)
@@ -210,6 +216,12 @@ def register(sub: Any) -> None:
         help="Quant-Noise: quantize this share of the weights per training pass, by UNIT block (BLOCK weights of a "
         "row, default 8) or layer (implies --qat)",
     )
+    p.add_argument(
+        "--qat-start",
+        choices=QAT_STARTS,
+        help="train from the FP32 weights (checkpoint) or from GPTQ's rounding of them (gptq) (implies --qat)",
+    )
+    p.add_argument("--distill-weight", type=float, help="share of the loss that is distillation from FP32 (--qat)")
     p.add_argument("--plan", help="a bit-allocation plan JSON (`qbert allocate`): bits for every encoder Linear")
     p.add_argument("--name", help="precision name of the artifact (default: PRECISION, or PRECISION-qat)")
     p.set_defaults(func=cmd_quantize)

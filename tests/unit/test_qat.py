@@ -215,3 +215,30 @@ def test_prepare_refuses_a_plan_naming_unknown_modules() -> None:
     precision = dataclasses.replace(_precision(), layer_bits={"bert.encoder.layer.9.output.dense": 3})
     with pytest.raises(ValueError, match="layer.9"):
         prepare_qat(_model(), precision, precision.qat)
+
+
+def test_qat_started_from_gptq_begins_at_the_gptq_artifacts_weights(tmp_path: Path, tiny_checkpoints: dict) -> None:
+    """`start = "gptq"`: before any step, the student's Linear weights are the GPTQ-rounded values the PTQ artifact
+    of the same widths stores; the recipe field stays out of plain recipes' inputs hash."""
+    from quantization.artifact import read_artifact
+    from quantization.build import _start_from_gptq, build_artifact
+    from tests.conftest import tiny_entry, write_tiny_data
+    from tests.integration.backends import CATALOG
+
+    data = write_tiny_data(tmp_path / "data")
+    checkpoint = load_checkpoint(str(tiny_checkpoints["sst2"]), "sst2")
+    entry = tiny_entry("sst2", tiny_checkpoints["sst2"], data)
+    build_artifact(checkpoint, entry, CATALOG.precision_for("sst2", "w4g128"), tmp_path / "gptq")
+    artifact = read_artifact(tmp_path / "gptq")
+    qat = CATALOG.precision_for("sst2", "w4g128-qat")
+    student = load_checkpoint(str(tiny_checkpoints["sst2"]), "sst2").model
+    _start_from_gptq(checkpoint, entry, qat, student)
+    linears = [e for e in artifact.manifest["tensors"] if e.get("role") not in (None, "embedding") and e["bits"] != 32]
+    assert linears
+    for entry_ in linears:
+        expected = artifact.quantized_weight(entry_).dequantize()
+        torch.testing.assert_close(student.get_submodule(entry_["module"]).weight.data, expected, rtol=0, atol=0)
+    assert "start" not in qat_to_dict(QATConfig())
+    assert qat_to_dict(QATConfig(start="gptq"))["start"] == "gptq"
+    with pytest.raises(ValueError, match="start must be"):
+        QATConfig(start="zero")
