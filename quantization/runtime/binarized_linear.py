@@ -4,7 +4,7 @@ With S the salient input channels and N the binarized ones, x_N' = x_N · column
 
     y = Lin_S(x_S) + Lin_N(x_N') + (row_mean − row_scale) · Σ_c x_N'[c] + bias
     Lin_S: the salient `salient_bits` codes with their row scales and zero points
-    Lin_N: the 1-bit codes b with row scale 2 · row_scale and zero point 0
+    Lin_N: the 1-bit codes b with row scale 2 · row_scale and zero point 0 (it adds the bias)
 
 since row_scale · sign + row_mean = 2 · row_scale · b + (row_mean − row_scale). Both are the backend's own quantized
 Linear (`Int8Linear`, `PackedLinear`, OpenVINO's decompression form), each token's two inputs rounded to 8 bits with
@@ -44,7 +44,6 @@ class BinarizedLinear(nn.Module):
     rest_index: torch.Tensor
     column_scale: torch.Tensor | None
     row_offset: torch.Tensor
-    bias: torch.Tensor | None
 
     def __init__(self, weight: BinarizedWeight, bias: torch.Tensor | None, linear_factory: LinearFactory) -> None:
         super().__init__()
@@ -53,12 +52,11 @@ class BinarizedLinear(nn.Module):
         self.register_buffer("salient_index", weight.salient_index.to(torch.int32))
         self.register_buffer("rest_index", weight.rest_index.to(torch.int32))
         self.salient = linear_factory(weight.salient, None) if weight.salient is not None else None
-        self.rest = linear_factory(sign_weight(weight), None)
+        self.rest = linear_factory(sign_weight(weight), bias)
         column = weight.rest.column_scale
         self.register_buffer("column_scale", None if column is None else column.to(torch.float32).clone())
         mean = weight.rest.row_mean if weight.rest.row_mean is not None else torch.zeros(self.out_features)
         self.register_buffer("row_offset", (mean - weight.rest.row_scale).to(torch.float32))
-        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
         # this module's own buffers; its two Linear layers report theirs
         self.runtime_nbytes = sum(b.numel() * b.element_size() for b in self.buffers(recurse=False))
 
@@ -69,7 +67,7 @@ class BinarizedLinear(nn.Module):
         y = self.rest(rest) + rest.sum(-1, keepdim=True) * self.row_offset
         if self.salient is not None:
             y = y + self.salient(x.index_select(-1, self.salient_index))
-        return y if self.bias is None else y + self.bias
+        return y
 
     def extra_repr(self) -> str:
         salient = self.salient_index.numel()
