@@ -143,6 +143,18 @@ def _list_table(task: str, index: dict, labelled: Sequence[tuple[str, str]]) -> 
     return lines
 
 
+def _versus(
+    claim: str, first: Mapping[str, Any], second: Mapping[str, Any], names: tuple[str, str], verdicts: tuple[str, str]
+) -> str:
+    """A claim that `first` scores above `second`, its verdict and both figures."""
+    margin = (first["value"] - second["value"]) * 100
+    verdict = verdicts[0] if margin > 0 else verdicts[1]
+    return (
+        f"- {claim} — {verdict}: {names[0]}{first['value'] * 100:.2f} vs {names[1]}{second['value'] * 100:.2f} "
+        f"({margin:+.2f} pt)"
+    )
+
+
 def acceptance(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Each target of issue 3 with the measured figure: met, missed, or not measured."""
     index = _index(rows)
@@ -167,12 +179,7 @@ def acceptance(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             if mp23 is None or other is None:
                 lines.append(f"- {task}: mp23 beats {rival} — **not measured** (not built)")
                 continue
-            margin = (mp23["value"] - other["value"]) * 100
-            verdict = "met" if margin > 0 else "**missed**"
-            lines.append(
-                f"- {task}: mp23 beats {rival} — {verdict}: {mp23['value'] * 100:.2f} vs "
-                f"{other['value'] * 100:.2f} ({margin:+.2f} pt)"
-            )
+            lines.append(_versus(f"{task}: mp23 beats {rival}", mp23, other, ("", ""), ("met", "**missed**")))
         if mp23 is not None:
             ratio = mp23["fp32_bytes"] / mp23["packed_bytes"]
             verdict = "met" if ratio >= 8 else "**missed**"
@@ -191,12 +198,7 @@ def below_two_bits_acceptance(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             if a is None or b is None:
                 lines.append(f"- {task}: {claim} — **not measured** ({better} or {worse} not built)")
                 continue
-            margin = (a["value"] - b["value"]) * 100
-            verdict = "holds" if margin > 0 else "**does not hold**"
-            lines.append(
-                f"- {task}: {claim} — {verdict}: {better} {a['value'] * 100:.2f} vs {worse} {b['value'] * 100:.2f} "
-                f"({margin:+.2f} pt)"
-            )
+            lines.append(_versus(f"{task}: {claim}", a, b, (f"{better} ", f"{worse} "), ("holds", "**does not hold**")))
     for width, limit, candidates in SQUAD_TARGETS:
         measured = [index[("qa", p)]["f1"] for p in candidates if "f1" in index.get(("qa", p), {})]
         if not measured:
