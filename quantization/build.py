@@ -175,6 +175,19 @@ def qat_finetune(
     return prepared.strip(), training_record(config, log, data.split, data.examples)
 
 
+def _quantized_linear_values(
+    checkpoint: Checkpoint, entry: TaskEntry, model: nn.Module, precision: PrecisionConfig
+) -> dict[str, torch.Tensor]:
+    """The float32 values `precision` gives `model`'s encoder Linear weights, calibrated as the build calibrates."""
+    from quantization.plan import build_plan, needs_calibration
+
+    calibrated = needs_calibration(build_plan(model, precision))
+    hessians = calibrate(checkpoint, entry, model, calibrated)[0] if calibrated else None
+    state = quantize_model(model, precision, hessians)
+    linears = [target.name for target in linear_targets(model)]  # embeddings keep their FP32 values
+    return {name: state.quantized[name].dequantize().to(torch.float32) for name in linears if name in state.quantized}
+
+
 def _start_from_gptq(checkpoint: Checkpoint, entry: TaskEntry, precision: PrecisionConfig, student: nn.Module) -> None:
     """Set `student`'s quantized Linear weights to the values GPTQ rounds them to (`precision`'s widths and ranges,
     GPTQ rounding, calibrated on the training split as PTQ is): QAT's `start = "gptq"`."""
@@ -183,12 +196,9 @@ def _start_from_gptq(checkpoint: Checkpoint, entry: TaskEntry, precision: Precis
     assert precision.weights is not None
     weights = dataclasses.replace(precision.weights, rounding=Rounding.GPTQ)
     gptq = dataclasses.replace(precision, weights=weights, embeddings=None, qat=None)
-    names = [target.name for target in linear_targets(student)]
-    hessians, _ = calibrate(checkpoint, entry, student, names)
-    state = quantize_model(student, gptq, hessians)
     modules = dict(student.named_modules())
-    for name in names:
-        modules[name].weight.data = state.quantized[name].dequantize().to(torch.float32)
+    for name, values in _quantized_linear_values(checkpoint, entry, student, gptq).items():
+        modules[name].weight.data = values
 
 
 def preprocess(
@@ -202,7 +212,6 @@ def preprocess(
     the model to quantize and the manifest's record of it."""
     import time
 
-    from quantization.plan import build_plan, needs_calibration
     from quantization.preprocessing import restore
     from quantization.train_data import training_batches
 
@@ -211,13 +220,7 @@ def preprocess(
         raise ValueError(f"precision {precision.name!r} has no preprocessing")
     started = time.perf_counter()
     plain = dataclasses.replace(precision, preprocessing=None)
-    calibrated = needs_calibration(build_plan(checkpoint.model, plain))
-    hessians = calibrate(checkpoint, entry, checkpoint.model, calibrated)[0] if calibrated else None
-    state = quantize_model(checkpoint.model, plain, hessians)
-    linears = {target.name for target in linear_targets(checkpoint.model)}  # the embeddings keep their FP32 values
-    first_pass = {
-        name: weight.dequantize().to(torch.float32) for name, weight in state.quantized.items() if name in linears
-    }
+    first_pass = _quantized_linear_values(checkpoint, entry, checkpoint.model, plain)
     training = entry.qat_recipe(QATConfig())
     data = training_set(checkpoint, entry, None, training.max_length, training.seed)
     batches = training_batches(data.features, training.batch_size, training.seed, data.pad_token_id)
