@@ -1,7 +1,9 @@
 // softmax(q·kᵀ·scale + mask)·v for every head of a BERT encoder block, read straight from the stacked Q/K/V
 // projection's output [batch, seq, 3, heads, dim] and written as [batch, seq, heads·dim] (no tensor transposes: each
-// head's keys are transposed in registers, and its values copied contiguous, into per-thread buffers). Float32
-// throughout; the exponential is a degree-6 polynomial on a range-reduced argument (relative error ~1e-7).
+// head's keys are transposed in registers, and its values copied contiguous, into per-thread buffers; its queries are
+// read in place, the scale applied to the scores). A head's rows lie a page or more apart, so the next head's rows
+// are prefetched while this one computes. Float32 throughout; the exponential is a degree-6 polynomial on a
+// range-reduced argument (relative error ~1e-7). Masked stores only at the ends of rows (slow on AMD's cores).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -123,9 +125,11 @@ inline void weighted_values(const float* p, int64_t ld_p, int rows, const float*
   for (int r = 0; r < kQueryRows; ++r) {
     if (r >= rows) break;
 #pragma GCC unroll 4
-    for (int c = 0; c < ND; ++c)
-      _mm512_mask_storeu_ps(out[r] + d0 + 16 * c, qbert::first_lanes(dim - d0 - 16 * c),
-                            _mm512_mul_ps(acc[r][c], _mm512_set1_ps(inv[r])));
+    for (int c = 0; c < ND; ++c) {
+      const __m512 o = _mm512_mul_ps(acc[r][c], _mm512_set1_ps(inv[r]));
+      if (dim - d0 - 16 * c >= 16) _mm512_storeu_ps(out[r] + d0 + 16 * c, o);
+      else _mm512_mask_storeu_ps(out[r] + d0 + 16 * c, qbert::first_lanes(dim - d0 - 16 * c), o);
+    }
   }
 }
 
@@ -159,7 +163,7 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
   const int64_t token_stride = 3 * heads * dim, keys_padded = padded(seq, 16), dim_padded = padded(dim, 16);
   const __m512 vscale = _mm512_set1_ps(static_cast<float>(scale));
   at::parallel_for(0, batch * heads, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> kt(dim * keys_padded), vs(seq * dim_padded), scores(kQueryRows * keys_padded), qs(kQueryRows * dim);
+    std::vector<float> kt(dim * keys_padded), vs(seq * dim_padded), scores(kQueryRows * keys_padded);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / heads, h = i % heads;
       const float* q = base + b * seq * token_stride + h * dim;
@@ -169,22 +173,32 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
         for (int64_t d = 0; d < dim; d += 16)
           transpose_block(k + j * token_stride + d, token_stride, seq - j, dim - d, kt.data() + d * keys_padded + j,
                           keys_padded);
-      for (int64_t j = 0; j < seq; ++j)
-        for (int64_t d = 0; d < dim_padded; d += 16)
-          _mm512_storeu_ps(vs.data() + j * dim_padded + d,
-                           _mm512_maskz_loadu_ps(qbert::first_lanes(dim - d), v + j * token_stride + d));
+      for (int64_t j = 0; j < seq; ++j) {
+        const float* src = v + j * token_stride;
+        float* dst = vs.data() + j * dim_padded;
+        int64_t d = 0;
+        for (; d + 16 <= dim; d += 16) _mm512_storeu_ps(dst + d, _mm512_loadu_ps(src + d));
+        if (d < dim) _mm512_storeu_ps(dst + d, _mm512_maskz_loadu_ps(qbert::first_lanes(dim - d), src + d));
+      }
+      // the next head's rows lie 3·heads·dim floats apart (a page or more): fetched ahead, a few tokens per query
+      // tile, they are in cache when its keys are transposed and its values copied
+      const float* next_q = i + 1 < i1 ? base + ((i + 1) / heads) * seq * token_stride + ((i + 1) % heads) * dim : nullptr;
       for (int64_t t0 = 0; t0 < seq; t0 += kQueryRows) {
         const int rows = static_cast<int>(std::min<int64_t>(kQueryRows, seq - t0));
+        if (next_q != nullptr)
+          for (int64_t t = t0; t < t0 + rows; ++t)
+            for (int part = 0; part < 3; ++part)
+              for (int64_t d = 0; d < dim; d += 16)
+                _mm_prefetch(reinterpret_cast<const char*>(next_q + t * token_stride + part * heads * dim + d), _MM_HINT_T0);
+        if (t0 + kQueryRows < seq)  // this head's next query rows
+          for (int64_t t = t0 + kQueryRows; t < std::min(seq, t0 + 2 * kQueryRows); ++t)
+            for (int64_t d = 0; d < dim; d += 16)
+              _mm_prefetch(reinterpret_cast<const char*>(q + t * token_stride + d), _MM_HINT_T0);
         const float* qrows[kQueryRows];
         float* orows[kQueryRows];
         for (int r = 0; r < kQueryRows; ++r) {
           const int64_t t = t0 + std::min(r, rows - 1);
-          for (int64_t d = 0; d < dim; d += 16) {
-            const __mmask16 lanes = qbert::first_lanes(dim - d);
-            _mm512_mask_storeu_ps(qs.data() + r * dim + d, lanes,
-                                  _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, q + t * token_stride + d), vscale));
-          }
-          qrows[r] = qs.data() + r * dim;
+          qrows[r] = q + t * token_stride;  // read in place: the scale applies to the scores
           orows[r] = op + (b * seq + t) * heads * dim + h * dim;
         }
         for (int64_t c0 = 0; c0 < keys_padded; c0 += 64) {
@@ -206,8 +220,10 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
               for (int64_t l = 0; l < 16 && j + l < seq; ++l)
                 if (!allowed[(j + l) * mk]) keep &= static_cast<__mmask16>(~(1u << l));
             }
-            const __m512 sj = _mm512_mask_mov_ps(minus_inf, keep, _mm512_maskz_loadu_ps(tail, row + j));
-            _mm512_mask_storeu_ps(row + j, tail, sj);
+            const __m512 sj =
+                _mm512_mask_mov_ps(minus_inf, keep, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, row + j), vscale));
+            if (tail == 0xFFFF) _mm512_storeu_ps(row + j, sj);
+            else _mm512_mask_storeu_ps(row + j, tail, sj);
             vmax = _mm512_max_ps(vmax, sj);
           }
           float top = _mm512_reduce_max_ps(vmax);
