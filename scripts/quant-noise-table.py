@@ -2,6 +2,9 @@
 Quant-Noise, each as mean ± standard deviation over its seeds of the task's primary metric, and the runs' wall time.
 
     python3 scripts/quant-noise-table.py OUT [OUT ...] [--json FILE]   (models/quant-noise.json: `qbert report` reads it)
+
+An existing --json FILE is extended: its rows of a (task, precision, recipe) that the OUT folders do not hold are kept,
+so a study's runs can be added a part at a time (artifacts of finished parts may be deleted).
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ def main() -> None:
                 "noise": rate,
             }
         )
+    measured = set(runs)
+    if args.json and args.json.exists():
+        for row in json.loads(args.json.read_text()):
+            key = (row["task"], row["precision"], row["recipe"])
+            if key not in measured:
+                runs[key] = row["runs"]
     print("| task | precision | recipe | metric | mean | sd | seeds | train s (mean) |")
     print("|---|---|---|---|---|---|---|---|")
     table = []
