@@ -56,14 +56,16 @@ def precision_to_dict(precision: PrecisionConfig) -> dict[str, Any]:
 
 
 def qat_to_dict(qat: QATConfig) -> dict[str, Any]:
-    """The recipe's fields; Quant-Noise's and the start's only where not the default, so that plain QAT artifacts'
-    inputs hash is unchanged."""
+    """The recipe's fields; Quant-Noise's, the start's and hidden-state distillation's only where not the default, so
+    that plain QAT artifacts' inputs hash is unchanged."""
     data = asdict(qat)
     if not qat.quant_noise:
         for key in ("noise_rate", "noise_unit", "noise_block"):
             data.pop(key)
     if qat.start == "checkpoint":  # likewise
         data.pop("start")
+    if qat.hidden_distill_weight == 0:  # likewise
+        data.pop("hidden_distill_weight")
     return data
 
 

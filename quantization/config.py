@@ -193,6 +193,8 @@ class QATConfig:
     `activation_ranges`: "dynamic" simulates what the runtime does (each token's own 8-bit scale); "ema" is
     Q8BERT's simulation (one range per Linear input, an exponential moving average of max |x| in training).
     `distill_weight`: the share of the loss that is KL divergence to the FP32 model's outputs (0: task loss only).
+    `hidden_distill_weight`: a further term, this weight times the mean squared error between the student's and the
+    FP32 model's hidden states after every block (on real tokens), as TernaryBERT and BinaryBERT distil (0: none).
     `qparams_every`: steps between re-choosing each weight group's (scale, zero point); the search is costly.
     `noise_rate` < 1: Quant-Noise (Fan et al., 2020): each training forward pass quantizes only this share of the
     weights, chosen at random per `noise_unit` ("block": `noise_block` consecutive weights of a row; "layer": a whole
@@ -210,6 +212,7 @@ class QATConfig:
     max_length: int = 128
     max_examples: int | None = None  # a seeded random subset of the training split
     distill_weight: float = 0.5
+    hidden_distill_weight: float = 0.0
     activation_ranges: str = "dynamic"
     ema_decay: float = 0.9
     qparams_every: int = 10
@@ -226,8 +229,8 @@ class QATConfig:
             raise ValueError("steps, batch_size, qparams_every ≥ 1 and max_length ≥ 8 are required")
         if not self.learning_rate > 0 or not 0 <= self.warmup_fraction < 1 or self.weight_decay < 0:
             raise ValueError("learning_rate > 0, 0 ≤ warmup_fraction < 1 and weight_decay ≥ 0 are required")
-        if not 0 <= self.distill_weight <= 1 or not 0 < self.ema_decay < 1:
-            raise ValueError("0 ≤ distill_weight ≤ 1 and 0 < ema_decay < 1 are required")
+        if not 0 <= self.distill_weight <= 1 or not 0 < self.ema_decay < 1 or self.hidden_distill_weight < 0:
+            raise ValueError("0 ≤ distill_weight ≤ 1, hidden_distill_weight ≥ 0 and 0 < ema_decay < 1 are required")
         if self.activation_ranges not in ACTIVATION_RANGES:
             raise ValueError(f"activation_ranges must be one of {ACTIVATION_RANGES}, got {self.activation_ranges!r}")
         if self.max_examples is not None and self.max_examples < 1:

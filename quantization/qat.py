@@ -208,6 +208,20 @@ def distillation_loss(student: object, teacher: object, attention_mask: torch.Te
     return torch.stack(losses).mean()
 
 
+def hidden_state_loss(
+    student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...], attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared error between the two models' hidden states after every block (the embeddings' output, the
+    first entry, is left out), over real tokens and the hidden dimension, averaged over blocks."""
+    if len(student) != len(teacher) or len(student) < 2:
+        raise ValueError(f"hidden states of {len(student)} and {len(teacher)} layers cannot be compared")
+    mask = attention_mask.to(torch.float32).unsqueeze(-1)
+    width = student[-1].shape[-1]
+    pairs = zip(student[1:], teacher[1:], strict=True)
+    errors = [(((s - t) ** 2) * mask).sum() / (mask.sum() * width) for s, t in pairs]
+    return torch.stack(errors).mean()
+
+
 @dataclass(frozen=True)
 class TrainingLog:
     steps: int
@@ -236,13 +250,16 @@ def train_qat(
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainingLog:
     """`config.steps` AdamW steps (linear warm-up and decay, gradient norm clipped at 1) on the task loss the model
-    computes from the batch's targets, mixed with distillation from `teacher` by `config.distill_weight`."""
+    computes from the batch's targets, mixed with distillation from `teacher` by `config.distill_weight`, plus its
+    hidden states' error after every block times `config.hidden_distill_weight`."""
     torch.manual_seed(config.seed)  # dropout masks
     model = prepared.model
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(config))
-    distil = teacher if teacher is not None and config.distill_weight > 0 else None
+    wants_teacher = config.distill_weight > 0 or config.hidden_distill_weight > 0
+    distil = teacher if teacher is not None and wants_teacher else None
+    hidden = distil is not None and config.hidden_distill_weight > 0
     if distil is not None:
         distil.eval()
     prepared.train()
@@ -250,13 +267,17 @@ def train_qat(
     started = time.perf_counter()
     for step in range(config.steps):
         batch = next(batches)
-        outputs = model(**batch)
+        outputs = model(**batch, output_hidden_states=True) if hidden else model(**batch)
         loss = outputs.loss
         if distil is not None:
             with torch.no_grad():
-                reference = distil(**model_inputs(batch))
-            kd = distillation_loss(outputs, reference, batch["attention_mask"])
-            loss = (1 - config.distill_weight) * loss + config.distill_weight * kd
+                reference = distil(**model_inputs(batch), output_hidden_states=hidden)
+            if config.distill_weight > 0:
+                kd = distillation_loss(outputs, reference, batch["attention_mask"])
+                loss = (1 - config.distill_weight) * loss + config.distill_weight * kd
+            if hidden:
+                states = hidden_state_loss(outputs.hidden_states, reference.hidden_states, batch["attention_mask"])
+                loss = loss + config.hidden_distill_weight * states
         if not torch.isfinite(loss):
             raise FloatingPointError(f"QAT diverged at step {step}: loss {float(loss)}")
         loss.backward()

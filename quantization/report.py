@@ -100,6 +100,7 @@ def _training_summary(training: dict[str, Any] | None) -> dict[str, Any] | None:
         "batch_size": config["batch_size"],
         "learning_rate": config["learning_rate"],
         "distill_weight": config["distill_weight"],
+        "hidden_distill_weight": config.get("hidden_distill_weight", 0.0),
         "activation_ranges": config["activation_ranges"],
         "seconds": training["seconds"],
     }

@@ -98,6 +98,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         recipe["start"] = args.qat_start
     if args.distill_weight is not None:
         recipe["distill_weight"] = args.distill_weight
+    if args.hidden_distill_weight is not None:
+        recipe["hidden_distill_weight"] = args.hidden_distill_weight
     if args.quant_noise:
         rate, _, rest = args.quant_noise.partition(",")
         unit, _, block = rest.partition(",")
@@ -111,6 +113,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         default_name += "-qn" if "noise_rate" in recipe else ""
         default_name += f"-from-{args.qat_start}" if args.qat_start else ""
         default_name += f"-kd{args.distill_weight:g}" if args.distill_weight is not None else ""
+        default_name += f"-hkd{args.hidden_distill_weight:g}" if args.hidden_distill_weight is not None else ""
         default_name += f"-seed{args.qat_seed}" if args.qat_seed is not None else ""
         changes["name"] = args.name or default_name
         precision = dataclasses.replace(precision, **changes)
@@ -222,6 +225,11 @@ def register(sub: Any) -> None:
         help="train from the FP32 weights (checkpoint) or from GPTQ's rounding of them (gptq) (implies --qat)",
     )
     p.add_argument("--distill-weight", type=float, help="share of the loss that is distillation from FP32 (--qat)")
+    p.add_argument(
+        "--hidden-distill-weight",
+        type=float,
+        help="weight of the mean squared error to FP32's hidden states after every block (--qat)",
+    )
     p.add_argument("--plan", help="a bit-allocation plan JSON (`qbert allocate`): bits for every encoder Linear")
     p.add_argument("--name", help="precision name of the artifact (default: PRECISION, or PRECISION-qat)")
     p.set_defaults(func=cmd_quantize)

@@ -17,6 +17,7 @@ from quantization.qat import (
     QuantNoise,
     WeightFakeQuant,
     distillation_loss,
+    hidden_state_loss,
     prepare_qat,
     train_qat,
 )
@@ -56,6 +57,8 @@ def test_qat_config_is_validated() -> None:
 def test_plain_qat_recipes_keep_their_inputs_hash_fields() -> None:
     assert "noise_rate" not in qat_to_dict(QATConfig())  # artifacts built before Quant-Noise stay up to date
     assert qat_to_dict(QATConfig(noise_rate=0.5, noise_unit="layer"))["noise_unit"] == "layer"
+    assert "hidden_distill_weight" not in qat_to_dict(QATConfig())
+    assert qat_to_dict(QATConfig(hidden_distill_weight=2.0))["hidden_distill_weight"] == 2.0
 
 
 def test_quant_noise_masks_blocks_of_a_row_or_whole_layers_at_the_rate() -> None:
@@ -209,6 +212,39 @@ def test_distillation_loss_is_zero_against_itself_and_ignores_padding() -> None:
         start_logits=-logits[..., 0], end_logits=logits[..., 1]
     )
     assert float(distillation_loss(start, moved, mask)) > 0
+
+
+def test_hidden_state_loss_compares_blocks_on_real_tokens_only() -> None:
+    states = tuple(torch.randn(2, 5, 4) for _ in range(3))  # embeddings, then two blocks
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert float(hidden_state_loss(states, states, mask)) == 0.0
+    moved = tuple(s.clone() for s in states)
+    moved[0][:] += 5.0  # the embeddings' output is not a block's
+    moved[1][0, 3:] += 5.0  # padding
+    assert float(hidden_state_loss(states, moved, mask)) == 0.0
+    moved[2][1, 0, 0] += 4.0  # one value of 32 per block (8 real tokens x 4), in one of the two blocks
+    assert float(hidden_state_loss(states, moved, mask)) == pytest.approx(16.0 / 32 / 2)
+    with pytest.raises(ValueError, match="layers"):
+        hidden_state_loss(states, states[:2], mask)
+
+
+def test_hidden_state_distillation_keeps_the_quantized_blocks_near_fp32() -> None:
+    """The same 2-bit training run with and without the hidden-state term: with it, the student's blocks end closer
+    to the FP32 teacher's."""
+    teacher = _model(seed=3)
+    inputs = {k: v for k, v in next(_batches(teacher, seed=4)).items() if k != "labels"}
+
+    def trained_gap(weight: float) -> float:
+        student = _model(seed=3)
+        recipe = QATConfig(steps=30, batch_size=8, learning_rate=1e-3, distill_weight=0.0, hidden_distill_weight=weight)
+        prepared = prepare_qat(student, _precision(bits=2, qat=recipe), recipe)
+        train_qat(prepared, _batches(student), recipe, teacher=teacher)
+        with torch.no_grad():
+            s = student(**inputs, output_hidden_states=True).hidden_states
+            t = teacher(**inputs, output_hidden_states=True).hidden_states
+        return float(hidden_state_loss(s, t, inputs["attention_mask"]))
+
+    assert trained_gap(100.0) < 0.5 * trained_gap(0.0)
 
 
 def test_prepare_refuses_a_plan_naming_unknown_modules() -> None:
