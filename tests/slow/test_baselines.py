@@ -90,16 +90,7 @@ def test_groupwise_beats_direct_quantization(results, bits: int) -> None:
 # only change the codes' values and take minutes per task).
 BACKEND_CASES = [
     *[(task, p) for task in ("sst2", "ner") for p in ("fp32", "w8", "w4g128", "w3g128", "w2g128", "mp23-ptq")],
-    pytest.param(
-        "qa",
-        "w8",
-        marks=pytest.mark.xfail(
-            strict=False,
-            reason="issue 19, open: SQuAD w8 F1 67.36 on the packed backend vs 67.59 eager (-0.23 pt, goal 0.2) on the "
-            "AVX-512 VNNI CPU: a few best spans flip when float32 sums round in another order",
-        ),
-    ),
-    *[("qa", p) for p in ("w4g128", "w2g128")],
+    *[("qa", p) for p in ("w8", "w4g128", "w2g128")],
 ]
 
 
