@@ -514,6 +514,8 @@ def run_bench(plan: BenchPlan, candidates: Sequence[Candidate], progress: Callab
         "onnxruntime": _version("onnxruntime"),
         # ov-int8 runs its unquantized ops in this (OpenVINO's default: bf16 where the CPU has it); ov-fp32 in f32
         "openvino_int8_float_precision": peers.openvino_default_inference_precision(),
+        # the packed backend's attention products ("auto", the service's default: bf16 where the CPU has it)
+        "packed_attention_precision": _packed_attention_precision(),
         "cpu": {"model": cpu_model_name(), "flags": cpu_kernel_flags(), "oneDNN int8 usable": _onednn_usable()},
         "rows": [asdict(r) for r in rows],
         "refused": [{"candidate": "/".join(key), "reason": reason} for key, reason in refused.items()],
@@ -533,6 +535,12 @@ def _onednn_usable() -> bool:
     from quantization.runtime import onednn_int8_is_usable
 
     return onednn_int8_is_usable()
+
+
+def _packed_attention_precision() -> str:
+    from quantization.runtime.packed_kernels import attention_bf16_supported
+
+    return "bf16" if attention_bf16_supported() else "float32"
 
 
 def _bind(runner: peers.Runner, inputs: peers.Inputs) -> Callable[[], Any]:
@@ -657,7 +665,8 @@ def bench_markdown(result: dict) -> str:
         f"One run, {plan['rounds']} interleaved rounds, {plan['threads']} threads, torch {result['torch']}, "
         f"OpenVINO {result.get('openvino')}, ONNX Runtime {result.get('onnxruntime')}; CPU {cpu.get('model', '?')} "
         f"with {', '.join(cpu.get('flags', [])) or 'none of the int8/bf16 kernel flags'}"
-        f" (oneDNN int8 GEMM usable: {cpu.get('oneDNN int8 usable', cpu.get('oneDNN int8 exact'))}). "
+        f" (oneDNN int8 GEMM usable: {cpu.get('oneDNN int8 usable', cpu.get('oneDNN int8 exact'))}; the packed "
+        f"backend's attention products in {result.get('packed_attention_precision', 'float32')}). "
         "Median ms (min–max over rounds) and throughput ratios against OpenVINO INT8 (NNCF, `ModelType.TRANSFORMER`, "
         "64 calibration inputs from the training split; its unquantized ops in OpenVINO's default precision here, "
         f"{result.get('openvino_int8_float_precision', '?')}), ONNX Runtime's dynamic int8 and PyTorch FP32 at the "

@@ -80,6 +80,11 @@ class ServiceSettings(BaseSettings):
         "input channels (int8 kernels; 2/3-bit codes kept as 4-bit); 0: the artifact's per-token formula exactly, "
         "in float32, every width packed at its own bits (slower)",
     )
+    attention_precision: Literal["auto", "bf16", "float32"] = Field(
+        "auto",
+        description="packed backend: the operands of attention's two products (sums, softmax and outputs stay "
+        "float32); auto: bf16 where the CPU has AVX-512 BF16 (as OpenVINO's CPU plugin by default), else float32",
+    )
     worker_start_timeout_s: float = Field(
         300.0,
         gt=0,
@@ -157,6 +162,7 @@ class ServiceSettings(BaseSettings):
             max_batch_tokens=self.max_batch_tokens,
             backend=self.backend,
             openvino_activation_group_size=self.openvino_activation_group_size,
+            attention_precision=self.attention_precision,
             hold_compiles=hold_compiles,
         )
 

@@ -183,7 +183,9 @@ class InferenceWorker:
         setup fails unexpectedly (library internals that changed under an upgrade): logged, never a restart loop.
         A faulty artifact is not retried: it raises `ArtifactError`, `OSError` or `ValueError` to be refused."""
         try:
-            return load_model(ref.path, self.spec.backend, self.spec.openvino_activation_group_size)
+            return load_model(
+                ref.path, self.spec.backend, self.spec.openvino_activation_group_size, self.spec.attention_precision
+            )
         except (ArtifactError, OSError, ValueError):
             raise
         except Exception:

@@ -15,7 +15,7 @@ import transformers
 from torch import nn
 
 from quantization.artifact import Artifact, read_artifact
-from quantization.config import BACKENDS
+from quantization.config import ATTENTION_PRECISIONS, BACKENDS
 from quantization.runtime.building import build_model
 from quantization.runtime.compiling import compile_model
 from quantization.runtime.loaded import BackendMismatchError, LoadedModel, check_inputs
@@ -56,6 +56,10 @@ def _build_openvino(artifact: Artifact, activation_group_size: int | None) -> tu
 # Layer by layer, the same formula with exact integer sums agrees to ~1e-6; a wrong code, zero point or scale
 # moves a layer's outputs by percents.
 PACKED_RTOL, PACKED_ATOL = 1e-4, 1e-5
+# An attention block whose products take bf16 operands is checked twice: with float32 operands at the tolerance
+# above (its codes, scales and kernel), then as it will run, within bf16's rounding (operands to 8 bits of mantissa;
+# ~3e-3 of the largest output on random inputs).
+BF16_ATTENTION_RTOL = 2e-2
 
 
 def _replaced_modules(reference: nn.Module, model: nn.Module) -> list[str]:
@@ -97,17 +101,39 @@ def check_layers(artifact: Artifact, reference: nn.Module, model: nn.Module, inp
     with torch.inference_mode():
         for name in names:
             args, kwargs, out = seen[name]
-            want, got = _first_tensor(out), _first_tensor(ours[name](*args, **kwargs))
-            diff = float((got - want).abs().max())
-            limit = PACKED_ATOL + PACKED_RTOL * float(want.abs().max())
-            if not diff <= limit:  # also refuses NaN
-                raise BackendMismatchError(
-                    f"{artifact.path}: the packed model's {name} differs from the reference by {diff:.3g} "
-                    f"(limit {limit:.3g}); refused"
-                )
+            want, module = _first_tensor(out), ours[name]
+            bf16 = isinstance(module, StackedQKVSelfAttention) and module.bf16_products
+            checks = ((False, PACKED_RTOL), (True, BF16_ATTENTION_RTOL)) if bf16 else ((False, PACKED_RTOL),)
+            for bf16_products, rtol in checks:
+                if bf16:
+                    module.bf16_products = bf16_products
+                got = _first_tensor(module(*args, **kwargs))
+                diff = float((got - want).abs().max())
+                limit = PACKED_ATOL + rtol * float(want.abs().max())
+                if not diff <= limit:  # also refuses NaN
+                    raise BackendMismatchError(
+                        f"{artifact.path}: the packed model's {name}{' (bf16 attention)' if bf16_products else ''} "
+                        f"differs from the reference by {diff:.3g} (limit {limit:.3g}); refused"
+                    )
 
 
-def _build_packed(artifact: Artifact) -> tuple[Any, int] | None:
+def set_attention_precision(model: nn.Module, precision: str) -> bool:
+    """Set the packed model's attention products to `precision` (`ATTENTION_PRECISIONS`); returns whether they take
+    bf16 operands. "bf16" where the CPU lacks AVX-512 BF16 runs float32 (logged)."""
+    from quantization.runtime.packed_kernels import attention_bf16_supported
+
+    if precision not in ATTENTION_PRECISIONS:
+        raise ValueError(f"unknown attention precision {precision!r}; known: {list(ATTENTION_PRECISIONS)}")
+    bf16 = precision != "float32" and attention_bf16_supported()
+    if precision == "bf16" and not bf16:
+        logger.warning("the CPU has no AVX-512 BF16: attention runs in float32")
+    for module in model.modules():
+        if isinstance(module, StackedQKVSelfAttention):
+            module.bf16_products = bf16
+    return bf16
+
+
+def _build_packed(artifact: Artifact, attention_precision: str) -> tuple[Any, int] | None:
     """The packed backend's model of an artifact (compiled lazily), or None (logged why) where the packed kernels
     cannot run here. Checked at load against the reference (eager) model, layer by layer (`check_layers`)."""
     from quantization.runtime.packed_kernels import KernelsUnavailableError
@@ -118,6 +144,7 @@ def _build_packed(artifact: Artifact) -> tuple[Any, int] | None:
     except KernelsUnavailableError as exc:
         logger.warning("packed kernels cannot run %s (%s); it runs on the compiled backend", artifact.path, exc)
         return None
+    set_attention_precision(model, attention_precision)
     reference, _ = build_model(artifact)
     # the reference's config, already read by build_model: not the artifact's config.json once more
     check_layers(artifact, reference, model, check_inputs(typing.cast(Any, reference).config.vocab_size))
@@ -131,19 +158,23 @@ def _build_packed(artifact: Artifact) -> tuple[Any, int] | None:
 
 
 def build_for_backend(
-    artifact: Artifact, backend: str, openvino_activation_group_size: int | None = None
+    artifact: Artifact,
+    backend: str,
+    openvino_activation_group_size: int | None = None,
+    attention_precision: str = "auto",
 ) -> tuple[Any, int, str]:
     """The model of an artifact on `backend` (compiled lazily: `warm_up` compiles), its runtime weight bytes, and
     the backend it runs on: the reference (eager) where the openvino backend cannot build it, the compiled one
     (oneDNN int8) where the packed kernels cannot run here (logged).
 
     `openvino_activation_group_size`: the openvino backend's activation groups (`OpenVinoOptions`; None: its
-    default, 0: the exact float32 formula)."""
+    default, 0: the exact float32 formula). `attention_precision`: the packed backend's attention products
+    (`ATTENTION_PRECISIONS`)."""
     built = _build_openvino(artifact, openvino_activation_group_size) if backend == "openvino" else None
     if built is not None:
         return (*built, backend)
     if backend == "packed":
-        built = _build_packed(artifact)
+        built = _build_packed(artifact, attention_precision)
         if built is not None:
             return (*built, backend)
     model, runtime_bytes = build_model(artifact)
@@ -156,7 +187,10 @@ def build_for_backend(
 
 
 def load_model(
-    artifact_dir: Path, backend: str = "eager", openvino_activation_group_size: int | None = None
+    artifact_dir: Path,
+    backend: str = "eager",
+    openvino_activation_group_size: int | None = None,
+    attention_precision: str = "auto",
 ) -> LoadedModel:
     """Verify, load and build an artifact's inference model with its tokenizer.
 
@@ -167,7 +201,9 @@ def load_model(
         raise ValueError(f"unknown backend {backend!r}; known: {list(BACKENDS)}")
     started = time.perf_counter()
     artifact = read_artifact(Path(artifact_dir))
-    model, runtime_bytes, backend = build_for_backend(artifact, backend, openvino_activation_group_size)
+    model, runtime_bytes, backend = build_for_backend(
+        artifact, backend, openvino_activation_group_size, attention_precision
+    )
     tokenizer = transformers.AutoTokenizer.from_pretrained(artifact.path, local_files_only=True)
     return LoadedModel(
         model=model,

@@ -107,8 +107,28 @@ def packed_kernels() -> Any:
     if not supported:
         raise KernelsUnavailableError("the CPU lacks an instruction set the packed kernels were compiled for")
     _register_fakes()
+    _tag_compile_caches(build_dir.name)
     logger.info("packed low-bit kernels ready (%s)", build_dir)
     return ops
+
+
+def _tag_compile_caches(kernels_version: str) -> None:
+    """Make torch.compile's on-disk caches key on these kernels' build (sources, flags, torch release). The graphs
+    Inductor caches call our ops by name, with their arguments as the schema was when compiled: a cached graph
+    from before a schema change would call the new kernels with the old arguments (seen: a new trailing argument
+    read as garbage). The kernels are loaded once per process, so the process's tag is theirs."""
+    config = torch.compiler.config
+    if not hasattr(config, "cache_key_tag"):  # torch before 2.6: no tag; compiled graphs then key on the graph only
+        logger.warning("this torch cannot tag its compile caches: clear them after a qbert upgrade")
+        return
+    tag = f"qbert-kernels-{kernels_version}"
+    if tag not in config.cache_key_tag.split(";"):
+        config.cache_key_tag = ";".join(filter(None, (config.cache_key_tag, tag)))
+
+
+def attention_bf16_supported() -> bool:
+    """Whether the attention kernel can take bf16 operands here (AVX-512 BF16; the kernels must run at all)."""
+    return unavailable_reason() is None and bool(packed_kernels().bf16_supported())
 
 
 def _register_fakes() -> None:
@@ -119,6 +139,6 @@ def _register_fakes() -> None:
         return x.new_empty((x.shape[0], rows))
 
     @torch.library.register_fake("qbert_kernels::attention")
-    def _attention(qkv, mask, scale):  # noqa: ANN001, ANN202
+    def _attention(qkv, mask, scale, bf16):  # noqa: ANN001, ANN202
         batch, seq, _, heads, dim = qkv.shape
         return qkv.new_empty((batch, seq, heads * dim))

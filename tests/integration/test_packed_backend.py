@@ -16,6 +16,7 @@ from quantization.runtime import loading as runtime_loading
 from quantization.runtime import packed_kernels as kernels
 from quantization.runtime.building import build_model
 from quantization.runtime.loaded import BackendMismatchError
+from quantization.runtime.modules import StackedQKVSelfAttention
 from quantization.runtime.packed_linear import PackedLinear
 from service.protocol import ArtifactRef, RunBatch, WorkerSpec
 from service.worker import InferenceWorker
@@ -34,9 +35,10 @@ def test_the_packed_backend_computes_the_formula(
     tmp_path: Path, tiny_checkpoints: dict, task: str, precision: str, layer_bits: dict | None
 ) -> None:
     """Compiled, against s_t·x_q·(s·(c − z))ᵀ + b in float64 from the artifact's own codes, scales and zero points
-    (a token whose input lands on a rounding boundary in one precision and not the other moves by one code step)."""
+    (a token whose input lands on a rounding boundary in one precision and not the other moves by one code step).
+    Attention in float32, as the formula has it (bf16 attention: the test after)."""
     artifact = build_tiny(tmp_path, tiny_checkpoints[task], task, precision, layer_bits)
-    loaded = warm_up(load_model(artifact, backend="packed"))
+    loaded = warm_up(load_model(artifact, backend="packed", attention_precision="float32"))
     assert loaded.backend == "packed"
     linears = [m for m in loaded.model.modules() if isinstance(m, PackedLinear)]
     assert linears
@@ -44,6 +46,42 @@ def test_the_packed_backend_computes_the_formula(
     ours, exact = against_float64(loaded, tiny_checkpoints[task], task, artifact)
     for got, want in zip(ours, exact, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.skipif(not kernels.attention_bf16_supported(), reason="the CPU has no AVX-512 BF16")
+def test_bf16_attention_is_the_default_and_stays_within_bf16_rounding(tmp_path: Path, tiny_checkpoints: dict) -> None:
+    """Where the CPU has AVX-512 BF16, "auto" (the default) runs attention's products on bf16 operands: the model's
+    outputs move from the float32-attention model's (which the test above holds to the formula) by bf16's rounding,
+    not more, and they do move (the setting reaches the kernel)."""
+    artifact = build_tiny(tmp_path, tiny_checkpoints["qa"], "qa", "w8")
+    bf16 = warm_up(load_model(artifact, backend="packed"))
+    float32 = warm_up(load_model(artifact, backend="packed", attention_precision="float32"))
+    attention = [m for m in bf16.model.modules() if isinstance(m, StackedQKVSelfAttention)]
+    assert attention
+    assert all(m.bf16_products for m in attention)
+    assert not any(getattr(m, "bf16_products", False) for m in float32.model.modules())
+    ids = torch.randint(5, 100, (3, 40), generator=torch.Generator().manual_seed(2))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    with torch.inference_mode():
+        ours, exact = bf16.model(**batch), float32.model(**batch)
+    for name in ("start_logits", "end_logits"):
+        got, want = ours[name], exact[name]
+        assert 0 < float((got - want).abs().max()) <= 2e-2 * float(want.abs().max())
+
+
+@needs_kernels
+def test_attention_precision_setting(tmp_path: Path, tiny_checkpoints: dict) -> None:
+    """float32 always; bf16 only where the CPU has it (else float32, logged); an unknown name is refused."""
+    artifact = read_artifact(build_tiny(tmp_path, tiny_checkpoints["sst2"], "sst2", "w8"))
+    model, _ = build_model(artifact, linear_factory=PackedLinear.from_quantized)
+    supported = kernels.attention_bf16_supported()
+    assert runtime_loading.set_attention_precision(model, "bf16") is supported
+    assert runtime_loading.set_attention_precision(model, "auto") is supported
+    assert runtime_loading.set_attention_precision(model, "float32") is False
+    assert not any(m.bf16_products for m in model.modules() if isinstance(m, StackedQKVSelfAttention))
+    with pytest.raises(ValueError, match="unknown attention precision"):
+        runtime_loading.set_attention_precision(model, "fp8")
 
 
 @needs_kernels

@@ -171,14 +171,59 @@ def test_the_attention_kernel_computes_sdpa(batch: int, seq: int, heads: int, di
         keys = torch.arange(seq)[None, :] < lengths[:, None]
         mask = keys[:, None, None, :].expand(batch, 1, seq, seq)
     scale = dim**-0.5
-    got = OPS.attention(qkv, mask, scale)
+    got = OPS.attention(qkv, mask, scale, False)
     want = _sdpa_reference(qkv, mask, scale)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def _bf16_formula(qkv: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """Attention with q, k, the unnormalized probabilities and v rounded to bf16, the rest in float64."""
+    as_bf16 = lambda t: t.to(torch.bfloat16).double()  # noqa: E731
+    query, key, value = (qkv.select(2, i).transpose(1, 2).double() for i in range(3))
+    scores = as_bf16(query) @ as_bf16(key).transpose(-1, -2) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.exp(scores - scores.amax(-1, keepdim=True))
+    out = as_bf16(weights) @ as_bf16(value) / weights.sum(-1, keepdim=True)
+    return out.transpose(1, 2).reshape(qkv.shape[0], qkv.shape[1], -1)
+
+
+@pytest.mark.skipif(not OPS.bf16_supported(), reason="the CPU has no AVX-512 BF16")
+@pytest.mark.parametrize(
+    ("batch", "seq", "heads", "dim"),
+    [(1, 1, 1, 8), (2, 7, 2, 16), (3, 33, 4, 12), (2, 128, 12, 32), (1, 130, 2, 64), (1, 20, 1, 80), (2, 5, 2, 33)],
+)
+def test_bf16_attention_computes_its_formula(batch: int, seq: int, heads: int, dim: int) -> None:
+    """bf16 operands (odd dims and odd key counts padded with zeros), float32 sums: the bf16 formula to float32
+    rounding (a probability whose float32 and float64 values round to neighbouring bf16s moves by one bf16 step),
+    and clearly nearer it than float32 attention is."""
+    generator = torch.Generator().manual_seed(seq)
+    qkv = torch.randn(batch, seq, 3, heads, dim, generator=generator) * 2
+    lengths = torch.randint(1, seq + 1, (batch,), generator=generator)
+    mask = (torch.arange(seq)[None, :] < lengths[:, None])[:, None, None, :].expand(batch, 1, seq, seq)
+    scale = dim**-0.5
+    got = OPS.attention(qkv, mask, scale, True).double()
+    want = _bf16_formula(qkv, mask, scale)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-3)
+    if seq > 1:
+        assert (got - want).abs().max() < (OPS.attention(qkv, mask, scale, False).double() - want).abs().max() / 4
 
 
 def test_attention_reads_a_non_contiguous_mask_and_a_broadcast_one() -> None:
     qkv = torch.randn(2, 9, 3, 2, 16)
     keys = torch.tensor([[True] * 9, [True] * 5 + [False] * 4])
     full = keys[:, None, None, :].expand(2, 1, 9, 9)
-    torch.testing.assert_close(OPS.attention(qkv, keys[:, None, None, :], 0.25), OPS.attention(qkv, full, 0.25))
-    torch.testing.assert_close(OPS.attention(qkv, full.contiguous(), 0.25), OPS.attention(qkv, full, 0.25))
+
+    def attend(mask: torch.Tensor) -> torch.Tensor:
+        return OPS.attention(qkv, mask, 0.25, False)
+
+    torch.testing.assert_close(attend(keys[:, None, None, :]), attend(full))
+    torch.testing.assert_close(attend(full.contiguous()), attend(full))
+
+
+def test_compile_caches_key_on_the_kernels_build() -> None:
+    """Inductor's cached graphs call our ops with the arguments of the schema they were compiled against: once the
+    kernels are loaded, every compile cache key carries their build, so a changed kernel never meets an old graph."""
+    from quantization.runtime.packed_kernels import kernel_cache_dir
+
+    assert f"qbert-kernels-{kernel_cache_dir().name}" in torch.compiler.config.cache_key_tag.split(";")

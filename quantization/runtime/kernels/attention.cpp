@@ -140,9 +140,138 @@ void weighted_values_upto(int nd, const float* p, int64_t ld_p, int rows, const 
   if constexpr (ND > 1) weighted_values_upto<ND - 1>(nd, p, ld_p, rows, v, ld_v, keys, d0, dim, inv, out);
 }
 
+// The bf16 forms of the two products (AVX-512 BF16's vdpbf16ps: pairs of bf16 products summed into float32, twice
+// the multiply-adds of an FMA per instruction). Operands are bf16 pairs held as 32-bit words: a query's or a
+// probability row's consecutive pair is one broadcast word; keys are stored [dim pair][key] and values
+// [key pair][dim], so that one 16-word load holds 16 keys' (or dims') pairs. Sums stay float32.
+#define QBERT_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+QBERT_BF16 inline __m512 dot_pairs(__m512 acc, __m512i pairs, __m512i broadcast) {
+  return _mm512_dpbf16_ps(acc, (__m512bh)pairs, (__m512bh)broadcast);
+}
+
+// 16 floats rounded to bf16 (to nearest even), as 8 pair words in the low half of the result
+QBERT_BF16 inline __m256i to_bf16(__m512 x) { return (__m256i)_mm512_cvtneps_pbh(x); }
+
+// dst[0, n) (n even or padded with a zero) as bf16 pair words, from n floats at src
+QBERT_BF16 inline void row_to_pairs(const float* src, int64_t n, uint32_t* dst) {
+  int64_t d = 0;
+  for (; d + 16 <= n; d += 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + d / 2), to_bf16(_mm512_loadu_ps(src + d)));
+  if (d < n) {
+    const __m256i tail = to_bf16(_mm512_maskz_loadu_ps(qbert::first_lanes(n - d), src + d));
+    _mm256_mask_storeu_epi32(dst + d / 2, static_cast<__mmask8>((1u << ((n - d + 1) / 2)) - 1), tail);
+  }
+}
+
+template <int NC>
+QBERT_BF16 inline void score_chunks_bf16(const uint32_t* const* q, int64_t pairs, const uint32_t* kt, int64_t ld,
+                                         int64_t c0, float* scores, int64_t ld_scores) {
+  __m512 acc[kQueryRows][NC];
+#pragma GCC unroll 6
+  for (int r = 0; r < kQueryRows; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < pairs; ++p) {
+    __m512i qp[kQueryRows];
+#pragma GCC unroll 6
+    for (int r = 0; r < kQueryRows; ++r) qp[r] = _mm512_set1_epi32(static_cast<int>(q[r][p]));
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) {
+      __m512i k = _mm512_loadu_si512(kt + p * ld + c0 + 16 * c);
+      __asm__("" : "+v"(k));  // one load per chunk, as in score_chunks
+#pragma GCC unroll 6
+      for (int r = 0; r < kQueryRows; ++r) acc[r][c] = dot_pairs(acc[r][c], k, qp[r]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < kQueryRows; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) _mm512_storeu_ps(scores + r * ld_scores + c0 + 16 * c, acc[r][c]);
+}
+
+template <int NC>
+QBERT_BF16 void score_chunks_bf16_upto(int nc, const uint32_t* const* q, int64_t pairs, const uint32_t* kt, int64_t ld,
+                                       int64_t c0, float* scores, int64_t ld_scores) {
+  if (nc == NC) return score_chunks_bf16<NC>(q, pairs, kt, ld, c0, scores, ld_scores);
+  if constexpr (NC > 1) score_chunks_bf16_upto<NC - 1>(nc, q, pairs, kt, ld, c0, scores, ld_scores);
+}
+
+template <int ND>
+QBERT_BF16 inline void weighted_values_bf16(const uint32_t* p, int64_t ld_p, int rows, const uint32_t* v, int64_t ld_v,
+                                            int64_t key_pairs, int64_t d0, int64_t dim, const float* inv,
+                                            float* const* out) {
+  __m512 acc[kQueryRows][ND];
+#pragma GCC unroll 6
+  for (int r = 0; r < kQueryRows; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < ND; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < key_pairs; ++j) {
+    __m512i vj[ND];
+#pragma GCC unroll 4
+    for (int c = 0; c < ND; ++c) vj[c] = _mm512_loadu_si512(v + j * ld_v + d0 + 16 * c);
+#pragma GCC unroll 6
+    for (int r = 0; r < kQueryRows; ++r) {
+      const __m512i pj = _mm512_set1_epi32(static_cast<int>(p[r * ld_p + j]));
+#pragma GCC unroll 4
+      for (int c = 0; c < ND; ++c) acc[r][c] = dot_pairs(acc[r][c], vj[c], pj);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < kQueryRows; ++r) {
+    if (r >= rows) break;
+#pragma GCC unroll 4
+    for (int c = 0; c < ND; ++c) {
+      const __m512 o = _mm512_mul_ps(acc[r][c], _mm512_set1_ps(inv[r]));
+      if (dim - d0 - 16 * c >= 16) _mm512_storeu_ps(out[r] + d0 + 16 * c, o);
+      else _mm512_mask_storeu_ps(out[r] + d0 + 16 * c, qbert::first_lanes(dim - d0 - 16 * c), o);
+    }
+  }
+}
+
+template <int ND>
+QBERT_BF16 void weighted_values_bf16_upto(int nd, const uint32_t* p, int64_t ld_p, int rows, const uint32_t* v,
+                                          int64_t ld_v, int64_t key_pairs, int64_t d0, int64_t dim, const float* inv,
+                                          float* const* out) {
+  if (nd == ND) return weighted_values_bf16<ND>(p, ld_p, rows, v, ld_v, key_pairs, d0, dim, inv, out);
+  if constexpr (ND > 1) weighted_values_bf16_upto<ND - 1>(nd, p, ld_p, rows, v, ld_v, key_pairs, d0, dim, inv, out);
+}
+
+// A head's keys as [dim pair][key] words and its values as [key pair][dim] words (zero-padded), its queries as
+// [query][dim pair] words.
+QBERT_BF16 void head_to_pairs(const float* q, const float* k, const float* v, int64_t seq, int64_t dim,
+                              int64_t token_stride, int64_t keys_padded, int64_t dim_padded, uint32_t* q2,
+                              uint32_t* k_rows, uint32_t* kt2, uint32_t* v2) {
+  const int64_t pairs = (dim + 1) / 2;
+  for (int64_t j = 0; j < seq; ++j) {
+    row_to_pairs(q + j * token_stride, dim, q2 + j * pairs);
+    row_to_pairs(k + j * token_stride, dim, k_rows + j * pairs);
+  }
+  for (int64_t j = 0; j < keys_padded; j += 16)
+    for (int64_t d = 0; d < pairs; d += 16)
+      transpose_block(reinterpret_cast<const float*>(k_rows + j * pairs + d), pairs, seq - j, pairs - d,
+                      reinterpret_cast<float*>(kt2 + d * keys_padded + j), keys_padded);
+  for (int64_t j = 0; j < seq; j += 2) {
+    const float* even = v + j * token_stride;
+    const float* odd = j + 1 < seq ? even + token_stride : nullptr;
+    uint32_t* dst = v2 + (j / 2) * dim_padded;
+    for (int64_t d = 0; d < dim_padded; d += 16) {
+      const __mmask16 lanes = qbert::first_lanes(dim - d);
+      const __m512i lo = _mm512_cvtepu16_epi32(to_bf16(_mm512_maskz_loadu_ps(lanes, even + d)));
+      const __m512i hi = odd ? _mm512_cvtepu16_epi32(to_bf16(_mm512_maskz_loadu_ps(lanes, odd + d))) : _mm512_setzero_si512();
+      _mm512_storeu_si512(dst + d, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    }
+  }
+}
+
+bool bf16_supported() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16");
+}
+
 // qkv: float32 [batch, seq, 3, heads, dim]; mask: bool, broadcastable to [batch, 1, seq, seq] (true: attend), or
-// absent. Returns float32 [batch, seq, heads * dim].
-at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mask, double scale) {
+// absent. Returns float32 [batch, seq, heads * dim]. `bf16`: the two products take bf16 operands (sums, softmax and
+// output stay float32), on CPUs with AVX-512 BF16 (`bf16_supported`).
+at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mask, double scale, bool bf16) {
   TORCH_CHECK(qkv.dim() == 5 && qkv.size(2) == 3 && qkv.scalar_type() == at::kFloat, "qkv must be float32 "
               "[batch, seq, 3, heads, dim]");
   const auto x = qkv.contiguous();
@@ -153,6 +282,7 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
                 "[batch, 1, seq or 1, seq]");
     m = mask->expand({batch, 1, seq, seq});
   }
+  TORCH_CHECK(!bf16 || bf16_supported(), "bf16 attention needs a CPU with AVX-512 BF16");
   const bool masked = m.defined();
   const bool* mp = masked ? m.data_ptr<bool>() : nullptr;
   const int64_t mb = masked ? m.stride(0) : 0, mq = masked ? m.stride(2) : 0, mk = masked ? m.stride(3) : 0;
@@ -163,17 +293,25 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
   const int64_t token_stride = 3 * heads * dim, keys_padded = padded(seq, 16), dim_padded = padded(dim, 16);
   const __m512 vscale = _mm512_set1_ps(static_cast<float>(scale));
   at::parallel_for(0, batch * heads, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> kt(dim * keys_padded), vs(seq * dim_padded), scores(kQueryRows * keys_padded);
+    const int64_t pairs = (dim + 1) / 2, key_pairs = keys_padded / 2;
+    std::vector<float> kt(bf16 ? 0 : dim * keys_padded), vs(bf16 ? 0 : seq * dim_padded), scores(kQueryRows * keys_padded);
+    std::vector<uint32_t> q2(bf16 ? seq * pairs : 0), k_rows(bf16 ? seq * pairs : 0), kt2(bf16 ? pairs * keys_padded : 0),
+        v2(bf16 ? key_pairs * dim_padded : 0), p2(bf16 ? kQueryRows * key_pairs : 0);  // zeros: a short tile's
+    // spare rows of probabilities are read (finite, from zeros or an earlier tile), never stored
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / heads, h = i % heads;
       const float* q = base + b * seq * token_stride + h * dim;
       const float* k = q + heads * dim;
       const float* v = k + heads * dim;
-      for (int64_t j = 0; j < keys_padded; j += 16)
+      if (bf16) {
+        head_to_pairs(q, k, v, seq, dim, token_stride, keys_padded, dim_padded, q2.data(), k_rows.data(), kt2.data(),
+                      v2.data());
+      }
+      for (int64_t j = 0; !bf16 && j < keys_padded; j += 16)
         for (int64_t d = 0; d < dim; d += 16)
           transpose_block(k + j * token_stride + d, token_stride, seq - j, dim - d, kt.data() + d * keys_padded + j,
                           keys_padded);
-      for (int64_t j = 0; j < seq; ++j) {
+      for (int64_t j = 0; !bf16 && j < seq; ++j) {
         const float* src = v + j * token_stride;
         float* dst = vs.data() + j * dim_padded;
         int64_t d = 0;
@@ -201,9 +339,12 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
           qrows[r] = q + t * token_stride;  // read in place: the scale applies to the scores
           orows[r] = op + (b * seq + t) * heads * dim + h * dim;
         }
+        const uint32_t* q2rows[kQueryRows];
+        for (int r = 0; bf16 && r < kQueryRows; ++r) q2rows[r] = q2.data() + (t0 + std::min(r, rows - 1)) * pairs;
         for (int64_t c0 = 0; c0 < keys_padded; c0 += 64) {
           const int nc = static_cast<int>(std::min<int64_t>(4, (keys_padded - c0) / 16));
-          score_chunks_upto<4>(nc, qrows, dim, kt.data(), keys_padded, c0, scores.data(), keys_padded);
+          if (bf16) score_chunks_bf16_upto<4>(nc, q2rows, pairs, kt2.data(), keys_padded, c0, scores.data(), keys_padded);
+          else score_chunks_upto<4>(nc, qrows, dim, kt.data(), keys_padded, c0, scores.data(), keys_padded);
         }
         float inv[kQueryRows];
         for (int r = 0; r < rows; ++r) {
@@ -247,11 +388,16 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
           }
           const float total = _mm512_reduce_add_ps(vsum);
           inv[r] = total > 0.0f ? 1.0f / total : 0.0f;
+          if (bf16) row_to_pairs(row, seq, p2.data() + r * key_pairs);
         }
         for (int64_t d0 = 0; d0 < dim; d0 += 64) {
           const int nd = static_cast<int>((std::min<int64_t>(64, dim - d0) + 15) / 16);
-          weighted_values_upto<4>(nd, scores.data(), keys_padded, rows, vs.data(), dim_padded, seq, d0, dim, inv,
-                                  orows);
+          if (bf16)
+            weighted_values_bf16_upto<4>(nd, p2.data(), key_pairs, rows, v2.data(), dim_padded, (seq + 1) / 2, d0, dim,
+                                         inv, orows);
+          else
+            weighted_values_upto<4>(nd, scores.data(), keys_padded, rows, vs.data(), dim_padded, seq, d0, dim, inv,
+                                    orows);
         }
       }
     }
@@ -261,6 +407,9 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(qbert_kernels, m) { m.def("attention(Tensor qkv, Tensor? mask, float scale) -> Tensor"); }
+TORCH_LIBRARY_FRAGMENT(qbert_kernels, m) {
+  m.def("bf16_supported() -> bool", &bf16_supported);
+  m.def("attention(Tensor qkv, Tensor? mask, float scale, bool bf16) -> Tensor");
+}
 
 TORCH_LIBRARY_IMPL(qbert_kernels, CompositeExplicitAutograd, m) { m.impl("attention", &attention); }
