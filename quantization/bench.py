@@ -30,7 +30,7 @@ from quantization import peers
 from quantization.allocation import block_bits_to_layer_bits
 from quantization.artifact import TOKENIZER_FILES, WEIGHTS
 from quantization.catalog import Catalog, artifacts_dir, plans_dir, read_plan
-from quantization.config import BACKENDS, COMPILED_BACKENDS, PrecisionConfig, Rounding
+from quantization.config import ATTENTION_PRECISIONS, BACKENDS, COMPILED_BACKENDS, PrecisionConfig, Rounding
 from quantization.runtime.loaded import BackendMismatchError as RefusedError  # a load-time check failed
 from quantization.structure import encoder_blocks
 from quantization.system import cpu_kernel_flags, cpu_model_name, resident_bytes
@@ -514,8 +514,8 @@ def run_bench(plan: BenchPlan, candidates: Sequence[Candidate], progress: Callab
         "onnxruntime": _version("onnxruntime"),
         # ov-int8 runs its unquantized ops in this (OpenVINO's default: bf16 where the CPU has it); ov-fp32 in f32
         "openvino_int8_float_precision": peers.openvino_default_inference_precision(),
-        # the packed backend's attention products ("auto", the service's default: bf16 where the CPU has it)
-        "packed_attention_precision": _packed_attention_precision(),
+        # the packed backend's attention products (the service's default)
+        "packed_attention_precision": ATTENTION_PRECISIONS[0],
         "cpu": {"model": cpu_model_name(), "flags": cpu_kernel_flags(), "oneDNN int8 usable": _onednn_usable()},
         "rows": [asdict(r) for r in rows],
         "refused": [{"candidate": "/".join(key), "reason": reason} for key, reason in refused.items()],
@@ -535,12 +535,6 @@ def _onednn_usable() -> bool:
     from quantization.runtime import onednn_int8_is_usable
 
     return onednn_int8_is_usable()
-
-
-def _packed_attention_precision() -> str:
-    from quantization.runtime.packed_kernels import attention_bf16_supported
-
-    return "bf16" if attention_bf16_supported() else "float32"
 
 
 def _bind(runner: peers.Runner, inputs: peers.Inputs) -> Callable[[], Any]:

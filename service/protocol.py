@@ -30,7 +30,7 @@ class WorkerSpec:
     max_batch_tokens: int  # padded tokens per forward pass (a pool batch of QA inputs spans several windows each)
     backend: str = "eager"
     openvino_activation_group_size: int | None = None  # None: the openvino backend's default
-    attention_precision: str = "auto"  # the packed backend's attention products (ATTENTION_PRECISIONS)
+    attention_precision: str = "float32"  # the packed backend's attention products (ATTENTION_PRECISIONS)
     hold_compiles: bool = False  # load and serve eagerly, but compile only once told to (`HoldCompiles(False)`)
 
 

@@ -80,10 +80,11 @@ class ServiceSettings(BaseSettings):
         "input channels (int8 kernels; 2/3-bit codes kept as 4-bit); 0: the artifact's per-token formula exactly, "
         "in float32, every width packed at its own bits (slower)",
     )
-    attention_precision: Literal["auto", "bf16", "float32"] = Field(
-        "auto",
+    attention_precision: Literal["float32", "bf16"] = Field(
+        "float32",
         description="packed backend: the operands of attention's two products (sums, softmax and outputs stay "
-        "float32); auto: bf16 where the CPU has AVX-512 BF16 (as OpenVINO's CPU plugin by default), else float32",
+        "float32); bf16 (where the CPU has AVX-512 BF16, else float32) is faster, but moves SST-2 accuracy by up "
+        "to 0.34 pt from the reference where float32 stays within 0.2 (README)",
     )
     worker_start_timeout_s: float = Field(
         300.0,

@@ -124,7 +124,7 @@ def set_attention_precision(model: nn.Module, precision: str) -> bool:
 
     if precision not in ATTENTION_PRECISIONS:
         raise ValueError(f"unknown attention precision {precision!r}; known: {list(ATTENTION_PRECISIONS)}")
-    bf16 = precision != "float32" and attention_bf16_supported()
+    bf16 = precision == "bf16" and attention_bf16_supported()
     if precision == "bf16" and not bf16:
         logger.warning("the CPU has no AVX-512 BF16: attention runs in float32")
     for module in model.modules():
@@ -161,7 +161,7 @@ def build_for_backend(
     artifact: Artifact,
     backend: str,
     openvino_activation_group_size: int | None = None,
-    attention_precision: str = "auto",
+    attention_precision: str = "float32",
 ) -> tuple[Any, int, str]:
     """The model of an artifact on `backend` (compiled lazily: `warm_up` compiles), its runtime weight bytes, and
     the backend it runs on: the reference (eager) where the openvino backend cannot build it, the compiled one
@@ -190,7 +190,7 @@ def load_model(
     artifact_dir: Path,
     backend: str = "eager",
     openvino_activation_group_size: int | None = None,
-    attention_precision: str = "auto",
+    attention_precision: str = "float32",
 ) -> LoadedModel:
     """Verify, load and build an artifact's inference model with its tokenizer.
 

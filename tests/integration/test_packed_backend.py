@@ -50,13 +50,13 @@ def test_the_packed_backend_computes_the_formula(
 
 @needs_kernels
 @pytest.mark.skipif(not kernels.attention_bf16_supported(), reason="the CPU has no AVX-512 BF16")
-def test_bf16_attention_is_the_default_and_stays_within_bf16_rounding(tmp_path: Path, tiny_checkpoints: dict) -> None:
-    """Where the CPU has AVX-512 BF16, "auto" (the default) runs attention's products on bf16 operands: the model's
-    outputs move from the float32-attention model's (which the test above holds to the formula) by bf16's rounding,
+def test_bf16_attention_stays_within_bf16_rounding(tmp_path: Path, tiny_checkpoints: dict) -> None:
+    """Where the CPU has AVX-512 BF16, "bf16" runs attention's products on bf16 operands: the model's outputs move
+    from the float32-attention model's (the default, which the test above holds to the formula) by bf16's rounding,
     not more, and they do move (the setting reaches the kernel)."""
     artifact = build_tiny(tmp_path, tiny_checkpoints["qa"], "qa", "w8")
-    bf16 = warm_up(load_model(artifact, backend="packed"))
-    float32 = warm_up(load_model(artifact, backend="packed", attention_precision="float32"))
+    bf16 = warm_up(load_model(artifact, backend="packed", attention_precision="bf16"))
+    float32 = warm_up(load_model(artifact, backend="packed"))
     attention = [m for m in bf16.model.modules() if isinstance(m, StackedQKVSelfAttention)]
     assert attention
     assert all(m.bf16_products for m in attention)
@@ -77,7 +77,6 @@ def test_attention_precision_setting(tmp_path: Path, tiny_checkpoints: dict) -> 
     model, _ = build_model(artifact, linear_factory=PackedLinear.from_quantized)
     supported = kernels.attention_bf16_supported()
     assert runtime_loading.set_attention_precision(model, "bf16") is supported
-    assert runtime_loading.set_attention_precision(model, "auto") is supported
     assert runtime_loading.set_attention_precision(model, "float32") is False
     assert not any(m.bf16_products for m in model.modules() if isinstance(m, StackedQKVSelfAttention))
     with pytest.raises(ValueError, match="unknown attention precision"):
