@@ -76,6 +76,7 @@ class BenchPlan:
     # bert-base), so peers are compared after one: a reading after load alone flatters whoever runs nothing at load.
     memory_after_run: bool = True
     memory_runtimes: tuple[str, ...] = RUNTIMES  # whose fresh-process readings to take (a child each, ~7 s)
+    attention_precision: str = ATTENTION_PRECISIONS[0]  # our packed backend's (the service's default)
 
     def __post_init__(self) -> None:
         unknown = sorted((set(self.runtimes) | set(self.memory_runtimes)) - set(RUNTIMES))
@@ -85,6 +86,8 @@ class BenchPlan:
             raise ValueError("torch-fp32 is the reference every output and ratio is checked against")
         if not set(self.backends) <= set(BACKENDS):
             raise ValueError(f"unknown backends {sorted(set(self.backends) - set(BACKENDS))}; known: {BACKENDS}")
+        if self.attention_precision not in ATTENTION_PRECISIONS:
+            raise ValueError(f"unknown attention precision {self.attention_precision!r}; known: {ATTENTION_PRECISIONS}")
         if self.rounds < 1 or self.sample_seconds <= 0 or self.threads < 1:
             raise ValueError("rounds ≥ 1, sample_seconds > 0 and threads ≥ 1 are required")
         if not self.models or not self.shapes:
@@ -153,8 +156,11 @@ class Row:
 # ----- loading ---------------------------------------------------------------------------------------
 
 
-def load_runner(candidate: Candidate, threads: int) -> tuple[peers.Runner, int | None]:
-    """The candidate's runner, and for ours the runtime weight bytes the model reports (None for peers)."""
+def load_runner(
+    candidate: Candidate, threads: int, attention_precision: str = ATTENTION_PRECISIONS[0]
+) -> tuple[peers.Runner, int | None]:
+    """The candidate's runner, and for ours the runtime weight bytes the model reports (None for peers).
+    `attention_precision`: our packed backend's (`ATTENTION_PRECISIONS`)."""
     from quantization.artifact import read_artifact
     from quantization.build import load_checkpoint
     from quantization.runtime import build_for_backend
@@ -171,7 +177,9 @@ def load_runner(candidate: Candidate, threads: int) -> tuple[peers.Runner, int |
     if candidate.runtime == "ov-int8":
         return peers.ov_runner(candidate.path, threads), None
     # the model only: peers load no tokenizer either
-    model, runtime_bytes, backend = build_for_backend(read_artifact(candidate.path), candidate.backend)
+    model, runtime_bytes, backend = build_for_backend(
+        read_artifact(candidate.path), candidate.backend, attention_precision=attention_precision
+    )
     if backend != candidate.backend:
         raise RuntimeError(f"{candidate.path} fell back from {candidate.backend} to {backend}; see the log")
     return peers.torch_runner(model), runtime_bytes
@@ -465,7 +473,7 @@ def run_bench(plan: BenchPlan, candidates: Sequence[Candidate], progress: Callab
         if candidate.key in refused:
             continue
         try:
-            loaded[candidate.key] = load_runner(candidate, plan.threads)
+            loaded[candidate.key] = load_runner(candidate, plan.threads, plan.attention_precision)
         except RefusedError as exc:  # a backend's load-time check against the reference failed: not timed
             refused[candidate.key] = f"{type(exc).__name__}: {exc}"
     for key, reason in refused.items():
@@ -514,8 +522,8 @@ def run_bench(plan: BenchPlan, candidates: Sequence[Candidate], progress: Callab
         "onnxruntime": _version("onnxruntime"),
         # ov-int8 runs its unquantized ops in this (OpenVINO's default: bf16 where the CPU has it); ov-fp32 in f32
         "openvino_int8_float_precision": peers.openvino_default_inference_precision(),
-        # the packed backend's attention products (the service's default)
-        "packed_attention_precision": ATTENTION_PRECISIONS[0],
+        # the packed backend's attention products as run (bf16 asked on a CPU without it runs float32)
+        "packed_attention_precision": _attention_precision_run(plan.attention_precision),
         "cpu": {"model": cpu_model_name(), "flags": cpu_kernel_flags(), "oneDNN int8 usable": _onednn_usable()},
         "rows": [asdict(r) for r in rows],
         "refused": [{"candidate": "/".join(key), "reason": reason} for key, reason in refused.items()],
@@ -535,6 +543,12 @@ def _onednn_usable() -> bool:
     from quantization.runtime import onednn_int8_is_usable
 
     return onednn_int8_is_usable()
+
+
+def _attention_precision_run(asked: str) -> str:
+    from quantization.runtime.packed_kernels import attention_bf16_supported
+
+    return "bf16" if asked == "bf16" and attention_bf16_supported() else "float32"
 
 
 def _bind(runner: peers.Runner, inputs: peers.Inputs) -> Callable[[], Any]:

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from quantization.catalog import load_catalog, repo_root
 from quantization.cli.output import emit
+from quantization.config import ATTENTION_PRECISIONS
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -25,6 +26,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         changes["rounds"] = args.rounds
     if args.model:
         changes["models"] = tuple(args.model)
+    if args.attention_precision:
+        changes["attention_precision"] = args.attention_precision
     plan = dataclasses.replace(plan, **changes)
     cache = Path(args.cache) if args.cache else repo_root() / "models" / "cache" / "bench"
     candidates = prepare_candidates(plan, load_catalog(), cache)
@@ -46,4 +49,9 @@ def register(sub: Any) -> None:
     p.add_argument("--model", action="append", help="bert-base-random or a catalog task (repeatable)")
     p.add_argument("--no-memory", action="store_true", help="skip the fresh-process RSS and load-time readings")
     p.add_argument("--cache", help="exports and quantized copies (default models/cache/bench)")
+    p.add_argument(
+        "--attention-precision",
+        choices=ATTENTION_PRECISIONS,
+        help="our packed backend's attention products (default float32, the service's default)",
+    )
     p.set_defaults(func=cmd_bench)

@@ -28,6 +28,8 @@ def test_plan_and_shape_are_validated() -> None:
         BenchPlan(models=("sst2",), shapes=(Shape(1, 8),), backends=("tensorrt",))
     with pytest.raises(ValueError, match="rounds"):
         BenchPlan(models=("sst2",), shapes=(Shape(1, 8),), rounds=0)
+    with pytest.raises(ValueError, match="attention precision"):
+        BenchPlan(models=("sst2",), shapes=(Shape(1, 8),), attention_precision="fp8")
 
 
 def test_rounds_interleave_every_candidate() -> None:
