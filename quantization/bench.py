@@ -546,9 +546,9 @@ def _onednn_usable() -> bool:
 
 
 def _attention_precision_run(asked: str) -> str:
-    from quantization.runtime.packed_kernels import attention_bf16_supported
+    from quantization.runtime.loading import attention_runs_bf16
 
-    return "bf16" if asked == "bf16" and attention_bf16_supported() else "float32"
+    return "bf16" if attention_runs_bf16(asked) else "float32"
 
 
 def _bind(runner: peers.Runner, inputs: peers.Inputs) -> Callable[[], Any]:

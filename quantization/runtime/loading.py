@@ -117,14 +117,20 @@ def check_layers(artifact: Artifact, reference: nn.Module, model: nn.Module, inp
                     )
 
 
-def set_attention_precision(model: nn.Module, precision: str) -> bool:
-    """Set the packed model's attention products to `precision` (`ATTENTION_PRECISIONS`); returns whether they take
-    bf16 operands. "bf16" where the CPU lacks AVX-512 BF16 runs float32 (logged)."""
+def attention_runs_bf16(precision: str) -> bool:
+    """Whether the packed backend's attention products take bf16 operands here when `precision`
+    (`ATTENTION_PRECISIONS`) is asked: "bf16" on a CPU with AVX-512 BF16."""
     from quantization.runtime.packed_kernels import attention_bf16_supported
 
     if precision not in ATTENTION_PRECISIONS:
         raise ValueError(f"unknown attention precision {precision!r}; known: {list(ATTENTION_PRECISIONS)}")
-    bf16 = precision == "bf16" and attention_bf16_supported()
+    return precision == "bf16" and attention_bf16_supported()
+
+
+def set_attention_precision(model: nn.Module, precision: str) -> bool:
+    """Set the packed model's attention products to `precision` (`ATTENTION_PRECISIONS`); returns whether they take
+    bf16 operands. "bf16" where the CPU lacks AVX-512 BF16 runs float32 (logged)."""
+    bf16 = attention_runs_bf16(precision)
     if precision == "bf16" and not bf16:
         logger.warning("the CPU has no AVX-512 BF16: attention runs in float32")
     for module in model.modules():
