@@ -64,16 +64,48 @@ inline void transpose_block(const float* src, int64_t src_stride, int64_t rows, 
 // of the transposed keys, 16 KiB where a head has 64 dims, stays in L1 while the tile's rows pass over it).
 constexpr int kQueryRows = 6;
 
+// A tile's accumulators (kQueryRows rows x N chunks of 16), zeroed and stored: shared by the float32 and bf16 forms
+// of the products (inlined into both; these need AVX-512F only).
+template <int N>
+inline __attribute__((always_inline)) void zero_tile(__m512 (&acc)[kQueryRows][N]) {
+#pragma GCC unroll 6
+  for (int r = 0; r < kQueryRows; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < N; ++c) acc[r][c] = _mm512_setzero_ps();
+}
+
+template <int N>
+inline __attribute__((always_inline)) void store_scores(__m512 (&acc)[kQueryRows][N], float* scores, int64_t ld_scores,
+                                                        int64_t c0) {
+#pragma GCC unroll 6
+  for (int r = 0; r < kQueryRows; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < N; ++c) _mm512_storeu_ps(scores + r * ld_scores + c0 + 16 * c, acc[r][c]);
+}
+
+// out[r][d0 + 16c ...] = acc[r][c] * inv[r] for the `rows` valid rows, the last chunk stored masked
+template <int N>
+inline __attribute__((always_inline)) void store_normalized(__m512 (&acc)[kQueryRows][N], int rows, const float* inv,
+                                                            int64_t d0, int64_t dim, float* const* out) {
+#pragma GCC unroll 6
+  for (int r = 0; r < kQueryRows; ++r) {
+    if (r >= rows) break;
+#pragma GCC unroll 4
+    for (int c = 0; c < N; ++c) {
+      const __m512 o = _mm512_mul_ps(acc[r][c], _mm512_set1_ps(inv[r]));
+      if (dim - d0 - 16 * c >= 16) _mm512_storeu_ps(out[r] + d0 + 16 * c, o);
+      else _mm512_mask_storeu_ps(out[r] + d0 + 16 * c, qbert::first_lanes(dim - d0 - 16 * c), o);
+    }
+  }
+}
+
 // scores[r][c0 + 16c ...] = sum_d q[r][d] * kt[d][c0 + 16c ...] for NC chunks of 16 keys. Every one of the
 // kQueryRows query pointers is valid (a short tile repeats its last row), so the loops carry no row tests.
 template <int NC>
 inline void score_chunks(const float* const* q, int64_t dim, const float* kt, int64_t ld, int64_t c0, float* scores,
                          int64_t ld_scores) {
   __m512 acc[kQueryRows][NC];
-#pragma GCC unroll 6
-  for (int r = 0; r < kQueryRows; ++r)
-#pragma GCC unroll 4
-    for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
+  zero_tile<NC>(acc);
   for (int64_t d = 0; d < dim; ++d) {
     __m512 qd[kQueryRows];
 #pragma GCC unroll 6
@@ -86,10 +118,7 @@ inline void score_chunks(const float* const* q, int64_t dim, const float* kt, in
       for (int r = 0; r < kQueryRows; ++r) acc[r][c] = _mm512_fmadd_ps(qd[r], k, acc[r][c]);
     }
   }
-#pragma GCC unroll 6
-  for (int r = 0; r < kQueryRows; ++r)
-#pragma GCC unroll 4
-    for (int c = 0; c < NC; ++c) _mm512_storeu_ps(scores + r * ld_scores + c0 + 16 * c, acc[r][c]);
+  store_scores<NC>(acc, scores, ld_scores, c0);
 }
 
 template <int NC>
@@ -106,10 +135,7 @@ template <int ND>
 inline void weighted_values(const float* p, int64_t ld_p, int rows, const float* v, int64_t ld_v, int64_t keys,
                             int64_t d0, int64_t dim, const float* inv, float* const* out) {
   __m512 acc[kQueryRows][ND];
-#pragma GCC unroll 6
-  for (int r = 0; r < kQueryRows; ++r)
-#pragma GCC unroll 4
-    for (int c = 0; c < ND; ++c) acc[r][c] = _mm512_setzero_ps();
+  zero_tile<ND>(acc);
   for (int64_t j = 0; j < keys; ++j) {
     __m512 vj[ND];
 #pragma GCC unroll 4
@@ -121,16 +147,7 @@ inline void weighted_values(const float* p, int64_t ld_p, int rows, const float*
       for (int c = 0; c < ND; ++c) acc[r][c] = _mm512_fmadd_ps(pj, vj[c], acc[r][c]);
     }
   }
-#pragma GCC unroll 6
-  for (int r = 0; r < kQueryRows; ++r) {
-    if (r >= rows) break;
-#pragma GCC unroll 4
-    for (int c = 0; c < ND; ++c) {
-      const __m512 o = _mm512_mul_ps(acc[r][c], _mm512_set1_ps(inv[r]));
-      if (dim - d0 - 16 * c >= 16) _mm512_storeu_ps(out[r] + d0 + 16 * c, o);
-      else _mm512_mask_storeu_ps(out[r] + d0 + 16 * c, qbert::first_lanes(dim - d0 - 16 * c), o);
-    }
-  }
+  store_normalized<ND>(acc, rows, inv, d0, dim, out);
 }
 
 template <int ND>
@@ -167,10 +184,7 @@ template <int NC>
 QBERT_BF16 inline void score_chunks_bf16(const uint32_t* const* q, int64_t pairs, const uint32_t* kt, int64_t ld,
                                          int64_t c0, float* scores, int64_t ld_scores) {
   __m512 acc[kQueryRows][NC];
-#pragma GCC unroll 6
-  for (int r = 0; r < kQueryRows; ++r)
-#pragma GCC unroll 4
-    for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
+  zero_tile<NC>(acc);
   for (int64_t p = 0; p < pairs; ++p) {
     __m512i qp[kQueryRows];
 #pragma GCC unroll 6
@@ -183,10 +197,7 @@ QBERT_BF16 inline void score_chunks_bf16(const uint32_t* const* q, int64_t pairs
       for (int r = 0; r < kQueryRows; ++r) acc[r][c] = dot_pairs(acc[r][c], k, qp[r]);
     }
   }
-#pragma GCC unroll 6
-  for (int r = 0; r < kQueryRows; ++r)
-#pragma GCC unroll 4
-    for (int c = 0; c < NC; ++c) _mm512_storeu_ps(scores + r * ld_scores + c0 + 16 * c, acc[r][c]);
+  store_scores<NC>(acc, scores, ld_scores, c0);
 }
 
 template <int NC>
@@ -201,10 +212,7 @@ QBERT_BF16 inline void weighted_values_bf16(const uint32_t* p, int64_t ld_p, int
                                             int64_t key_pairs, int64_t d0, int64_t dim, const float* inv,
                                             float* const* out) {
   __m512 acc[kQueryRows][ND];
-#pragma GCC unroll 6
-  for (int r = 0; r < kQueryRows; ++r)
-#pragma GCC unroll 4
-    for (int c = 0; c < ND; ++c) acc[r][c] = _mm512_setzero_ps();
+  zero_tile<ND>(acc);
   for (int64_t j = 0; j < key_pairs; ++j) {
     __m512i vj[ND];
 #pragma GCC unroll 4
@@ -216,16 +224,7 @@ QBERT_BF16 inline void weighted_values_bf16(const uint32_t* p, int64_t ld_p, int
       for (int c = 0; c < ND; ++c) acc[r][c] = dot_pairs(acc[r][c], vj[c], pj);
     }
   }
-#pragma GCC unroll 6
-  for (int r = 0; r < kQueryRows; ++r) {
-    if (r >= rows) break;
-#pragma GCC unroll 4
-    for (int c = 0; c < ND; ++c) {
-      const __m512 o = _mm512_mul_ps(acc[r][c], _mm512_set1_ps(inv[r]));
-      if (dim - d0 - 16 * c >= 16) _mm512_storeu_ps(out[r] + d0 + 16 * c, o);
-      else _mm512_mask_storeu_ps(out[r] + d0 + 16 * c, qbert::first_lanes(dim - d0 - 16 * c), o);
-    }
-  }
+  store_normalized<ND>(acc, rows, inv, d0, dim, out);
 }
 
 template <int ND>
