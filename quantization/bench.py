@@ -33,7 +33,7 @@ from quantization.catalog import Catalog, artifacts_dir, plans_dir, read_plan
 from quantization.config import ATTENTION_PRECISIONS, BACKENDS, COMPILED_BACKENDS, PrecisionConfig, Rounding
 from quantization.runtime.loaded import BackendMismatchError as RefusedError  # a load-time check failed
 from quantization.structure import encoder_blocks
-from quantization.system import cpu_kernel_flags, cpu_model_name, resident_bytes
+from quantization.system import cpu_identity, cpu_kernel_flags, cpu_model_name, resident_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -524,7 +524,12 @@ def run_bench(plan: BenchPlan, candidates: Sequence[Candidate], progress: Callab
         "openvino_int8_float_precision": peers.openvino_default_inference_precision(),
         # the packed backend's attention products as run (bf16 asked on a CPU without it runs float32)
         "packed_attention_precision": _attention_precision_run(plan.attention_precision),
-        "cpu": {"model": cpu_model_name(), "flags": cpu_kernel_flags(), "oneDNN int8 usable": _onednn_usable()},
+        "cpu": {
+            "model": cpu_model_name(),
+            "identity": cpu_identity(),
+            "flags": cpu_kernel_flags(),
+            "oneDNN int8 usable": _onednn_usable(),
+        },
         "rows": [asdict(r) for r in rows],
         "refused": [{"candidate": "/".join(key), "reason": reason} for key, reason in refused.items()],
     }
@@ -667,12 +672,13 @@ def bench_markdown(result: dict) -> str:
     """The speed section of models/RESULTS.md."""
     plan = result["plan"]
     cpu = result.get("cpu", {})
+    identity = f" ({cpu['identity']})" if cpu.get("identity") else ""  # absent in JSON from before it was recorded
     intro = [
         "## Speed and memory beside PyTorch, ONNX Runtime and OpenVINO (`make bench`)",
         "",
         f"One run, {plan['rounds']} interleaved rounds, {plan['threads']} threads, torch {result['torch']}, "
-        f"OpenVINO {result.get('openvino')}, ONNX Runtime {result.get('onnxruntime')}; CPU {cpu.get('model', '?')} "
-        f"with {', '.join(cpu.get('flags', [])) or 'none of the int8/bf16 kernel flags'}"
+        f"OpenVINO {result.get('openvino')}, ONNX Runtime {result.get('onnxruntime')}; CPU {cpu.get('model', '?')}"
+        f"{identity} with {', '.join(cpu.get('flags', [])) or 'none of the int8/bf16 kernel flags'}"
         f" (oneDNN int8 GEMM usable: {cpu.get('oneDNN int8 usable', cpu.get('oneDNN int8 exact'))}; the packed "
         f"backend's attention products in {result.get('packed_attention_precision', 'float32')}). "
         "Median ms (min–max over rounds) and throughput ratios against OpenVINO INT8 (NNCF, `ModelType.TRANSFORMER`, "

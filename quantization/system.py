@@ -49,6 +49,42 @@ def cpu_model_name(cpuinfo: str | None = None) -> str:
     return ""
 
 
+# /proc/cpuinfo's keys that name a CPU's generation where its model name does not: a virtual machine may report
+# only "AMD EPYC" for parts whose vector units differ (Zen 4 runs 512-bit instructions in two halves, Zen 5 does not)
+CPU_ID_KEYS = ("vendor_id", "cpu family", "model", "stepping")
+
+
+def cpu_identity(cpuinfo: str | None = None, caches: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> str:
+    """The first CPU's vendor, family, model and stepping, and its caches as sysfs lists them, in one line
+    ("AuthenticAMD family 25 model 17 stepping 1; L1d 32K, L2 1024K, L3 32768K"); empty where unknown."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor's block only
+        key, _, value = line.partition(":")
+        if key.strip() in CPU_ID_KEYS:
+            fields[key.strip()] = value.strip()
+    named = " ".join(
+        f"{label} {fields[key]}" if label else fields[key]
+        for key, label in zip(CPU_ID_KEYS, ("", "family", "model", "stepping"), strict=True)
+        if key in fields
+    )
+    levels = []
+    for index in sorted(caches.glob("index*")):
+        try:
+            level, kind, size = ((index / name).read_text().strip() for name in ("level", "type", "size"))
+        except OSError:
+            continue
+        if kind != "Instruction":
+            levels.append(f"L{level}{'d' if kind == 'Data' else ''} {size}")
+    return "; ".join(part for part in (named, ", ".join(levels)) if part)
+
+
 def cpu_seconds(pid: int | str = "self") -> float | None:
     """User + system CPU time of a process, all its threads (None where unavailable or the process is gone)."""
     try:

@@ -54,3 +54,21 @@ def test_cpu_kernel_flags_are_read_from_cpuinfo() -> None:
     assert cpu_kernel_flags(cpuinfo) == ["amx_int8", "avx512_vnni", "avx512f", "avx2"]
     assert cpu_model_name(cpuinfo) == "Some CPU"
     assert cpu_kernel_flags("processor\t: 0\n") == []
+
+
+def test_cpu_identity_names_the_generation_and_the_caches(tmp_path) -> None:
+    from quantization.system import cpu_identity
+
+    cpuinfo = (
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+        "stepping\t: 1\n\nprocessor\t: 1\nvendor_id\t: Other\n"
+    )
+    for index, (level, kind, size) in enumerate(
+        [("1", "Data", "32K"), ("1", "Instruction", "32K"), ("2", "Unified", "1024K")]
+    ):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (folder / name).write_text(value + "\n")
+    assert cpu_identity(cpuinfo, tmp_path) == "AuthenticAMD family 25 model 17 stepping 1; L1d 32K, L2 1024K"
+    assert cpu_identity("", tmp_path / "absent") == ""
