@@ -1,0 +1,88 @@
+"""What attention's two products on int8 operands would cost in accuracy: an artifact's metric on the reference
+(eager) path as it is, and with q·kᵀ and p·v on int8 codes, the way an int8 attention kernel (OpenVINO INT8's, or
+one of ours) would compute them: q and k rounded per row (token and head) to 127 steps of their absolute maximum,
+v per head, and the softmax's probabilities to 255 steps of [0, 1]. A study, not a runtime path: on CPUs whose
+float32 FMA retires a quarter of an int8 dot product's multiply-adds (Zen 4: scripts/instruction-throughput.c),
+only int8 products let attention keep up with OpenVINO's.
+
+    .venv/bin/python scripts/int8-attention-study.py TASK ARTIFACT [ARTIFACT ...]
+
+Each artifact is evaluated from a temporary copy (the reference path records its results in the manifest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from quantization.build import evaluate_artifact
+from quantization.catalog import load_catalog
+
+PRIMARY_METRIC = {"sst2": "accuracy", "ner": "entity_f1", "qa": "f1"}
+
+
+def rounded(x: torch.Tensor, dim: int | tuple[int, ...] = -1, steps: int = 127) -> torch.Tensor:
+    """x on int8 codes of one scale per slice along `dim` (its absolute maximum over `steps`), dequantized."""
+    scale = x.abs().amax(dim=dim, keepdim=True).clamp_min(1e-8) / steps
+    return torch.round(x / scale) * scale
+
+
+def int8_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA attention's contract ([batch, heads, seq, dim] in, [batch, seq, heads, dim] out)."""
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = rounded(query) @ rounded(key).transpose(-1, -2) * scale
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, float("-inf"))
+        else:
+            scores = scores + attention_mask
+    probabilities = torch.round(torch.softmax(scores, dim=-1) * 255) / 255
+    return (probabilities @ rounded(value, dim=(-2, -1))).transpose(1, 2).contiguous(), None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("task", choices=sorted(PRIMARY_METRIC))
+    parser.add_argument("artifacts", type=Path, nargs="+")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    entry = load_catalog().task(args.task)
+    metric = PRIMARY_METRIC[args.task]
+    float32_attention = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    for artifact in args.artifacts:
+        values = {}
+        for products, function in (("float32", float32_attention), ("int8", int8_attention)):
+            # the models built from here on resolve "sdpa" to this function (the stacked Q/K/V module included)
+            ALL_ATTENTION_FUNCTIONS._global_mapping["sdpa"] = function
+            with tempfile.TemporaryDirectory() as scratch:
+                copy = Path(scratch) / artifact.name
+                shutil.copytree(artifact, copy)
+                rows = evaluate_artifact(copy, entry, latency_samples=1)
+            values[products] = next(row["value"] for row in rows if row["metric"] == metric)
+        ALL_ATTENTION_FUNCTIONS._global_mapping["sdpa"] = float32_attention
+        change = (values["int8"] - values["float32"]) * 100
+        sys.stdout.write(
+            f"{args.task} {artifact.name}: {metric} {values['float32'] * 100:.2f} with float32 attention, "
+            f"{values['int8'] * 100:.2f} with int8 products ({change:+.2f} pt)\n"
+        )
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
