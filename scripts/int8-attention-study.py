@@ -1,11 +1,12 @@
 """What attention's two products on int8 operands would cost in accuracy: an artifact's metric on the reference
 (eager) path as it is, and with q·kᵀ and p·v on int8 codes, the way an int8 attention kernel (OpenVINO INT8's, or
 one of ours) would compute them: q and k rounded per row (token and head) to 127 steps of their absolute maximum,
-v per head, and the softmax's probabilities to 255 steps of [0, 1]. A study, not a runtime path: on CPUs whose
-float32 FMA retires a quarter of an int8 dot product's multiply-adds (Zen 4: scripts/instruction-throughput.c),
-only int8 products let attention keep up with OpenVINO's.
+v per head, and the softmax's probabilities to u8 codes: 255 steps of [0, 1] (`--probabilities fixed`, as OpenVINO's
+static scale) or of each row's largest (`row`). A study, not a runtime path: on
+CPUs whose float32 FMA retires a quarter of an int8 dot product's multiply-adds (Zen 4:
+scripts/instruction-throughput.c), only int8 products let attention keep up with OpenVINO's.
 
-    .venv/bin/python scripts/int8-attention-study.py TASK ARTIFACT [ARTIFACT ...]
+    .venv/bin/python scripts/int8-attention-study.py TASK ARTIFACT [ARTIFACT ...] [--probabilities fixed|row]
 
 Each artifact is evaluated from a temporary copy (the reference path records its results in the manifest).
 """
@@ -13,6 +14,7 @@ Each artifact is evaluated from a temporary copy (the reference path records its
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import sys
 import tempfile
@@ -35,6 +37,7 @@ def rounded(x: torch.Tensor, dim: int | tuple[int, ...] = -1, steps: int = 127) 
 
 
 def int8_attention(
+    row_scaled_probabilities: bool,
     module: Any,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -52,7 +55,11 @@ def int8_attention(
             scores = scores.masked_fill(~attention_mask, float("-inf"))
         else:
             scores = scores + attention_mask
-    probabilities = torch.round(torch.softmax(scores, dim=-1) * 255) / 255
+    probabilities = torch.softmax(scores, dim=-1)
+    if row_scaled_probabilities:
+        probabilities = rounded(probabilities, steps=255)
+    else:
+        probabilities = torch.round(probabilities * 255) / 255
     return (probabilities @ rounded(value, dim=(-2, -1))).transpose(1, 2).contiguous(), None
 
 
@@ -60,6 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("task", choices=sorted(PRIMARY_METRIC))
     parser.add_argument("artifacts", type=Path, nargs="+")
+    parser.add_argument("--probabilities", choices=("fixed", "row"), default="fixed")
     args = parser.parse_args()
     torch.set_num_threads(2)
     entry = load_catalog().task(args.task)
@@ -67,7 +75,10 @@ def main() -> None:
     float32_attention = ALL_ATTENTION_FUNCTIONS["sdpa"]
     for artifact in args.artifacts:
         values = {}
-        for products, function in (("float32", float32_attention), ("int8", int8_attention)):
+        for products, function in (
+            ("float32", float32_attention),
+            ("int8", functools.partial(int8_attention, args.probabilities == "row")),
+        ):
             # the models built from here on resolve "sdpa" to this function (the stacked Q/K/V module included)
             ALL_ATTENTION_FUNCTIONS._global_mapping["sdpa"] = function
             with tempfile.TemporaryDirectory() as scratch:
@@ -79,7 +90,7 @@ def main() -> None:
         change = (values["int8"] - values["float32"]) * 100
         sys.stdout.write(
             f"{args.task} {artifact.name}: {metric} {values['float32'] * 100:.2f} with float32 attention, "
-            f"{values['int8'] * 100:.2f} with int8 products ({change:+.2f} pt)\n"
+            f"{values['int8'] * 100:.2f} with int8 products, probabilities {args.probabilities} ({change:+.2f} pt)\n"
         )
         sys.stdout.flush()
 
