@@ -2,11 +2,12 @@
 (eager) path as it is, and with q·kᵀ and p·v on int8 codes, the way an int8 attention kernel (OpenVINO INT8's, or
 one of ours) would compute them: q and k rounded per row (token and head) to 127 steps of their absolute maximum,
 v per head, and the softmax's probabilities to u8 codes: 255 steps of [0, 1] (`--probabilities fixed`, as OpenVINO's
-static scale) or of each row's largest (`row`). A study, not a runtime path: on
-CPUs whose float32 FMA retires a quarter of an int8 dot product's multiply-adds (Zen 4:
-scripts/instruction-throughput.c), only int8 products let attention keep up with OpenVINO's.
+static scale) or of each row's largest (`row`); `--products scores` or `values` rounds only q·kᵀ's or p·v's
+operands. A study, not a runtime path: on CPUs whose float32 FMA retires a quarter of an int8 dot product's
+multiply-adds (Zen 4: scripts/instruction-throughput.c), only int8 products let attention keep up with OpenVINO's.
 
     .venv/bin/python scripts/int8-attention-study.py TASK ARTIFACT [ARTIFACT ...] [--probabilities fixed|row]
+        [--products both|scores|values]
 
 Each artifact is evaluated from a temporary copy (the reference path records its results in the manifest).
 """
@@ -37,6 +38,7 @@ def rounded(x: torch.Tensor, dim: int | tuple[int, ...] = -1, steps: int = 127) 
 
 
 def int8_attention(
+    products: str,
     row_scaled_probabilities: bool,
     module: Any,
     query: torch.Tensor,
@@ -49,18 +51,22 @@ def int8_attention(
 ) -> tuple[torch.Tensor, None]:
     """transformers' SDPA attention's contract ([batch, heads, seq, dim] in, [batch, seq, heads, dim] out)."""
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = rounded(query) @ rounded(key).transpose(-1, -2) * scale
+    if products in ("both", "scores"):
+        query, key = rounded(query), rounded(key)
+    scores = query @ key.transpose(-1, -2) * scale
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attention_mask, float("-inf"))
         else:
             scores = scores + attention_mask
     probabilities = torch.softmax(scores, dim=-1)
-    if row_scaled_probabilities:
-        probabilities = rounded(probabilities, steps=255)
-    else:
-        probabilities = torch.round(probabilities * 255) / 255
-    return (probabilities @ rounded(value, dim=(-2, -1))).transpose(1, 2).contiguous(), None
+    if products in ("both", "values"):
+        if row_scaled_probabilities:
+            probabilities = rounded(probabilities, steps=255)
+        else:
+            probabilities = torch.round(probabilities * 255) / 255
+        value = rounded(value, dim=(-2, -1))
+    return (probabilities @ value).transpose(1, 2).contiguous(), None
 
 
 def main() -> None:
@@ -68,6 +74,7 @@ def main() -> None:
     parser.add_argument("task", choices=sorted(PRIMARY_METRIC))
     parser.add_argument("artifacts", type=Path, nargs="+")
     parser.add_argument("--probabilities", choices=("fixed", "row"), default="fixed")
+    parser.add_argument("--products", choices=("both", "scores", "values"), default="both")
     args = parser.parse_args()
     torch.set_num_threads(2)
     entry = load_catalog().task(args.task)
@@ -77,7 +84,7 @@ def main() -> None:
         values = {}
         for products, function in (
             ("float32", float32_attention),
-            ("int8", functools.partial(int8_attention, args.probabilities == "row")),
+            ("int8", functools.partial(int8_attention, args.products, args.probabilities == "row")),
         ):
             # the models built from here on resolve "sdpa" to this function (the stacked Q/K/V module included)
             ALL_ATTENTION_FUNCTIONS._global_mapping["sdpa"] = function
@@ -90,7 +97,8 @@ def main() -> None:
         change = (values["int8"] - values["float32"]) * 100
         sys.stdout.write(
             f"{args.task} {artifact.name}: {metric} {values['float32'] * 100:.2f} with float32 attention, "
-            f"{values['int8'] * 100:.2f} with int8 products, probabilities {args.probabilities} ({change:+.2f} pt)\n"
+            f"{values['int8'] * 100:.2f} with int8 operands ({args.products}, probabilities {args.probabilities}) "
+            f"({change:+.2f} pt)\n"
         )
         sys.stdout.flush()
 
