@@ -22,15 +22,20 @@ def resident_bytes(pid: int | str = "self") -> int | None:
 KERNEL_FLAGS = ("amx_int8", "amx_bf16", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512f", "avx2")
 
 
+def _cpuinfo(given: str | None) -> str:
+    """`given`, else Linux's /proc/cpuinfo (empty elsewhere)."""
+    if given is not None:
+        return given
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_kernel_flags(cpuinfo: str | None = None) -> list[str]:
     """Which of `KERNEL_FLAGS` this CPU reports (Linux /proc/cpuinfo; empty elsewhere)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return []
     flags: set[str] = set()
-    for line in cpuinfo.splitlines():
+    for line in _cpuinfo(cpuinfo).splitlines():
         if line.startswith("flags"):
             flags.update(line.partition(":")[2].split())
             break
@@ -38,12 +43,7 @@ def cpu_kernel_flags(cpuinfo: str | None = None) -> list[str]:
 
 
 def cpu_model_name(cpuinfo: str | None = None) -> str:
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return ""
-    for line in cpuinfo.splitlines():
+    for line in _cpuinfo(cpuinfo).splitlines():
         if line.startswith("model name"):
             return line.partition(":")[2].strip()
     return ""
@@ -57,13 +57,8 @@ CPU_ID_KEYS = ("vendor_id", "cpu family", "model", "stepping")
 def cpu_identity(cpuinfo: str | None = None, caches: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> str:
     """The first CPU's vendor, family, model and stepping, and its caches as sysfs lists them, in one line
     ("AuthenticAMD family 25 model 17 stepping 1; L1d 32K, L2 1024K, L3 32768K"); empty where unknown."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
     fields: dict[str, str] = {}
-    for line in cpuinfo.splitlines():
+    for line in _cpuinfo(cpuinfo).splitlines():
         if not line.strip():
             break  # the first processor's block only
         key, _, value = line.partition(":")

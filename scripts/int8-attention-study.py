@@ -86,7 +86,8 @@ def main() -> None:
             ("float32", float32_attention),
             ("int8", functools.partial(int8_attention, args.products, args.probabilities == "row")),
         ):
-            # the models built from here on resolve "sdpa" to this function (the stacked Q/K/V module included)
+            # the models built from here on resolve "sdpa" to this function (the stacked Q/K/V module included);
+            # the registry's public `register` would add a name, not replace the one the artifacts' configs select
             ALL_ATTENTION_FUNCTIONS._global_mapping["sdpa"] = function
             with tempfile.TemporaryDirectory() as scratch:
                 copy = Path(scratch) / artifact.name
