@@ -3,8 +3,8 @@
 one of ours) would compute them: q and k rounded per row (token and head) to 127 steps of their absolute maximum,
 v per head, and the softmax's probabilities to u8 codes: 255 steps of [0, 1] (`--probabilities fixed`, as OpenVINO's
 static scale) or of each row's largest (`row`); `--products scores` or `values` rounds only q·kᵀ's or p·v's
-operands. A study, not a runtime path: on CPUs whose float32 FMA retires a quarter of an int8 dot product's
-multiply-adds (Zen 4: scripts/instruction-throughput.c), only int8 products let attention keep up with OpenVINO's.
+operands. A study, not a runtime path: OpenVINO INT8 computes attention this way, and the figures say what the same
+would cost our artifacts.
 
     .venv/bin/python scripts/int8-attention-study.py TASK ARTIFACT [ARTIFACT ...] [--probabilities fixed|row]
         [--products both|scores|values]
