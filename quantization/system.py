@@ -22,31 +22,30 @@ def resident_bytes(pid: int | str = "self") -> int | None:
 KERNEL_FLAGS = ("amx_int8", "amx_bf16", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512f", "avx2")
 
 
-def _cpuinfo(given: str | None) -> str:
-    """`given`, else Linux's /proc/cpuinfo (empty elsewhere)."""
-    if given is not None:
-        return given
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
+def _first_cpu(cpuinfo: str | None) -> dict[str, str]:
+    """The first processor's fields in `cpuinfo`, else in Linux's /proc/cpuinfo (none elsewhere)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return {}
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # a blank line ends the first processor's block
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
 
 
 def cpu_kernel_flags(cpuinfo: str | None = None) -> list[str]:
     """Which of `KERNEL_FLAGS` this CPU reports (Linux /proc/cpuinfo; empty elsewhere)."""
-    flags: set[str] = set()
-    for line in _cpuinfo(cpuinfo).splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
-            break
+    flags = set(_first_cpu(cpuinfo).get("flags", "").split())
     return [flag for flag in KERNEL_FLAGS if flag in flags]
 
 
 def cpu_model_name(cpuinfo: str | None = None) -> str:
-    for line in _cpuinfo(cpuinfo).splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return ""
+    return _first_cpu(cpuinfo).get("model name", "")
 
 
 # /proc/cpuinfo's keys that name a CPU's generation where its model name does not: a virtual machine may report
@@ -57,13 +56,7 @@ CPU_ID_KEYS = ("vendor_id", "cpu family", "model", "stepping")
 def cpu_identity(cpuinfo: str | None = None, caches: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> str:
     """The first CPU's vendor, family, model and stepping, and its caches as sysfs lists them, in one line
     ("AuthenticAMD family 25 model 17 stepping 1; L1d 32K, L2 1024K, L3 32768K"); empty where unknown."""
-    fields: dict[str, str] = {}
-    for line in _cpuinfo(cpuinfo).splitlines():
-        if not line.strip():
-            break  # the first processor's block only
-        key, _, value = line.partition(":")
-        if key.strip() in CPU_ID_KEYS:
-            fields[key.strip()] = value.strip()
+    fields = _first_cpu(cpuinfo)
     named = " ".join(
         f"{label} {fields[key]}" if label else fields[key]
         for key, label in zip(CPU_ID_KEYS, ("", "family", "model", "stepping"), strict=True)

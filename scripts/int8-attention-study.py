@@ -27,13 +27,14 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from quantization.build import evaluate_artifact
 from quantization.catalog import load_catalog
+from quantization.primitives import token_scales
 
 PRIMARY_METRIC = {"sst2": "accuracy", "ner": "entity_f1", "qa": "f1"}
+PROBABILITY_LEVELS = 255  # u8 codes of probabilities in [0, 1]
 
 
-def rounded(x: torch.Tensor, dim: int | tuple[int, ...] = -1, steps: int = 127) -> torch.Tensor:
-    """x on int8 codes of one scale per slice along `dim` (its absolute maximum over `steps`), dequantized."""
-    scale = x.abs().amax(dim=dim, keepdim=True).clamp_min(1e-8) / steps
+def rounded(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x on integer codes of `scale`'s steps, dequantized."""
     return torch.round(x / scale) * scale
 
 
@@ -52,7 +53,8 @@ def int8_attention(
     """transformers' SDPA attention's contract ([batch, heads, seq, dim] in, [batch, seq, heads, dim] out)."""
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if products in ("both", "scores"):
-        query, key = rounded(query), rounded(key)
+        # per row, as our runtime quantizes a Linear's input tokens
+        query, key = rounded(query, token_scales(query)), rounded(key, token_scales(key))
     scores = query @ key.transpose(-1, -2) * scale
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
@@ -62,10 +64,10 @@ def int8_attention(
     probabilities = torch.softmax(scores, dim=-1)
     if products in ("both", "values"):
         if row_scaled_probabilities:
-            probabilities = rounded(probabilities, steps=255)
+            probabilities = rounded(probabilities, probabilities.amax(-1, keepdim=True) / PROBABILITY_LEVELS)
         else:
-            probabilities = torch.round(probabilities * 255) / 255
-        value = rounded(value, dim=(-2, -1))
+            probabilities = torch.round(probabilities * PROBABILITY_LEVELS) / PROBABILITY_LEVELS
+        value = rounded(value, token_scales(value.flatten(-2)).unsqueeze(-1))  # one scale per head
     return (probabilities @ value).transpose(1, 2).contiguous(), None
 
 
