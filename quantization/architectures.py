@@ -64,3 +64,15 @@ def model_class(architecture: str) -> type[nn.Module]:
 
     # The same name: transformers' save/load and the manifest see the checkpoint's own class.
     return type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__, "__doc__": cls.__doc__})
+
+
+# Families that number positions from the padding index + 1 (transformers' `create_position_ids_from_input_ids`)
+POSITIONS_AFTER_PADDING = {"roberta", "xlm-roberta"}
+
+
+def longest_sequence(config: transformers.PretrainedConfig) -> int:
+    """The most tokens a sequence may have: the position embeddings' rows, less those a family's numbering skips."""
+    rows: int = config.max_position_embeddings
+    if config.model_type in POSITIONS_AFTER_PADDING:
+        return rows - config.pad_token_id - 1
+    return rows

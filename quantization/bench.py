@@ -157,13 +157,14 @@ class Row:
 
 
 def load_runner(
-    candidate: Candidate, threads: int, attention_precision: str = ATTENTION_PRECISIONS[0]
+    candidate: Candidate, threads: int, attention_precision: str = ATTENTION_PRECISIONS[0], warm_up: bool = True
 ) -> tuple[peers.Runner, int | None]:
     """The candidate's runner, and for ours the runtime weight bytes the model reports (None for peers).
-    `attention_precision`: our packed backend's (`ATTENTION_PRECISIONS`)."""
+    `attention_precision`: our packed backend's (`ATTENTION_PRECISIONS`). `warm_up`: a compiled backend's model
+    compiles its variants now, as the service's does before it serves (False: on its first calls)."""
     from quantization.artifact import read_artifact
     from quantization.build import load_checkpoint
-    from quantization.runtime import build_for_backend
+    from quantization.runtime import build_for_backend, warm_up_compiled
 
     if candidate.runtime in ("torch-fp32", "torch-dynamic-int8"):
         model = load_checkpoint(str(candidate.path), candidate.task).model
@@ -182,6 +183,8 @@ def load_runner(
     )
     if backend != candidate.backend:
         raise RuntimeError(f"{candidate.path} fell back from {candidate.backend} to {backend}; see the log")
+    if warm_up and backend in COMPILED_BACKENDS and not warm_up_compiled(model):
+        raise RuntimeError(f"torch.compile did not compile every frame of {candidate.path}; see the log")
     return peers.torch_runner(model), runtime_bytes
 
 
@@ -247,7 +250,7 @@ def _load_in_child(candidate: Candidate, threads: int, run: bool, results: Any) 
     before = resident_bytes()
     started = time.perf_counter()
     try:
-        runner, _ = load_runner(candidate, threads)
+        runner, _ = load_runner(candidate, threads, warm_up=False)  # a compiled graph's memory counts after a run
     except RefusedError as exc:
         results.put({"refused": f"{type(exc).__name__}: {exc}"})
         return

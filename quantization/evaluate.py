@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from quantization.architectures import longest_sequence
 from quantization.feature_tensors import pad_features
 from quantization.runtime import LoadedModel
 from quantization.tasks import Example, Feature, Task
@@ -17,7 +18,7 @@ from quantization.tasks import Example, Feature, Task
 
 def max_length_for(task: Task, loaded: LoadedModel | None = None) -> int:
     """The task's sequence length, capped by the model's position embeddings."""
-    model_max = loaded.config.max_position_embeddings if loaded is not None else 512
+    model_max = longest_sequence(loaded.config) if loaded is not None else 512
     return min(task.max_length, model_max)
 
 

@@ -8,7 +8,8 @@ in memory and multiplied.
   multiplied by our AVX-512 VNNI kernel, and our attention kernel (the `packed` backend, the default);
 - `modules`: 8-bit embeddings and BERT self-attention with Q, K and V stacked into one quantized Linear;
 - `building`: an artifact's inference model (`build_model`);
-- `compiling`: the compiled backend (torch.compile), warmed up at load;
+- `compiling`: the compiled backend (torch.compile), warmed up at load; `guard_skipping`: its warmed-up calls
+  without Dynamo's full guard check where that is the same call;
 - `openvino_backend`: the openvino backend (the artifact's codes, packed, in OpenVINO's CPU plugin);
 - `loading`: `load_model`, which picks the backend, checks it against the reference (eager) one at load and falls
   back where a backend cannot run;
@@ -17,13 +18,14 @@ in memory and multiplied.
 """
 
 from quantization.runtime.building import build_model
-from quantization.runtime.compiling import as_eager, compile_model, warm_up
+from quantization.runtime.compiling import CompiledModel, as_eager, compile_model, warm_up, warm_up_compiled
 from quantization.runtime.int8_linear import Int8Linear, onednn_int8_is_usable
 from quantization.runtime.loaded import LoadedModel, check_inputs, random_inputs
 from quantization.runtime.loading import build_for_backend, load_model
 from quantization.runtime.modules import QuantizedEmbedding, StackedQKVSelfAttention
 
 __all__ = [
+    "CompiledModel",
     "Int8Linear",
     "LoadedModel",
     "QuantizedEmbedding",
@@ -37,4 +39,5 @@ __all__ = [
     "onednn_int8_is_usable",
     "random_inputs",
     "warm_up",
+    "warm_up_compiled",
 ]

@@ -102,7 +102,7 @@ def layer_signs(loaded, layer: BinarizedLinear) -> torch.Tensor:  # noqa: ANN001
     from quantization.artifact import read_artifact
 
     artifact = read_artifact(loaded.path)
-    name = next(n for n, m in loaded.model.named_modules() if m is layer).removeprefix("_orig_mod.")
+    name = next(n for n, m in loaded.model.named_modules() if m is layer).removeprefix("compiled._orig_mod.")
     entry = next(e for e in artifact.manifest["tensors"] if e.get("module") == name)
     return artifact.quantized_weight(entry).rest.signs.to(torch.float32)
 
