@@ -24,6 +24,7 @@ SUPPORTED_MODEL_TYPES = {
     "electra": "ELECTRA",
 }
 HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")  # what every caller passes every model
 
 
 class UnsupportedArchitectureError(ValueError):

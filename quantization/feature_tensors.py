@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from quantization.architectures import INPUT_NAMES
 from quantization.tasks.base import IGNORE_INDEX, Feature
 
 
@@ -23,12 +24,9 @@ def pad_features(features: Sequence[Feature], pad_token_id: int = 0) -> dict[str
     return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
 
 
-MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
-
-
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A training batch without its targets: what a forward pass that computes no loss takes."""
-    return {key: batch[key] for key in MODEL_INPUTS if key in batch}
+    return {key: batch[key] for key in INPUT_NAMES if key in batch}
 
 
 def collate_training(features: Sequence[Feature], pad_token_id: int = 0) -> dict[str, torch.Tensor]:

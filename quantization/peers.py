@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from quantization.architectures import INPUT_NAMES
+
 Inputs = dict[str, torch.Tensor]
 Runner = Callable[[Inputs], np.ndarray]
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 ONNX_OPSET = 17
 
 

@@ -25,8 +25,10 @@ from typing import Any
 
 import torch
 
-# The inputs every caller passes (quantization.architectures): the warm-up's, and the only ones that skip guards.
-WARM_UP_INPUT_NAMES = frozenset({"input_ids", "attention_mask", "token_type_ids"})
+from quantization.architectures import INPUT_NAMES
+
+# The inputs every caller passes: the warm-up's, and the only ones that skip guards.
+WARM_UP_INPUT_NAMES = frozenset(INPUT_NAMES)
 SHORTEST_WARM_SEQUENCE = 2  # Dynamo specializes lengths 0 and 1; the compiled graphs assume at least 2
 
 

@@ -34,6 +34,7 @@ import torch
 import transformers
 from torch import nn
 
+from quantization.architectures import INPUT_NAMES
 from quantization.artifact import Artifact
 from quantization.qtensor import QuantizedWeight
 from quantization.runtime.building import build_model
@@ -140,9 +141,6 @@ def unavailable_reason() -> str | None:
 
 
 # ----- the model in decompression form ------------------------------------------------------------------
-
-
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class _OutputTuple(nn.Module):
