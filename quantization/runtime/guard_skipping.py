@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch import nn
 
 from quantization.architectures import INPUT_NAMES
 
@@ -97,6 +98,16 @@ def within_warm_up(inputs: Mapping[str, object], longest_sequence: int) -> bool:
         and not tensor.is_inference()  # made outside inference mode, as the warm-up's are (another dispatch key)
         for tensor in inputs.values()
     )
+
+
+def hold_buffers_as_parameters(model: nn.Module) -> None:
+    """Re-register every buffer of `model` as a parameter that takes no gradient: the same tensor (no copy), so the
+    same forward, but Dynamo no longer checks its shape and strides on each guard-skipping call. For models that are
+    only run, never trained or saved: the buffers' non-persistence is not kept."""
+    for module in model.modules():
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            delattr(module, name)
+            module.register_parameter(name, nn.Parameter(buffer, requires_grad=False))
 
 
 @functools.cache

@@ -8,9 +8,10 @@ import threading
 import pytest
 import torch
 import transformers
+from torch import nn
 
 from quantization.architectures import longest_sequence
-from quantization.runtime.guard_skipping import GuardCheckGate, within_warm_up
+from quantization.runtime.guard_skipping import GuardCheckGate, hold_buffers_as_parameters, within_warm_up
 
 
 def inputs(batch: int = 2, seq: int = 9) -> dict[str, torch.Tensor]:
@@ -111,3 +112,21 @@ def test_inputs_made_in_inference_mode_check_guards() -> None:
     """Their dispatch keys differ from the warm-up's: torch would recompile for them, not run a warm graph."""
     with torch.inference_mode():
         assert not within_warm_up(inputs(), 128)
+
+
+def test_buffers_become_frozen_parameters_of_the_same_tensors() -> None:
+    """Every buffer, nested ones too, is re-registered as a parameter without a gradient that shares the buffer's
+    memory, and the module computes what it computed."""
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).eval()
+    model[0].register_buffer("codes", torch.arange(12, dtype=torch.uint8).reshape(3, 4), persistent=False)
+    buffers = dict(model.named_buffers())
+    before = model(torch.ones(2, 4))
+    hold_buffers_as_parameters(model)
+    assert not dict(model.named_buffers())
+    parameters = dict(model.named_parameters())
+    for name, buffer in buffers.items():
+        assert isinstance(parameters[name], nn.Parameter)
+        assert not parameters[name].requires_grad
+        assert parameters[name].data_ptr() == buffer.data_ptr()
+        assert parameters[name].dtype == buffer.dtype
+    assert torch.equal(model(torch.ones(2, 4)), before)
