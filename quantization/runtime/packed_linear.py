@@ -64,8 +64,9 @@ class PackedLinear(nn.Module):
 
     @property
     def runtime_nbytes(self) -> int:
-        """Resident bytes of this layer (packed codes once `pack`ed)."""
-        return sum(b.numel() * b.element_size() for b in self.buffers())
+        """Resident bytes of this layer (packed codes once `pack`ed), its tensors held as buffers or, once compiled,
+        as parameters (`hold_buffers_as_parameters`)."""
+        return sum(t.numel() * t.element_size() for t in (*self.buffers(), *self.parameters()))
 
     def pack(self) -> None:
         """Replace the unpacked codes by the kernel's packed layout (rows padded to its block) and pad the row
