@@ -26,7 +26,7 @@ Runner = Callable[[Inputs], np.ndarray]
 ONNX_OPSET = 17
 
 
-class _FirstOutput(nn.Module):
+class FirstOutput(nn.Module):
     """A Hugging Face model as a function of positional tensors to its first output (what ONNX export needs)."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -39,7 +39,7 @@ class _FirstOutput(nn.Module):
 
 
 def torch_runner(model: nn.Module) -> Runner:
-    wrapped = _FirstOutput(model).eval()
+    wrapped = FirstOutput(model).eval()
 
     def run(inputs: Inputs) -> np.ndarray:
         with torch.inference_mode():
@@ -61,7 +61,7 @@ def export_onnx(model: nn.Module, out_file: Path, sample: Inputs) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _FirstOutput(model).eval(),
+            FirstOutput(model).eval(),
             tuple(sample[name] for name in INPUT_NAMES),
             str(out_file),
             input_names=list(INPUT_NAMES),
@@ -106,7 +106,7 @@ def export_openvino(model: nn.Module, out_file: Path, sample: Inputs) -> Path:
 
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        converted = ov.convert_model(_FirstOutput(model).eval(), example_input=tuple(sample[n] for n in INPUT_NAMES))
+        converted = ov.convert_model(FirstOutput(model).eval(), example_input=tuple(sample[n] for n in INPUT_NAMES))
     ov.save_model(converted, str(out_file), compress_to_fp16=False)
     return out_file
 

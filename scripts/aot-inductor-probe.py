@@ -32,24 +32,12 @@ from quantization.runtime import build_for_backend, warm_up_compiled
 from quantization.runtime.torch_internals import original_module
 
 
-class FirstOutput(torch.nn.Module):
-    """The task model called with keyword inputs, returning its first output (what the bench compares)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> Any:
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        return outputs[0]
-
-
 def compile_ahead(model: torch.nn.Module, vocab_size: int, longest: int, package: Path) -> Any:
     batch, seq = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("seq", min=2, max=longest)
     example = bench.make_inputs(bench.Shape(2, 32), vocab_size)
     with torch.no_grad():
         exported = torch.export.export(
-            FirstOutput(model).eval(),
+            peers.FirstOutput(model).eval(),
             (),
             {name: example[name] for name in INPUT_NAMES},
             dynamic_shapes={name: {0: batch, 1: seq} for name in INPUT_NAMES},
