@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 import transformers
+from torch import nn
 
 
 class BackendMismatchError(ValueError):
@@ -56,6 +57,19 @@ def random_inputs(
     """Unpadded model inputs of ordinary word pieces (ids past the special tokens) for warm-ups and benchmarks."""
     ids = torch.randint(min(1000, vocab_size // 2), vocab_size, (batch, seq), generator=generator)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+
+
+class OutputTuple(nn.Module):
+    """A Hugging Face model as a function of its three input tensors to the tuple of its output tensors: the form
+    exporters take (the openvino and aot backends)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> Any:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return tuple(out.values())
 
 
 CHECK_SHAPE = (2, 16)  # the fixed input a backend's model is checked on at load, against the reference

@@ -38,7 +38,7 @@ from quantization.architectures import INPUT_NAMES
 from quantization.artifact import Artifact
 from quantization.qtensor import QuantizedWeight
 from quantization.runtime.building import build_model
-from quantization.runtime.loaded import BackendMismatchError
+from quantization.runtime.loaded import BackendMismatchError, OutputTuple
 from quantization.runtime.modules import CodesLinear
 
 logger = logging.getLogger(__name__)
@@ -141,18 +141,6 @@ def unavailable_reason() -> str | None:
 
 
 # ----- the model in decompression form ------------------------------------------------------------------
-
-
-class _OutputTuple(nn.Module):
-    """A Hugging Face model as a function of positional tensors to the tuple of its output tensors."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor):
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        return tuple(out.values())
 
 
 def _digest(array: np.ndarray) -> tuple[tuple[int, ...], str]:
@@ -299,7 +287,7 @@ def convert_artifact(
         return CodesLinear.from_quantized(qweight, bias, quantize_activations and not plugin_quantizes)
 
     torch_model, _ = build_model(artifact, stack_qkv=False, linear_factory=linear)
-    traced = _OutputTuple(torch_model).eval()
+    traced = OutputTuple(torch_model).eval()
     widths = {}
     for module in torch_model.modules():
         if isinstance(module, CodesLinear):
