@@ -31,7 +31,7 @@ from quantization.catalog import TaskEntry
 from quantization.config import PrecisionConfig, QATConfig
 from quantization.evaluate import evaluate, latency_b1_ms
 from quantization.quantize import quantize_model
-from quantization.runtime import load_model
+from quantization.runtime import load_model, warm_up
 from quantization.structure import embedding_targets, linear_targets
 from quantization.tasks import Task, get_task
 
@@ -295,7 +295,7 @@ def evaluate_artifact(
     backend; other backends are measured against it.
     """
     task = entry.make_task()
-    loaded = load_model(artifact_dir, backend)
+    loaded = warm_up(load_model(artifact_dir, backend))  # compiled before it runs, as the service's models are
     path = data or entry.data
     if path is None:
         raise ValueError(f"{entry.task}: no evaluation data in its catalog entry; give one (`qbert eval --data FILE`)")

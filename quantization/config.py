@@ -19,8 +19,11 @@ from typing import Any
 # (`quantization.runtime.openvino_backend`); where it cannot build a model, that model runs eager.
 # "packed": the compiled graph with our VNNI kernels multiplying the codes still packed at their own width
 # (`quantization.runtime.packed_linear`); where those cannot run (no AVX-512 VNNI, no compiler), "compiled".
-BACKENDS = ("eager", "compiled", "packed", "openvino")
+# "aot": the packed model compiled ahead of time by AOTInductor (`quantization.runtime.ahead_of_time`) and run from
+# C++ with no Python per call; where it cannot be built, "packed".
+BACKENDS = ("eager", "compiled", "packed", "openvino", "aot")
 COMPILED_BACKENDS = ("compiled", "packed")  # under torch.compile: warmed up (compiled) at load
+WARMED_BACKENDS = (*COMPILED_BACKENDS, "aot")  # compiled at load, after it serves on its eager twin
 # The packed backend's attention products (q·kᵀ and p·v; sums, softmax and outputs stay float32): float32 operands
 # (the default), or bf16 ones where the CPU has AVX-512 BF16 (faster; not within 0.2 pt of the reference everywhere:
 # README). OpenVINO's CPU plugin runs its unquantized ops in bf16 there by default.

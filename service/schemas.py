@@ -52,8 +52,9 @@ class ModelEntry(BaseModel):
     load_seconds: float | None = None
     backend: str | None = Field(
         None,
-        description="how the model executes: `packed` (our kernels on the packed codes), `compiled` (torch.compile), "
-        "`eager` (the reference), `packed-eager` (packed, while it compiles) or `openvino`",
+        description="how the model executes: `packed` (our kernels on the packed codes), `aot` (the packed model "
+        "compiled ahead of time), `compiled` (torch.compile), `eager` (the reference), `packed-eager` (packed, while "
+        "it compiles) or `openvino`",
     )
     accuracy: list[AccuracyRow] = Field(default_factory=list)
     latency: LatencyEntry | None = Field(

@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from quantization.artifact import ArtifactError
-from quantization.config import COMPILED_BACKENDS
+from quantization.config import COMPILED_BACKENDS, WARMED_BACKENDS
 from quantization.evaluate import finish, max_length_for, prepare, run_features
 from quantization.runtime import LoadedModel, as_eager, load_model, warm_up
 from quantization.system import set_batch_scheduling
@@ -176,7 +176,7 @@ class InferenceWorker:
             for key, (compiled_ref, compiled) in list(self._compiled.items()):  # their guards no longer hold
                 del self._compiled[key]
                 self._serve(compiled_ref, compiled, warming=True)
-        self._serve(ref, loaded, warming=loaded.backend in COMPILED_BACKENDS)
+        self._serve(ref, loaded, warming=loaded.backend in WARMED_BACKENDS)
 
     def _build(self, ref: ArtifactRef) -> LoadedModel:
         """The artifact's model on the configured backend, or on the reference (eager) one where that backend's

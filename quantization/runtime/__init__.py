@@ -5,9 +5,11 @@ in memory and multiplied.
 - `int8_linear`: `Int8Linear`, a quantized Linear on oneDNN's int8 GEMM (codes unpacked to int8), and the custom
   op that runs it;
 - `packed_linear`, `packed_kernels`, `kernels/`: `PackedLinear`, whose codes stay packed at their own width,
-  multiplied by our AVX-512 VNNI kernel, and our attention kernel (the `packed` backend, the default);
+  multiplied by our AVX-512 VNNI kernel, and our attention kernel (the `packed` backend);
 - `modules`: 8-bit embeddings and BERT self-attention with Q, K and V stacked into one quantized Linear;
 - `building`: an artifact's inference model (`build_model`);
+- `ahead_of_time`: the packed model compiled ahead of time by AOTInductor and run from C++ (the `aot` backend, the
+  default), one package per model structure, cached on disk;
 - `compiling`: the compiled backend (torch.compile), warmed up at load; `guard_skipping`: its warmed-up calls
   without Dynamo's full guard check where that is the same call;
 - `openvino_backend`: the openvino backend (the artifact's codes, packed, in OpenVINO's CPU plugin);

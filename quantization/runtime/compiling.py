@@ -11,7 +11,13 @@ import torch
 from torch import nn
 
 from quantization.architectures import longest_sequence
-from quantization.config import COMPILED_BACKENDS
+from quantization.config import COMPILED_BACKENDS, WARMED_BACKENDS
+from quantization.runtime.ahead_of_time import (
+    AheadOfTimeModel,
+    AheadOfTimeOptions,
+    AheadOfTimeUnavailableError,
+    compile_ahead,
+)
 from quantization.runtime.guard_skipping import (
     GUARD_CHECK_GATE,
     call_skipping_guards,
@@ -20,8 +26,13 @@ from quantization.runtime.guard_skipping import (
     within_warm_up,
 )
 from quantization.runtime.int8_linear import lower_packed_matmul_to_onednn, onednn_int8_is_usable
-from quantization.runtime.loaded import LoadedModel, random_inputs
-from quantization.runtime.torch_internals import dynamo_frame_counts, original_module, raise_recompile_limit
+from quantization.runtime.loaded import BackendMismatchError, LoadedModel, random_inputs
+from quantization.runtime.torch_internals import (
+    InternalsChangedError,
+    dynamo_frame_counts,
+    original_module,
+    raise_recompile_limit,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,20 +99,26 @@ def compile_model(model: nn.Module) -> CompiledModel:
 
 # What a compiled backend's model is called when it runs without its compiled graphs (warming up, or where
 # compiling failed): the packed one keeps its packed kernels, so it is not the reference.
-EAGER_TWINS = {"compiled": "eager", "packed": "packed-eager"}
+EAGER_TWINS = {"compiled": "eager", "packed": "packed-eager", "aot": "packed-eager"}
 
 
 def as_eager(loaded: LoadedModel) -> LoadedModel:
     """A compiled model's eager twin: the same module and weights, run without its compiled graphs."""
-    if loaded.backend not in COMPILED_BACKENDS:
+    if loaded.backend not in WARMED_BACKENDS:
         return loaded
-    eager = original_module(loaded.model.compiled)
+    if loaded.backend == "aot":  # before its warm-up, the eager packed model itself
+        eager = loaded.model.eager if isinstance(loaded.model, AheadOfTimeModel) else loaded.model
+    else:
+        eager = original_module(loaded.model.compiled)
     return dataclasses.replace(loaded, model=eager, backend=EAGER_TWINS[loaded.backend])
 
 
 def warm_up(loaded: LoadedModel) -> LoadedModel:
-    """Compile now rather than on a request (`warm_up_compiled`). Where compiling fails (no C++ compiler, an
-    unsupported op), the model falls back to eager, logged."""
+    """Compile now rather than on a request (`warm_up_compiled`, `compile_ahead`). Where compiling fails (no C++
+    compiler, an unsupported op), the model falls back, logged: an aot model to the packed backend, a compiled one
+    to eager."""
+    if loaded.backend == "aot":
+        return _warm_up_ahead_of_time(loaded)
     if loaded.backend not in COMPILED_BACKENDS:
         return loaded
     try:
@@ -113,6 +130,22 @@ def warm_up(loaded: LoadedModel) -> LoadedModel:
         logger.error("torch.compile did not compile %s; it runs eager", loaded.path)
         return as_eager(loaded)
     return loaded
+
+
+def _warm_up_ahead_of_time(loaded: LoadedModel) -> LoadedModel:
+    """The aot model compiled (or its package loaded from the cache) and checked; where it cannot be, or its check
+    fails, the packed backend's model of the same module (checked layer by layer at load), logged."""
+    eager = as_eager(loaded).model
+    try:
+        return dataclasses.replace(loaded, model=compile_ahead(eager, AheadOfTimeOptions.from_environment()))
+    except (AheadOfTimeUnavailableError, BackendMismatchError) as exc:
+        logger.error("%s cannot run ahead of time (%s); it runs on the packed backend", loaded.path, exc)
+    try:
+        compiled = compile_model(eager)
+    except InternalsChangedError as exc:
+        logger.error("cannot compile %s (%s); it runs eager", loaded.path, exc)
+        return as_eager(loaded)
+    return warm_up(dataclasses.replace(loaded, model=compiled, backend="packed"))
 
 
 def warm_up_compiled(model: CompiledModel) -> bool:

@@ -139,9 +139,10 @@ def set_attention_precision(model: nn.Module, precision: str) -> bool:
     return bf16
 
 
-def _build_packed(artifact: Artifact, attention_precision: str) -> tuple[Any, int] | None:
-    """The packed backend's model of an artifact (compiled lazily), or None (logged why) where the packed kernels
-    cannot run here. Checked at load against the reference (eager) model, layer by layer (`check_layers`)."""
+def _build_packed(artifact: Artifact, attention_precision: str, compile: bool = True) -> tuple[Any, int] | None:
+    """The packed backend's model of an artifact (compiled lazily; `compile=False`: eager, as the aot backend
+    compiles it at warm-up), or None (logged why) where the packed kernels cannot run here. Checked at load against
+    the reference (eager) model, layer by layer (`check_layers`)."""
     from quantization.runtime.packed_kernels import KernelsUnavailableError
     from quantization.runtime.packed_linear import PackedLinear
 
@@ -156,6 +157,8 @@ def _build_packed(artifact: Artifact, attention_precision: str) -> tuple[Any, in
     check_layers(artifact, reference, model, check_inputs(typing.cast(Any, reference).config.vocab_size))
     del reference
     release_free_heap()
+    if not compile:
+        return model, runtime_bytes
     try:
         return compile_model(model), runtime_bytes
     except InternalsChangedError as exc:  # the compiled backend will fail alike, and fall back to eager
@@ -171,7 +174,8 @@ def build_for_backend(
 ) -> tuple[Any, int, str]:
     """The model of an artifact on `backend` (compiled lazily: `warm_up` compiles), its runtime weight bytes, and
     the backend it runs on: the reference (eager) where the openvino backend cannot build it, the compiled one
-    (oneDNN int8) where the packed kernels cannot run here (logged).
+    (oneDNN int8) where the packed kernels cannot run here (logged). An aot model is the eager packed model until
+    `warm_up` compiles it ahead of time.
 
     `openvino_activation_group_size`: the openvino backend's activation groups (`OpenVinoOptions`; None: its
     default, 0: the exact float32 formula). `attention_precision`: the packed backend's attention products
@@ -179,12 +183,12 @@ def build_for_backend(
     built = _build_openvino(artifact, openvino_activation_group_size) if backend == "openvino" else None
     if built is not None:
         return (*built, backend)
-    if backend == "packed":
-        built = _build_packed(artifact, attention_precision)
+    if backend in ("packed", "aot"):
+        built = _build_packed(artifact, attention_precision, compile=backend == "packed")
         if built is not None:
             return (*built, backend)
     model, runtime_bytes = build_model(artifact)
-    if backend in ("compiled", "packed"):
+    if backend in ("compiled", "packed", "aot"):
         try:
             return compile_model(model), runtime_bytes, "compiled"
         except InternalsChangedError as exc:

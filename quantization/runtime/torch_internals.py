@@ -84,6 +84,29 @@ def dynamo_frame_counts(after_a_compile: bool = True) -> Mapping[str, int]:
     return frames
 
 
+@functools.cache
+def aot_inductor() -> tuple[Callable[..., str], Callable[[str], Any]]:
+    """AOTInductor's `aoti_compile_and_package` and `aoti_load_package` (torch 2.6 and later), whose packages'
+    weights may be handed over at load (`load_constants(..., user_managed=True)`: torch 2.7 and later)."""
+    if torch_version() < (2, 7):
+        raise InternalsChangedError(f"torch {torch.__version__} has no AOTInductor packages with weights of ours")
+    try:
+        from torch._inductor import aoti_compile_and_package, aoti_load_package
+    except ImportError as exc:
+        raise InternalsChangedError(f"torch {torch.__version__} has no AOTInductor packages ({exc})") from exc
+    return aoti_compile_and_package, aoti_load_package
+
+
+def aot_package_runner(package: Any) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+    """A loaded AOTInductor package as a function of its flat input tensors to its flat outputs. Its loader's
+    `boxed_run` where it has one: the package's `__call__` parses its input and output specs again on every call."""
+    loader = getattr(package, "loader", None)
+    boxed_run = getattr(loader, "boxed_run", None)
+    if callable(boxed_run):
+        return boxed_run
+    return lambda inputs: list(package(*inputs))
+
+
 def original_module(compiled: nn.Module) -> nn.Module:
     """The module `torch.compile` wrapped."""
     original = getattr(compiled, "_orig_mod", None)
