@@ -211,26 +211,22 @@ class AheadOfTimeModel:
 def rounding_sensitivity(
     model: nn.Module, inputs: dict[str, torch.Tensor], reference: Any, options: AheadOfTimeOptions
 ) -> float:
-    """How far the model's outputs on `inputs` move (the most of `options.noise_draws` draws) when its embeddings'
-    output moves by a relative `options.noise`: how far float32 reordering travels through its 8-bit roundings.
-    0 for a model without an `embeddings` module in its base model (then the check allows float order only)."""
-    embeddings = getattr(getattr(model, "base_model", None), "embeddings", None)
-    if not isinstance(embeddings, nn.Module) or options.noise == 0:
+    """How far the model's outputs on `inputs` move (the most of `options.noise_draws` draws) when its input
+    embeddings move by a relative `options.noise`: how far float32 reordering travels through its 8-bit roundings.
+
+    The embeddings are passed in (`inputs_embeds`), not changed by a hook: the model may be serving meanwhile."""
+    lookup = typing.cast(Any, model).get_input_embeddings()
+    if options.noise == 0:
         return 0.0
     generator = torch.Generator().manual_seed(0)
-
-    def nudge(_module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
-        return output * (1 + options.noise * torch.randn(output.shape, generator=generator))
-
     moved = 0.0
-    hook = embeddings.register_forward_hook(nudge)
-    try:
-        with torch.inference_mode():
-            for _ in range(options.noise_draws):
-                nudged = model(**inputs)
-                moved = max(moved, *(float((nudged[field] - want).abs().max()) for field, want in reference.items()))
-    finally:
-        hook.remove()
+    with torch.inference_mode():
+        embedded = lookup(inputs["input_ids"])
+        others = {name: t for name, t in inputs.items() if name != "input_ids"}
+        for _ in range(options.noise_draws):
+            nudged_embeddings = embedded * (1 + options.noise * torch.randn(embedded.shape, generator=generator))
+            nudged = model(inputs_embeds=nudged_embeddings, **others)
+            moved = max(moved, *(float((nudged[field] - want).abs().max()) for field, want in reference.items()))
     return moved
 
 

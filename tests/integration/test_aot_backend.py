@@ -155,3 +155,19 @@ def test_a_worker_serves_its_models_on_the_aot_backend(tmp_path: Path, tiny_chec
     assert isinstance(worker.models[("sst2", "w8")].model, AheadOfTimeModel)
     done = worker.run(RunBatch(0, "sst2", "w8", ("a good movie", "a terrible film")))
     assert [r.error for r in done.results] == [None, None]
+
+
+def test_rounding_sensitivity_measures_the_model_as_it_runs(tmp_path: Path, tiny_checkpoints: dict) -> None:
+    """Without noise the embeddings passed in give the model's own outputs exactly (so what it measures is the noise's
+    effect), with it they move by less than the outputs' size, and the model's modules are left as they were."""
+    model = load_model(build_tiny(tmp_path, tiny_checkpoints["ner"], "ner", "w4g128"), backend="aot").model
+    inputs = ahead_of_time.check_inputs(model.config.vocab_size)
+    with torch.inference_mode():
+        reference = model(**inputs)
+    options = AheadOfTimeOptions(tmp_path)
+    assert ahead_of_time.rounding_sensitivity(model, inputs, reference, AheadOfTimeOptions(tmp_path, noise=0.0)) == 0
+    exact = ahead_of_time.rounding_sensitivity(model, inputs, reference, AheadOfTimeOptions(tmp_path, noise=1e-30))
+    assert exact == 0  # the embeddings passed in are the lookup's own
+    moved = ahead_of_time.rounding_sensitivity(model, inputs, reference, options)
+    assert 0 <= moved < float(reference.logits.abs().max())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
