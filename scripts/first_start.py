@@ -83,6 +83,7 @@ def main() -> int:
         "QBERT_DATA": str(shared / "data"),
         "TORCHINDUCTOR_CACHE_DIR": str(cache),
         "QBERT_KERNEL_CACHE": str(cache / "qbert-kernels"),
+        "QBERT_AOT_CACHE": str(cache / "qbert-aot"),
     }
     log = (args.clone / "serve.log").open("w")
     started = time.monotonic()

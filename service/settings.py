@@ -66,11 +66,13 @@ class ServiceSettings(BaseSettings):
 
     workers: int = Field(1, ge=1, le=64, description="worker processes, each loading every artifact")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per worker (default: cores / workers)")
-    backend: Literal["packed", "compiled", "eager", "openvino"] = Field(
-        "packed",
-        description="packed: torch.compile with our VNNI kernels on the codes kept packed at their own bits (fastest "
-        "and smallest: README, bench; where the CPU or compiler cannot, compiled); compiled: torch.compile with "
-        "oneDNN int8 (codes unpacked to int8); both compile at start (cached on disk); eager: the reference",
+    backend: Literal["aot", "packed", "compiled", "eager", "openvino"] = Field(
+        "aot",
+        description="aot: our VNNI kernels on the codes kept packed at their own bits, the model compiled ahead of "
+        "time by AOTInductor and run from C++ (fastest and smallest: README, bench; where it cannot be, packed); "
+        "packed: the same kernels under torch.compile (where the CPU or compiler cannot run them, compiled); "
+        "compiled: torch.compile with oneDNN int8 (codes unpacked to int8); all three compile at start (cached on "
+        "disk), serving eager meanwhile; eager: the reference",
     )
     openvino_activation_group_size: int = Field(
         128,

@@ -128,9 +128,7 @@ def register(sub: Any) -> None:
         help="CPUs for the bare models (e.g. the server's taskset list, so served and raw get the same cores); "
         "the load itself runs on this process's own CPUs (Linux)",
     )
-    p.add_argument(
-        "--raw-backend", choices=BACKENDS, default="packed", help="as the server's QBERT_BACKEND (default packed)"
-    )
+    p.add_argument("--raw-backend", choices=BACKENDS, default="aot", help="as the server's QBERT_BACKEND (default aot)")
     p.set_defaults(func=cmd_loadtest)
 
     p = sub.add_parser("soak", help="steady load while sampling resident memory from /metrics")

@@ -79,7 +79,8 @@ def test_the_deployment_runs_as_the_issue_asks() -> None:
     # Writable places a read-only root needs: every cache the service writes points under /tmp, an emptyDir.
     env = {e["name"]: e["value"] for e in container["env"]}
     assert mounts["tmp"]["mountPath"] == "/tmp"
-    assert all(env[name].startswith("/tmp") for name in ("QBERT_KERNEL_CACHE", "TORCHINDUCTOR_CACHE_DIR", "HOME"))
+    caches = ("QBERT_KERNEL_CACHE", "QBERT_AOT_CACHE", "TORCHINDUCTOR_CACHE_DIR", "HOME")
+    assert all(env[name].startswith("/tmp") for name in caches)
 
 
 def test_service_pdb_monitor_and_autoscaler_point_at_the_deployment() -> None:
