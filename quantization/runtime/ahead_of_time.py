@@ -34,7 +34,7 @@ import transformers
 from torch import nn
 
 from quantization.architectures import INPUT_NAMES, longest_sequence
-from quantization.runtime.loaded import BackendMismatchError, OutputTuple, check_inputs
+from quantization.runtime.loaded import BackendMismatchError, OutputTuple, check_inputs, complete_inputs
 from quantization.runtime.packed_kernels import kernel_cache_dir
 from quantization.runtime.torch_internals import InternalsChangedError, aot_inductor, aot_package_runner
 from quantization.system import cpu_kernel_flags, release_free_heap
@@ -199,8 +199,7 @@ class AheadOfTimeModel:
         token_type_ids: torch.Tensor | None = None,
         **_: Any,
     ) -> Any:
-        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        token_type_ids = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        input_ids, attention_mask, token_type_ids = complete_inputs(input_ids, attention_mask, token_type_ids)
         if not self.compiled_for(input_ids, token_type_ids) or attention_mask.shape != input_ids.shape:
             return self.eager(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         inputs = [t.to(torch.int64).contiguous() for t in (input_ids, attention_mask, token_type_ids)]

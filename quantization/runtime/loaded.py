@@ -72,6 +72,15 @@ class OutputTuple(nn.Module):
         return tuple(out.values())
 
 
+def complete_inputs(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three inputs as a Hugging Face model defaults them: no mask attends everywhere, no types are type 0."""
+    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    token_type_ids = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+    return input_ids, attention_mask, token_type_ids
+
+
 CHECK_SHAPE = (2, 16)  # the fixed input a backend's model is checked on at load, against the reference
 
 

@@ -38,7 +38,7 @@ from quantization.architectures import INPUT_NAMES
 from quantization.artifact import Artifact
 from quantization.qtensor import QuantizedWeight
 from quantization.runtime.building import build_model
-from quantization.runtime.loaded import BackendMismatchError, OutputTuple
+from quantization.runtime.loaded import BackendMismatchError, OutputTuple, complete_inputs
 from quantization.runtime.modules import CodesLinear
 
 logger = logging.getLogger(__name__)
@@ -244,11 +244,9 @@ class OpenVinoModel:
         token_type_ids: torch.Tensor | None = None,
         **_: Any,
     ) -> Any:
-        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        token_type_ids = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
         feeds = {
             name: t.to(torch.int64).numpy()
-            for name, t in zip(INPUT_NAMES, (input_ids, attention_mask, token_type_ids), strict=True)
+            for name, t in zip(INPUT_NAMES, complete_inputs(input_ids, attention_mask, token_type_ids), strict=True)
         }
         self._request.infer(feeds)
         # copies: the request reuses its output buffers on the next call
