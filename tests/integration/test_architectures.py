@@ -143,15 +143,16 @@ def added_qa_input(question: str, context: str) -> object:
 
 @pytest.mark.parametrize("family", ARCHITECTURES)
 def test_every_backend_runs_each_family(added: dict, family: str) -> None:
-    """The packed kernels, torch.compile and OpenVINO each load the family's Hessian-plan (2/3-bit) artifact (their
-    load-time checks against the reference included) and answer as the reference does."""
+    """The packed kernels (under torch.compile, and compiled ahead of time: the default), torch.compile and OpenVINO
+    each load the family's Hessian-plan (2/3-bit) artifact (their load-time checks against the reference included)
+    and answer as the reference does."""
     name = f"{family}-sentiment"
     task = task_from_spec(name, {"kind": "sequence-classification", "options": {}})
     inputs = ["a good film", "the movie was very bad", "john smith lives in paris"]
     for precision in ("mp23-ptq",):
         artifact = added["root"] / "artifacts" / name / precision
         reference = predict(load_model(artifact, "eager"), task, inputs, 3)
-        for backend in ("packed", "compiled", "openvino"):
+        for backend in ("aot", "packed", "compiled", "openvino"):
             loaded = warm_up(load_model(artifact, backend))
             assert loaded.backend == backend, (precision, backend)
             answers = predict(loaded, task, inputs, 3)
