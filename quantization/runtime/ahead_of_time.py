@@ -34,7 +34,7 @@ import transformers
 from torch import nn
 
 from quantization.architectures import INPUT_NAMES, longest_sequence
-from quantization.runtime.loaded import BackendMismatchError, OutputTuple, check_inputs, complete_inputs
+from quantization.runtime.loaded import BackendMismatchError, CalledLikeHuggingFace, OutputTuple, check_inputs
 from quantization.runtime.packed_kernels import kernel_cache_dir
 from quantization.runtime.torch_internals import InternalsChangedError, aot_inductor, aot_package_runner
 from quantization.system import cpu_kernel_flags, release_free_heap
@@ -165,7 +165,7 @@ def cached_package(exported: torch.export.ExportedProgram, cache_dir: Path) -> P
     return package
 
 
-class AheadOfTimeModel:
+class AheadOfTimeModel(CalledLikeHuggingFace):
     """Called like the Hugging Face model it runs: keyword tensors in, its ModelOutput out. The eager packed model
     (`eager`) keeps the tensors the package reads, and runs the inputs the package was not compiled for."""
 
@@ -192,14 +192,7 @@ class AheadOfTimeModel:
             and types_high < getattr(self.config, "type_vocab_size", 1)
         )
 
-    def __call__(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        **_: Any,
-    ) -> Any:
-        input_ids, attention_mask, token_type_ids = complete_inputs(input_ids, attention_mask, token_type_ids)
+    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> Any:
         if not self.compiled_for(input_ids, token_type_ids) or attention_mask.shape != input_ids.shape:
             return self.eager(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         inputs = [t.to(torch.int64).contiguous() for t in (input_ids, attention_mask, token_type_ids)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ class BackendMismatchError(ValueError):
 class LoadedModel:
     """An inference-ready model with its tokenizer and what it costs."""
 
-    model: Any  # an nn.Module (eager, or compiled), or an OpenVinoModel: all called alike
+    model: Any  # an nn.Module (eager, or compiled), or a CalledLikeHuggingFace (openvino, aot): all called alike
     tokenizer: Any
     manifest: dict[str, Any]
     path: Path
@@ -72,13 +73,25 @@ class OutputTuple(nn.Module):
         return tuple(out.values())
 
 
-def complete_inputs(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The three inputs as a Hugging Face model defaults them: no mask attends everywhere, no types are type 0."""
-    attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    token_type_ids = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
-    return input_ids, attention_mask, token_type_ids
+class CalledLikeHuggingFace(abc.ABC):
+    """A model compiled outside torch (the openvino and aot backends') called as the Hugging Face model it runs:
+    keyword tensors in, with a missing mask attending everywhere and missing token types 0 as transformers has
+    them, its ModelOutput out."""
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        **_: Any,
+    ) -> Any:
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        token_type_ids = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        return self.run(input_ids, attention_mask, token_type_ids)
+
+    @abc.abstractmethod
+    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> Any:
+        """The model's output on all three inputs."""
 
 
 CHECK_SHAPE = (2, 16)  # the fixed input a backend's model is checked on at load, against the reference

@@ -38,7 +38,7 @@ from quantization.architectures import INPUT_NAMES
 from quantization.artifact import Artifact
 from quantization.qtensor import QuantizedWeight
 from quantization.runtime.building import build_model
-from quantization.runtime.loaded import BackendMismatchError, OutputTuple, complete_inputs
+from quantization.runtime.loaded import BackendMismatchError, CalledLikeHuggingFace, OutputTuple
 from quantization.runtime.modules import CodesLinear
 
 logger = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ _OUTPUT_TYPES = {
 }
 
 
-class OpenVinoModel:
+class OpenVinoModel(CalledLikeHuggingFace):
     """Called like the Hugging Face model it replaces: keyword tensors in, its ModelOutput (torch tensors) out."""
 
     def __init__(self, compiled: Any, config: transformers.PretrainedConfig, output_fields: Sequence[str]) -> None:
@@ -237,16 +237,10 @@ class OpenVinoModel:
         self._output_type = _OUTPUT_TYPES[head]
         self._request = compiled.create_infer_request()  # one per model: a worker runs one batch at a time
 
-    def __call__(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        **_: Any,
-    ) -> Any:
+    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> Any:
         feeds = {
             name: t.to(torch.int64).numpy()
-            for name, t in zip(INPUT_NAMES, complete_inputs(input_ids, attention_mask, token_type_ids), strict=True)
+            for name, t in zip(INPUT_NAMES, (input_ids, attention_mask, token_type_ids), strict=True)
         }
         self._request.infer(feeds)
         # copies: the request reuses its output buffers on the next call
