@@ -63,3 +63,30 @@ def test_bench_cache_is_ignored_by_git() -> None:
     from tests.conftest import REPO_ROOT
 
     assert "models/cache/" in (REPO_ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_the_command_line_narrows_the_plan() -> None:
+    """`qbert bench --backend/--precision/--runtime/--shape` replace the plan's lists; PyTorch FP32, the reference,
+    and ours always run; a shape must read BATCHxSEQ and an unknown runtime is refused by the plan."""
+    from quantization.bench import QUICK
+    from quantization.cli.benchmark import plan_from_args
+    from quantization.cli.main import build_parser
+
+    def plan(*argv: str) -> BenchPlan:
+        return plan_from_args(build_parser().parse_args(["--threads", "2", "bench", *argv]))
+
+    narrowed = plan(
+        "--quick", "--backend", "aot", "--backend", "packed", "--precision", "w8", "--shape", "1x384",
+        "--shape", "8x128", "--runtime", "ov-int8", "--model", "sst2", "--no-memory",
+    )  # fmt: skip
+    assert narrowed.backends == ("aot", "packed")
+    assert narrowed.precisions == ("w8",)
+    assert narrowed.shapes == (Shape(1, 384), Shape(8, 128))
+    assert narrowed.runtimes == ("torch-fp32", "ov-int8", "qbert")
+    assert narrowed.models == ("sst2",)
+    assert (narrowed.memory, narrowed.rounds, narrowed.threads) == (False, QUICK.rounds, 2)
+    assert plan("--quick") == QUICK
+    with pytest.raises(SystemExit):
+        plan("--shape", "8by128")
+    with pytest.raises(ValueError, match="unknown runtimes"):
+        plan("--runtime", "tvm")
