@@ -20,22 +20,18 @@ import torch
 from torch import nn
 
 from quantization.architectures import INPUT_NAMES
+from quantization.runtime.loaded import OutputTuple
 
 Inputs = dict[str, torch.Tensor]
 Runner = Callable[[Inputs], np.ndarray]
 ONNX_OPSET = 17
 
 
-class FirstOutput(nn.Module):
+class FirstOutput(OutputTuple):
     """A Hugging Face model as a function of positional tensors to its first output (what ONNX export needs)."""
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor):
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        return out[0] if isinstance(out, tuple) else next(iter(out.values()))
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> Any:
+        return super().forward(input_ids, attention_mask, token_type_ids)[0]
 
 
 def torch_runner(model: nn.Module) -> Runner:

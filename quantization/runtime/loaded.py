@@ -62,7 +62,8 @@ def random_inputs(
 
 class OutputTuple(nn.Module):
     """A Hugging Face model as a function of its three input tensors to the tuple of its output tensors: the form
-    exporters take (the openvino and aot backends)."""
+    exporters take (the openvino and aot backends, the bench's peers). A model that returns a tuple already (not a
+    ModelOutput) is passed through."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -70,7 +71,7 @@ class OutputTuple(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> Any:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        return tuple(out.values())
+        return out if isinstance(out, tuple) else tuple(out.values())
 
 
 class CalledLikeHuggingFace(abc.ABC):
