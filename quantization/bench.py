@@ -34,6 +34,7 @@ from quantization.config import (
     ATTENTION_PRECISIONS,
     BACKENDS,
     COMPILED_BACKENDS,
+    PACKED_KERNEL_BACKENDS,
     WARMED_BACKENDS,
     PrecisionConfig,
     Rounding,
@@ -254,7 +255,7 @@ def _load_in_child(candidate: Candidate, threads: int, run: bool, results: Any) 
 
     if candidate.runtime.startswith("ov-") or candidate.backend == "openvino":
         _load_openvino_libraries()
-    if candidate.backend in ("packed", "aot"):
+    if candidate.backend in PACKED_KERNEL_BACKENDS:
         from quantization.runtime.packed_kernels import unavailable_reason
 
         unavailable_reason()  # our kernels' library, loaded once per process whatever the model

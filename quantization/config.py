@@ -24,6 +24,7 @@ from typing import Any
 BACKENDS = ("eager", "compiled", "packed", "openvino", "aot")
 COMPILED_BACKENDS = ("compiled", "packed")  # under torch.compile: warmed up (compiled) at load
 WARMED_BACKENDS = (*COMPILED_BACKENDS, "aot")  # compiled at load, after it serves on its eager twin
+PACKED_KERNEL_BACKENDS = ("packed", "aot")  # our kernels on the codes packed at their width
 # The packed backend's attention products (q·kᵀ and p·v; sums, softmax and outputs stay float32): float32 operands
 # (the default), or bf16 ones where the CPU has AVX-512 BF16 (faster; not within 0.2 pt of the reference everywhere:
 # README). OpenVINO's CPU plugin runs its unquantized ops in bf16 there by default.

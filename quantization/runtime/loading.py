@@ -15,7 +15,7 @@ import transformers
 from torch import nn
 
 from quantization.artifact import Artifact, read_artifact
-from quantization.config import ATTENTION_PRECISIONS, BACKENDS
+from quantization.config import ATTENTION_PRECISIONS, BACKENDS, PACKED_KERNEL_BACKENDS, WARMED_BACKENDS
 from quantization.runtime.building import build_model
 from quantization.runtime.compiling import compile_model
 from quantization.runtime.loaded import BackendMismatchError, LoadedModel, check_inputs
@@ -183,12 +183,12 @@ def build_for_backend(
     built = _build_openvino(artifact, openvino_activation_group_size) if backend == "openvino" else None
     if built is not None:
         return (*built, backend)
-    if backend in ("packed", "aot"):
+    if backend in PACKED_KERNEL_BACKENDS:
         built = _build_packed(artifact, attention_precision, compile=backend == "packed")
         if built is not None:
             return (*built, backend)
     model, runtime_bytes = build_model(artifact)
-    if backend in ("compiled", "packed", "aot"):
+    if backend in WARMED_BACKENDS:
         try:
             return compile_model(model), runtime_bytes, "compiled"
         except InternalsChangedError as exc:
