@@ -17,6 +17,7 @@ from quantization.runtime.int8_linear import Int8Linear
 from quantization.runtime.modules import (
     QuantizedEmbedding,
     fuse_intermediate_gelu,
+    fuse_residual_layer_norm,
     set_submodule,
     stack_attention_projections,
 )
@@ -91,6 +92,7 @@ def build_model(
     if stack_qkv:
         stack_attention_projections(model)
     fuse_intermediate_gelu(model)
+    fuse_residual_layer_norm(model)
     for module in model.modules():
         if isinstance(module, (Int8Linear, PackedLinear)):
             module.pack()

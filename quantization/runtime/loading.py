@@ -64,15 +64,23 @@ BF16_ATTENTION_RTOL = 2e-2
 
 def _replaced_modules(reference: nn.Module, model: nn.Module) -> list[str]:
     """Names of the modules the packed model computes otherwise than the reference: those of another class at the
-    same name, and the stacked attention blocks (the same class, our attention kernel inside)."""
+    same name, and the stacked attention blocks (the same class, our attention kernel inside). A replaced module's
+    replaced descendants come before it, so that a check names the innermost module that differs."""
     ours = dict(model.named_modules())
-    return [
+    replaced = [
         name
         for name, module in reference.named_modules()
         if name in ours
         and name
         and (type(ours[name]) is not type(module) or isinstance(module, StackedQKVSelfAttention))
     ]
+    children_first: list[str] = []
+    open_ancestors: list[str] = []
+    for name in replaced:  # in pre-order: an ancestor is closed once a name outside it comes
+        while open_ancestors and not name.startswith(open_ancestors[-1] + "."):
+            children_first.append(open_ancestors.pop())
+        open_ancestors.append(name)
+    return children_first + open_ancestors[::-1]
 
 
 def _first_tensor(output: Any) -> torch.Tensor:

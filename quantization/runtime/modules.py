@@ -19,6 +19,7 @@ from quantization.runtime.transformers_internals import (
     attention_function,
     is_encoder_self_attention,
     is_exact_gelu_intermediate,
+    is_residual_layer_norm_output,
     self_attention_fields,
     stacking_unavailable_reason,
 )
@@ -211,3 +212,30 @@ def fuse_intermediate_gelu(model: nn.Module) -> None:
     for name, module in list(model.named_modules()):
         if isinstance(getattr(module, "dense", None), PackedLinear) and is_exact_gelu_intermediate(module):
             set_submodule(model, name, GeluFusedIntermediate(module.dense))
+
+
+class FusedResidualLayerNormOutput(nn.Module):
+    """BERT's output block (a Linear, dropout, then LayerNorm of the sum with the block's input) with the sum and its
+    LayerNorm as one call of our kernel (one pass over the rows; dropout is the identity in inference)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def __init__(self, dense: PackedLinear, norm: nn.LayerNorm) -> None:
+        super().__init__()
+        self.dense = dense
+        self.eps = float(norm.eps)
+        self.weight = norm.weight  # parameters, as LayerNorm's were (the runtime bytes count them)
+        self.bias = norm.bias
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return torch.ops.qbert_kernels.add_layer_norm(
+            self.dense(hidden_states), input_tensor, self.weight, self.bias, self.eps
+        )
+
+
+def fuse_residual_layer_norm(model: nn.Module) -> None:
+    """Replace every BERT output block whose Linear is a `PackedLinear` by `FusedResidualLayerNormOutput`."""
+    for name, module in list(model.named_modules()):
+        if isinstance(getattr(module, "dense", None), PackedLinear) and is_residual_layer_norm_output(module):
+            set_submodule(model, name, FusedResidualLayerNormOutput(module.dense, module.LayerNorm))

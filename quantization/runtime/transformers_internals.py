@@ -69,6 +69,24 @@ def is_exact_gelu_intermediate(module: nn.Module) -> bool:
         return False
 
 
+def is_residual_layer_norm_output(module: nn.Module) -> bool:
+    """Whether `module` is exactly one of BERT's output blocks (`dense`, `dropout`, then `LayerNorm` of the sum with
+    the block's input), its LayerNorm over the last dimension with a weight and a bias."""
+    try:
+        from transformers.models.bert.modeling_bert import BertOutput, BertSelfOutput
+    except ImportError:
+        return False
+    if type(module) not in (BertOutput, BertSelfOutput) or not hasattr(module, "dense"):
+        return False
+    norm = getattr(module, "LayerNorm", None)
+    return (
+        type(norm) is nn.LayerNorm
+        and len(norm.normalized_shape) == 1
+        and norm.weight is not None
+        and norm.bias is not None
+    )
+
+
 def is_encoder_self_attention(module: nn.Module) -> bool:
     """Whether `module` is exactly BERT's self-attention (a subclass may compute something else), in an encoder."""
     _, self_attention, _ = _bert_internals()

@@ -16,7 +16,7 @@ from quantization.runtime import loading as runtime_loading
 from quantization.runtime import packed_kernels as kernels
 from quantization.runtime.building import build_model
 from quantization.runtime.loaded import BackendMismatchError
-from quantization.runtime.modules import StackedQKVSelfAttention
+from quantization.runtime.modules import FusedResidualLayerNormOutput, StackedQKVSelfAttention
 from quantization.runtime.packed_linear import PackedLinear
 from service.protocol import ArtifactRef, RunBatch, WorkerSpec
 from service.worker import InferenceWorker
@@ -43,6 +43,9 @@ def test_the_packed_backend_computes_the_formula(
     linears = [m for m in loaded.model.modules() if isinstance(m, PackedLinear)]
     assert linears
     assert all(layer.packed for layer in linears)
+    # each encoder layer's two output blocks (attention's and the feed-forward's) sum and normalize in our kernel
+    fused_norms = [m for m in loaded.model.modules() if isinstance(m, FusedResidualLayerNormOutput)]
+    assert len(fused_norms) == 2 * loaded.config.num_hidden_layers
     ours, exact = against_float64(loaded, tiny_checkpoints[task], task, artifact)
     for got, want in zip(ours, exact, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
@@ -130,7 +133,7 @@ def test_a_model_outside_tolerance_is_refused_and_the_others_serve(
 
     monkeypatch.setattr(PackedLinear, "pack", pack_reversed)
     with pytest.raises(
-        BackendMismatchError, match=r"w4g128: the packed model's bert.encoder.layer.0.attention.self differs from the"
+        BackendMismatchError, match=r"w4g128: the packed model.s bert.encoder.layer.0.attention.self.qkv differs from"
     ):
         load_model(bad, backend="packed")
 

@@ -153,6 +153,28 @@ def test_a_layers_resident_bytes_follow_its_bits() -> None:
     assert sizes[2] / sizes[8] <= 0.30
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (2, 7, 48), (4, 33, 37), (1, 130, 768)])
+def test_add_layer_norm_computes_the_layer_norm_of_the_sum(shape: tuple[int, ...]) -> None:
+    """Against LayerNorm in float64, widths below, at and past whole 16-float vectors."""
+    generator = torch.Generator().manual_seed(sum(shape))
+    x, residual = (torch.randn(shape, generator=generator) * 3 for _ in range(2))
+    weight, bias = torch.randn(shape[-1], generator=generator), torch.randn(shape[-1], generator=generator)
+    got = OPS.add_layer_norm(x, residual, weight, bias, 1e-12)
+    want = torch.nn.functional.layer_norm((x + residual).double(), shape[-1:], weight.double(), bias.double(), 1e-12)
+    assert got.shape == x.shape
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_add_layer_norm_reads_non_contiguous_inputs_and_refuses_other_shapes() -> None:
+    x = torch.randn(6, 40)[:, :32]
+    residual = torch.randn(32, 6).t()
+    weight, bias = torch.randn(32), torch.randn(32)
+    want = torch.nn.functional.layer_norm(x + residual, (32,), weight, bias, 1e-5)
+    torch.testing.assert_close(OPS.add_layer_norm(x, residual, weight, bias, 1e-5), want)
+    with pytest.raises(RuntimeError, match="one shape"):
+        OPS.add_layer_norm(x, residual[:5], weight, bias, 1e-5)
+
+
 def _sdpa_reference(qkv: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
     query, key, value = (qkv.select(2, i).transpose(1, 2).double() for i in range(3))
     out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
