@@ -570,9 +570,9 @@ def _onednn_usable() -> bool:
 
 
 def _attention_precision_run(asked: str) -> str:
-    from quantization.runtime.loading import attention_runs_bf16
+    from quantization.runtime.loading import attention_products
 
-    return "bf16" if attention_runs_bf16(asked) else "float32"
+    return attention_products(asked)
 
 
 def _bind(runner: peers.Runner, inputs: peers.Inputs) -> Callable[[], Any]:

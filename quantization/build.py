@@ -288,14 +288,17 @@ def evaluate_artifact(
     batch_size: int = 32,
     on_batch: Callable[[int, int], None] | None = None,
     backend: str = "eager",
+    attention_precision: str = "float32",
 ) -> list[dict[str, Any]]:
     """Evaluate an artifact on `data` (default: the catalog's split) and record the results.
 
     Results are written into the manifest only for the catalog's default split on the reference (eager)
-    backend; other backends are measured against it.
+    backend; other backends are measured against it. `attention_precision`: the packed kernels' attention products
+    (`ATTENTION_PRECISIONS`; the packed and aot backends).
     """
     task = entry.make_task()
-    loaded = warm_up(load_model(artifact_dir, backend))  # compiled before it runs, as the service's models are
+    # compiled before it runs, as the service's models are
+    loaded = warm_up(load_model(artifact_dir, backend, attention_precision=attention_precision))
     path = data or entry.data
     if path is None:
         raise ValueError(f"{entry.task}: no evaluation data in its catalog entry; give one (`qbert eval --data FILE`)")

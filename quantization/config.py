@@ -28,7 +28,7 @@ PACKED_KERNEL_BACKENDS = ("packed", "aot")  # our kernels on the codes packed at
 # The packed backend's attention products (q·kᵀ and p·v; sums, softmax and outputs stay float32): float32 operands
 # (the default), or bf16 ones where the CPU has AVX-512 BF16 (faster; not within 0.2 pt of the reference everywhere:
 # README). OpenVINO's CPU plugin runs its unquantized ops in bf16 there by default.
-ATTENTION_PRECISIONS = ("float32", "bf16")
+ATTENTION_PRECISIONS = ("float32", "bf16", "int16")
 
 SUPPORTED_WEIGHT_BITS = (1, 2, 3, 4, 8)  # 1: binarized, PTQ1.61 (`BinarizationConfig`)
 _PRECISION_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")

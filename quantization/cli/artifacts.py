@@ -14,13 +14,18 @@ from tqdm import tqdm
 from quantization.artifact import read_manifest
 from quantization.catalog import TaskEntry, artifacts_dir, hessian_dir, load_catalog, repo_root
 from quantization.cli.output import emit
-from quantization.config import BACKENDS, QAT_STARTS, PrecisionConfig
+from quantization.config import ATTENTION_PRECISIONS, BACKENDS, PACKED_KERNEL_BACKENDS, QAT_STARTS, PrecisionConfig
 
 logger = logging.getLogger("qbert")
 
 
 def _eval_with_progress(
-    artifact: Path, entry: TaskEntry, data: Path | None, batch_size: int, backend: str = "eager"
+    artifact: Path,
+    entry: TaskEntry,
+    data: Path | None,
+    batch_size: int,
+    backend: str = "eager",
+    attention_precision: str = ATTENTION_PRECISIONS[0],
 ) -> list[dict]:
     from quantization.build import evaluate_artifact
 
@@ -30,7 +35,15 @@ def _eval_with_progress(
             bar.total = total
             bar.update(done)
 
-        return evaluate_artifact(artifact, entry, data=data, batch_size=batch_size, on_batch=advance, backend=backend)
+        return evaluate_artifact(
+            artifact,
+            entry,
+            data=data,
+            batch_size=batch_size,
+            on_batch=advance,
+            backend=backend,
+            attention_precision=attention_precision,
+        )
 
 
 def _write_artifact(checkpoint: Any, entry: TaskEntry, precision: PrecisionConfig, out: Path) -> dict:
@@ -136,10 +149,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     manifest = read_manifest(artifact)
     entry = load_catalog().task(manifest["task"])
     data = Path(args.data) if args.data else None
-    for row in _eval_with_progress(artifact, entry, data, args.batch_size, args.backend):
+    rows = _eval_with_progress(artifact, entry, data, args.batch_size, args.backend, args.attention_precision)
+    attention = f", {args.attention_precision} attention" if args.backend in PACKED_KERNEL_BACKENDS else ""
+    for row in rows:
         emit(
             f"{manifest['task']} {manifest['precision']['name']} {row['metric']}: {row['value']:.4f} "
-            f"on {row['split']} (n={row['n']}), b1 latency {row['latency_b1_ms']:.1f} ms ({args.backend})"
+            f"on {row['split']} (n={row['n']}), b1 latency {row['latency_b1_ms']:.1f} ms ({row['backend']}{attention})"
         )
     return 0
 
@@ -239,6 +254,12 @@ def register(sub: Any) -> None:
     p.add_argument("--data", help="a file in the task's standard format (default: the catalog's split)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--backend", choices=BACKENDS, default="eager", help="results are recorded for eager only")
+    p.add_argument(
+        "--attention-precision",
+        choices=ATTENTION_PRECISIONS,
+        default=ATTENTION_PRECISIONS[0],
+        help="the packed and aot backends' attention products (as the service's QBERT_ATTENTION_PRECISION)",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("build", help="build and evaluate every catalog artifact whose inputs changed")

@@ -56,10 +56,11 @@ def _build_openvino(artifact: Artifact, activation_group_size: int | None) -> tu
 # Layer by layer, the same formula with exact integer sums agrees to ~1e-6; a wrong code, zero point or scale
 # moves a layer's outputs by percents.
 PACKED_RTOL, PACKED_ATOL = 1e-4, 1e-5
-# An attention block whose products take bf16 operands is checked twice: with float32 operands at the tolerance
-# above (its codes, scales and kernel), then as it will run, within bf16's rounding (operands to 8 bits of mantissa;
-# ~3e-3 of the largest output on random inputs).
-BF16_ATTENTION_RTOL = 2e-2
+# An attention block whose products take bf16 or int16 operands is checked twice: with float32 operands at the
+# tolerance above (its codes, scales and kernel), then as it will run, within its operands' rounding: bf16's 8 bits
+# of mantissa (~3e-3 of the largest output on random inputs), int16's 12 to 15 bits of each row's or column's
+# largest value (~6e-4).
+LOW_PRECISION_ATTENTION_RTOL = {"bf16": 2e-2, "int16": 5e-3}
 
 
 def _replaced_modules(reference: nn.Module, model: nn.Module) -> list[str]:
@@ -110,41 +111,45 @@ def check_layers(artifact: Artifact, reference: nn.Module, model: nn.Module, inp
         for name in names:
             args, kwargs, out = seen[name]
             want, module = _first_tensor(out), ours[name]
-            bf16 = isinstance(module, StackedQKVSelfAttention) and module.bf16_products
-            checks = ((False, PACKED_RTOL), (True, BF16_ATTENTION_RTOL)) if bf16 else ((False, PACKED_RTOL),)
-            for bf16_products, rtol in checks:
-                if bf16:
-                    module.bf16_products = bf16_products
+            products = module.products if isinstance(module, StackedQKVSelfAttention) else "float32"
+            checks = [("float32", PACKED_RTOL)]
+            if products != "float32":
+                checks.append((products, LOW_PRECISION_ATTENTION_RTOL[products]))
+            for checked, rtol in checks:
+                if isinstance(module, StackedQKVSelfAttention):
+                    module.products = checked
                 got = _first_tensor(module(*args, **kwargs))
                 diff = float((got - want).abs().max())
                 limit = PACKED_ATOL + rtol * float(want.abs().max())
                 if not diff <= limit:  # also refuses NaN
                     raise BackendMismatchError(
-                        f"{artifact.path}: the packed model's {name}{' (bf16 attention)' if bf16_products else ''} "
-                        f"differs from the reference by {diff:.3g} (limit {limit:.3g}); refused"
+                        f"{artifact.path}: the packed model's {name}"
+                        f"{f' ({checked} attention)' if checked != 'float32' else ''} differs from the reference by "
+                        f"{diff:.3g} (limit {limit:.3g}); refused"
                     )
 
 
-def attention_runs_bf16(precision: str) -> bool:
-    """Whether the packed backend's attention products take bf16 operands here when `precision`
-    (`ATTENTION_PRECISIONS`) is asked: "bf16" on a CPU with AVX-512 BF16."""
+def attention_products(precision: str) -> str:
+    """The operands the packed backend's attention products take here when `precision` (`ATTENTION_PRECISIONS`) is
+    asked: "bf16" only on a CPU with AVX-512 BF16 (else "float32"); "int16" and "float32" wherever the kernels run
+    (they need AVX-512 VNNI)."""
     from quantization.runtime.packed_kernels import attention_bf16_supported
 
     if precision not in ATTENTION_PRECISIONS:
         raise ValueError(f"unknown attention precision {precision!r}; known: {list(ATTENTION_PRECISIONS)}")
-    return precision == "bf16" and attention_bf16_supported()
+    return "float32" if precision == "bf16" and not attention_bf16_supported() else precision
 
 
-def set_attention_precision(model: nn.Module, precision: str) -> bool:
-    """Set the packed model's attention products to `precision` (`ATTENTION_PRECISIONS`); returns whether they take
-    bf16 operands. "bf16" where the CPU lacks AVX-512 BF16 runs float32 (logged)."""
-    bf16 = attention_runs_bf16(precision)
-    if precision == "bf16" and not bf16:
+def set_attention_precision(model: nn.Module, precision: str) -> str:
+    """Set the packed model's attention products to `precision` (`ATTENTION_PRECISIONS`); returns the operands they
+    take (`attention_products`). "bf16" where the CPU lacks AVX-512 BF16 runs float32 (logged)."""
+    products = attention_products(precision)
+    if products != precision:
         logger.warning("the CPU has no AVX-512 BF16: attention runs in float32")
     for module in model.modules():
         if isinstance(module, StackedQKVSelfAttention):
-            module.bf16_products = bf16
-    return bf16
+            module.products = products
+    return products
 
 
 def _build_packed(artifact: Artifact, attention_precision: str, compile: bool = True) -> tuple[Any, int] | None:

@@ -26,6 +26,9 @@ from quantization.runtime.transformers_internals import (
 
 logger = logging.getLogger(__name__)
 
+# The attention kernel's `products` argument for each operand type of its two products (kernels/attention.cpp)
+ATTENTION_PRODUCT_CODES = {"float32": 0, "bf16": 1, "int16": 2}
+
 # Quantized Linear modules that stack (a `stacked` class method): Q, K and V of one class become one of that class.
 STACKABLE_LINEARS: tuple[type[nn.Module], ...] = (Int8Linear, PackedLinear)
 
@@ -136,9 +139,9 @@ class StackedQKVSelfAttention(nn.Module):
     num_attention_heads: int
     attention_head_size: int
     scaling: float
-    # our attention kernel's two products on bf16 operands (float32 sums and softmax), where the CPU has AVX-512
-    # BF16; set by the packed backend's build (`set_attention_precision`)
-    bf16_products: bool = False
+    # our attention kernel's two products' operands (`ATTENTION_PRODUCT_CODES`; sums and softmax stay float32); set by
+    # the packed backend's build (`set_attention_precision`)
+    products: str = "float32"
 
     def __init__(self, original: nn.Module) -> None:
         super().__init__()
@@ -164,7 +167,8 @@ class StackedQKVSelfAttention(nn.Module):
         qkv = self.qkv(hidden_states).view(*input_shape, 3, self.num_attention_heads, self.attention_head_size)
         if isinstance(self.qkv, PackedLinear) and qkv.dim() == 5 and fused_attention_applies(attention_mask, kwargs):
             # our kernel reads Q, K and V where the projection wrote them and writes the heads joined
-            return torch.ops.qbert_kernels.attention(qkv, attention_mask, self.scaling, self.bf16_products), None
+            products = ATTENTION_PRODUCT_CODES[self.products]
+            return torch.ops.qbert_kernels.attention(qkv, attention_mask, self.scaling, products), None
         query, key, value = (qkv.select(-3, i).transpose(1, 2) for i in range(3))
         output, weights = self.attention(
             self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling, **kwargs

@@ -139,7 +139,7 @@ def _register_fakes() -> None:
         return x.new_empty((x.shape[0], rows))
 
     @torch.library.register_fake("qbert_kernels::attention")
-    def _attention(qkv, mask, scale, bf16):  # noqa: ANN001, ANN202
+    def _attention(qkv, mask, scale, products):  # noqa: ANN001, ANN202
         batch, seq, _, heads, dim = qkv.shape
         return qkv.new_empty((batch, seq, heads * dim))
 

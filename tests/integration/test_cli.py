@@ -47,6 +47,12 @@ def test_build_eval_and_report(env: dict[str, str], tiny_data: Path, tmp_path: P
     assert evaluated.returncode == 0, evaluated.stderr
     assert "ner w2g128 entity_f1:" in evaluated.stdout
     assert "(n=2)" in evaluated.stdout
+    on_packed = _qbert(
+        env, "eval", str(artifact), "--data", str(tiny_data / "conll2003" / "eng.testa"), "--backend", "packed",
+        "--attention-precision", "int16",
+    )  # fmt: skip
+    assert on_packed.returncode == 0, on_packed.stderr
+    assert "ms (packed, int16 attention)" in on_packed.stdout or "ms (compiled" in on_packed.stdout, on_packed.stdout
 
     report = _qbert(env, "report", "--out", str(tmp_path))
     assert report.returncode == 0, report.stderr

@@ -52,36 +52,44 @@ def test_the_packed_backend_computes_the_formula(
 
 
 @needs_kernels
-@pytest.mark.skipif(not kernels.attention_bf16_supported(), reason="the CPU has no AVX-512 BF16")
-def test_bf16_attention_stays_within_bf16_rounding(tmp_path: Path, tiny_checkpoints: dict) -> None:
-    """Where the CPU has AVX-512 BF16, "bf16" runs attention's products on bf16 operands: the model's outputs move
-    from the float32-attention model's (the default, which the test above holds to the formula) by bf16's rounding,
-    not more, and they do move (the setting reaches the kernel)."""
+@pytest.mark.parametrize(("products", "rtol"), [("bf16", 2e-2), ("int16", 5e-3)])
+def test_low_precision_attention_stays_within_its_rounding(
+    tmp_path: Path, tiny_checkpoints: dict, products: str, rtol: float
+) -> None:
+    """ "bf16" (where the CPU has AVX-512 BF16) and "int16" run attention's products on those operands: the model's
+    outputs move from the float32-attention model's (the default, which the test above holds to the formula) by
+    the operands' rounding, not more, and they do move (the setting reaches the kernel)."""
+    if products == "bf16" and not kernels.attention_bf16_supported():
+        pytest.skip("the CPU has no AVX-512 BF16")
     artifact = build_tiny(tmp_path, tiny_checkpoints["qa"], "qa", "w8")
-    bf16 = warm_up(load_model(artifact, backend="packed", attention_precision="bf16"))
+    low = warm_up(load_model(artifact, backend="packed", attention_precision=products))
     float32 = warm_up(load_model(artifact, backend="packed"))
-    attention = [m for m in bf16.model.modules() if isinstance(m, StackedQKVSelfAttention)]
+    attention = [m for m in low.model.modules() if isinstance(m, StackedQKVSelfAttention)]
     assert attention
-    assert all(m.bf16_products for m in attention)
-    assert not any(getattr(m, "bf16_products", False) for m in float32.model.modules())
+    assert all(m.products == products for m in attention)
+    assert all(m.products == "float32" for m in float32.model.modules() if isinstance(m, StackedQKVSelfAttention))
     ids = torch.randint(5, 100, (3, 40), generator=torch.Generator().manual_seed(2))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
     with torch.inference_mode():
-        ours, exact = bf16.model(**batch), float32.model(**batch)
+        ours, exact = low.model(**batch), float32.model(**batch)
     for name in ("start_logits", "end_logits"):
         got, want = ours[name], exact[name]
-        assert 0 < float((got - want).abs().max()) <= 2e-2 * float(want.abs().max())
+        assert 0 < float((got - want).abs().max()) <= rtol * float(want.abs().max())
 
 
 @needs_kernels
 def test_attention_precision_setting(tmp_path: Path, tiny_checkpoints: dict) -> None:
-    """float32 always; bf16 only where the CPU has it (else float32, logged); an unknown name is refused."""
+    """float32 and int16 always; bf16 only where the CPU has it (else float32, logged); an unknown name is
+    refused."""
     artifact = read_artifact(build_tiny(tmp_path, tiny_checkpoints["sst2"], "sst2", "w8"))
     model, _ = build_model(artifact, linear_factory=PackedLinear.from_quantized)
+    attention = [m for m in model.modules() if isinstance(m, StackedQKVSelfAttention)]
     supported = kernels.attention_bf16_supported()
-    assert runtime_loading.set_attention_precision(model, "bf16") is supported
-    assert runtime_loading.set_attention_precision(model, "float32") is False
-    assert not any(m.bf16_products for m in model.modules() if isinstance(m, StackedQKVSelfAttention))
+    assert runtime_loading.set_attention_precision(model, "bf16") == ("bf16" if supported else "float32")
+    assert runtime_loading.set_attention_precision(model, "int16") == "int16"
+    assert all(m.products == "int16" for m in attention)
+    assert runtime_loading.set_attention_precision(model, "float32") == "float32"
+    assert all(m.products == "float32" for m in attention)
     with pytest.raises(ValueError, match="unknown attention precision"):
         runtime_loading.set_attention_precision(model, "fp8")
 

@@ -11,6 +11,7 @@ import torch
 from quantization.qtensor import QuantizedWeight
 from quantization.runtime.guard_skipping import hold_buffers_as_parameters
 from quantization.runtime.int8_linear import Int8Linear
+from quantization.runtime.modules import ATTENTION_PRODUCT_CODES
 from quantization.runtime.packed_kernels import KernelsUnavailableError, packed_kernels
 from quantization.runtime.packed_linear import PackedLinear
 
@@ -24,6 +25,7 @@ PARTS = {1: 4, 2: 4, 3: 2, 4: 4, 8: 4}  # 16-row parts per row block (the kernel
 GROUP_INPUTS = {1: 32, 2: 16, 3: 16, 4: 8, 8: 4}  # inputs per packed group
 # Shapes with ragged rows (not a whole block) and inputs (not a whole group), and BERT's.
 SHAPES = [(1, 4), (17, 5), (50, 40), (65, 129), (384, 384), (96, 1536)]
+FLOAT32, BF16, INT16 = (ATTENTION_PRODUCT_CODES[name] for name in ("float32", "bf16", "int16"))
 
 
 def _codes(rows: int, inputs: int, bits: int, seed: int = 0) -> torch.Tensor:
@@ -196,7 +198,7 @@ def test_the_attention_kernel_computes_sdpa(batch: int, seq: int, heads: int, di
         keys = torch.arange(seq)[None, :] < lengths[:, None]
         mask = keys[:, None, None, :].expand(batch, 1, seq, seq)
     scale = dim**-0.5
-    got = OPS.attention(qkv, mask, scale, False)
+    got = OPS.attention(qkv, mask, scale, FLOAT32)
     want = _sdpa_reference(qkv, mask, scale)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
@@ -227,11 +229,64 @@ def test_bf16_attention_computes_its_formula(batch: int, seq: int, heads: int, d
     lengths = torch.randint(1, seq + 1, (batch,), generator=generator)
     mask = (torch.arange(seq)[None, :] < lengths[:, None])[:, None, None, :].expand(batch, 1, seq, seq)
     scale = dim**-0.5
-    got = OPS.attention(qkv, mask, scale, True).double()
+    got = OPS.attention(qkv, mask, scale, BF16).double()
     want = _bf16_formula(qkv, mask, scale)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-3)
     if seq > 1:
-        assert (got - want).abs().max() < (OPS.attention(qkv, mask, scale, False).double() - want).abs().max() / 4
+        assert (got - want).abs().max() < (OPS.attention(qkv, mask, scale, FLOAT32).double() - want).abs().max() / 4
+
+
+def _int16_formula(qkv: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """Attention on int16 codes, in float64: q and k per token, v per dimension, the probabilities per query row,
+    each code range as large as an exact int32 sum allows (the kernel's `score_codes`, `probability_codes`)."""
+    query, key, value = (qkv.select(2, i).transpose(1, 2).double() for i in range(3))
+    dim, seq = qkv.shape[-1], qkv.shape[1]
+    score_codes = min(math.floor(math.sqrt((2**31 - 1) / (dim + dim % 2))), 32767)
+
+    def coded(x: torch.Tensor, codes: float, dim: int) -> torch.Tensor:
+        step = x.abs().amax(dim, keepdim=True) / codes
+        return torch.round(x / step.clamp_min(1e-300)) * step
+
+    query, key, value = coded(query, score_codes, -1), coded(key, score_codes, -1), coded(value, 8191, -2)
+    scores = query @ key.transpose(-1, -2) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.exp(scores - scores.amax(-1, keepdim=True))
+    total = weights.sum(-1, keepdim=True)
+    codes = torch.clamp(torch.floor(((2**31 - 1) / 8191 - 0.5 * seq - 1) / total), max=32767)
+    out = torch.round(weights * codes) @ value / (codes * total)
+    return out.transpose(1, 2).reshape(qkv.shape[0], qkv.shape[1], -1)
+
+
+@pytest.mark.parametrize(
+    ("batch", "seq", "heads", "dim"),
+    [(1, 1, 1, 8), (2, 7, 2, 16), (3, 33, 4, 12), (2, 128, 12, 32), (1, 130, 2, 64), (1, 20, 1, 80), (2, 5, 2, 33)],
+)
+def test_int16_attention_computes_its_formula(batch: int, seq: int, heads: int, dim: int) -> None:
+    """int16 codes, exact int32 sums: the int16 formula to float32 rounding. Where float32 and float64 round a q or k
+    value to neighbouring codes (a value on a rounding boundary), the scores it enters move by a step and outputs by
+    up to ~1e-3; all but a few outputs agree to 1e-4, and typical ones far nearer than float32 attention's."""
+    generator = torch.Generator().manual_seed(seq)
+    qkv = torch.randn(batch, seq, 3, heads, dim, generator=generator) * 2
+    lengths = torch.randint(1, seq + 1, (batch,), generator=generator)
+    mask = (torch.arange(seq)[None, :] < lengths[:, None])[:, None, None, :].expand(batch, 1, seq, seq)
+    scale = dim**-0.5
+    diff = (OPS.attention(qkv, mask, scale, INT16).double() - _int16_formula(qkv, mask, scale)).abs()
+    assert float(diff.max()) < 1.5e-3
+    assert float((diff > 1e-4).double().mean()) < 0.05
+    if seq > 1:
+        float32_diff = (OPS.attention(qkv, mask, scale, FLOAT32).double() - _int16_formula(qkv, mask, scale)).abs()
+        assert float(diff.median()) < float(float32_diff.median()) / 100
+
+
+@pytest.mark.parametrize(("seq", "dim"), [(384, 64), (512, 64), (512, 33), (64, 4)])
+def test_int16_attention_sums_do_not_overflow_at_their_bounds(seq: int, dim: int) -> None:
+    """Every q·k product and every probability at its largest code (equal rows: all scores equal, every key weighs
+    1), every value at its largest: the int32 sums reach their bound and hold it."""
+    qkv = torch.full((1, seq, 3, 2, dim), 3.0)
+    qkv[:, :, 2] = -7.0
+    got = OPS.attention(qkv, None, dim**-0.5, INT16)
+    torch.testing.assert_close(got, torch.full_like(got, -7.0), rtol=1e-6, atol=0)
 
 
 def test_attention_reads_a_non_contiguous_mask_and_a_broadcast_one() -> None:
@@ -240,7 +295,7 @@ def test_attention_reads_a_non_contiguous_mask_and_a_broadcast_one() -> None:
     full = keys[:, None, None, :].expand(2, 1, 9, 9)
 
     def attend(mask: torch.Tensor) -> torch.Tensor:
-        return OPS.attention(qkv, mask, 0.25, False)
+        return OPS.attention(qkv, mask, 0.25, FLOAT32)
 
     torch.testing.assert_close(attend(keys[:, None, None, :]), attend(full))
     torch.testing.assert_close(attend(full.contiguous()), attend(full))

@@ -4,6 +4,9 @@
 // read in place, the scale applied to the scores). A head's rows lie a page or more apart, so the next head's rows
 // are prefetched while this one computes. Float32 throughout; the exponential is a degree-6 polynomial on a
 // range-reduced argument (relative error ~1e-7). Masked stores only at the ends of rows (slow on AMD's cores).
+// The two products run on float32 operands, on bf16 ones (AVX-512 BF16) or on int16 codes (AVX-512 VNNI's
+// vpdpwssd: pairs of int16 products summed exactly into int32, the bf16 instruction's rate with 12 to 15 bits of
+// each operand kept instead of 8); `Products` below.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -262,17 +265,191 @@ QBERT_BF16 void head_to_pairs(const float* q, const float* k, const float* v, in
   }
 }
 
+// The int16 forms of the two products. Operands are int16 pairs held as 32-bit words, laid out as the bf16 forms'
+// (`head_to_int16_pairs`), each with a scale: q and k per token (a row of dim values), v per dimension (a column of
+// the head's values), the probabilities per query row. Sums are exact in int32, so each operand's range is bounded
+// by what a sum can hold: q·kᵀ sums dim products of two codes of at most `score_codes(dim)`, p·v at most 2^31 - 1
+// over a row (`probability_codes`). AVX-512 VNNI is among the flags the kernels are compiled with.
+
+// acc + a·b over int16 pairs (vpdpwssd), accumulated in place: GCC 12's intrinsic copies each accumulator to a
+// scratch register and back around the instruction, three instructions for one (measured: slower than float32).
+inline __m512i dot_int16_pairs(__m512i acc, __m512i a, __m512i b) {
+  __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+  return acc;
+}
+
+// The largest q and k code: dim products of two of them fit an int32 sum.
+int32_t score_codes(int64_t dim) {
+  const double fit = std::floor(std::sqrt(2147483647.0 / static_cast<double>(std::max<int64_t>(dim, 1))));
+  return static_cast<int32_t>(std::min(fit, 32767.0));
+}
+
+// The largest v code: 13 bits kept per dimension; the probabilities' codes are then sized per row to fit the sum.
+constexpr int32_t kValueCodes = 8191;
+
+// The largest probability code of a row whose (unrounded) probabilities, at most 1 each, sum to `total` over `keys`
+// keys: rounding adds at most half a code per key, and each code multiplies a value code of at most kValueCodes.
+float probability_codes(float total, int64_t keys) {
+  const double room = 2147483647.0 / kValueCodes - 0.5 * static_cast<double>(keys) - 1.0;
+  return total > 0.0f ? static_cast<float>(std::min(32767.0, std::floor(room / total))) : 0.0f;
+}
+
+// n values at src rounded to codes of `inverse` (codes = round(x · inverse), to nearest even), as int16 pair words
+// (n padded with a zero to even)
+inline void row_to_int16_pairs(const float* src, int64_t n, float inverse, uint32_t* dst) {
+  const __m512 vinv = _mm512_set1_ps(inverse);
+  for (int64_t d = 0; d < n; d += 16) {
+    const __m512 x = _mm512_maskz_loadu_ps(qbert::first_lanes(n - d), src + d);
+    const __m256i codes = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(x, vinv)));
+    if (n - d >= 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + d / 2), codes);
+    else _mm256_mask_storeu_epi32(dst + d / 2, static_cast<__mmask8>((1u << ((n - d + 1) / 2)) - 1), codes);
+  }
+}
+
+// A row's largest absolute value
+inline float row_amax(const float* src, int64_t n) {
+  __m512 vmax = _mm512_setzero_ps();
+  for (int64_t d = 0; d < n; d += 16)
+    vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(qbert::first_lanes(n - d), src + d)));
+  return _mm512_reduce_max_ps(vmax);
+}
+
+// A head's queries and keys as int16 pairs per token with their scales (`q_scale`, `k_scale`: a code's value), its
+// keys transposed to [dim pair][key], and its values as [key pair][dim] words with one scale per dimension
+// (`v_scale`). Keys past `seq` (padding) have zero codes.
+void head_to_int16_pairs(const float* q, const float* k, const float* v, int64_t seq, int64_t dim,
+                                    int64_t token_stride, int64_t keys_padded, int64_t dim_padded, uint32_t* q2,
+                                    uint32_t* k_rows, uint32_t* kt2, uint32_t* v2, float* q_scale, float* k_scale,
+                                    float* v_scale) {
+  const int64_t pairs = (dim + 1) / 2;
+  const float codes = static_cast<float>(score_codes(2 * pairs));
+  for (int64_t j = 0; j < seq; ++j) {
+    const float* rows[2] = {q + j * token_stride, k + j * token_stride};
+    uint32_t* out[2] = {q2 + j * pairs, k_rows + j * pairs};
+    float* scales[2] = {q_scale + j, k_scale + j};
+    for (int part = 0; part < 2; ++part) {
+      const float amax = row_amax(rows[part], dim);
+      *scales[part] = amax / codes;
+      row_to_int16_pairs(rows[part], dim, amax > 0.0f ? codes / amax : 0.0f, out[part]);
+    }
+  }
+  for (int64_t j = 0; j < keys_padded; j += 16)
+    for (int64_t d = 0; d < pairs; d += 16)
+      transpose_block(reinterpret_cast<const float*>(k_rows + j * pairs + d), pairs, seq - j, pairs - d,
+                      reinterpret_cast<float*>(kt2 + d * keys_padded + j), keys_padded);
+  for (int64_t d = 0; d < dim_padded; d += 16) {
+    const __mmask16 lanes = qbert::first_lanes(dim - d);
+    __m512 vmax = _mm512_setzero_ps();
+    for (int64_t j = 0; j < seq; ++j)
+      vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(lanes, v + j * token_stride + d)));
+    const __mmask16 live = _mm512_cmp_ps_mask(vmax, _mm512_setzero_ps(), _CMP_GT_OQ);
+    const __m512 inverse = _mm512_maskz_div_ps(live, _mm512_set1_ps(static_cast<float>(kValueCodes)), vmax);
+    _mm512_storeu_ps(v_scale + d, _mm512_div_ps(vmax, _mm512_set1_ps(static_cast<float>(kValueCodes))));
+    for (int64_t j = 0; j < seq; j += 2) {
+      const __m512i even = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, v + j * token_stride + d), inverse));
+      const __m512i odd = j + 1 < seq ? _mm512_cvtps_epi32(_mm512_mul_ps(
+                                            _mm512_maskz_loadu_ps(lanes, v + (j + 1) * token_stride + d), inverse))
+                                      : _mm512_setzero_si512();
+      _mm512_storeu_si512(v2 + (j / 2) * dim_padded + d,
+                          _mm512_or_si512(_mm512_and_si512(even, _mm512_set1_epi32(0xFFFF)), _mm512_slli_epi32(odd, 16)));
+    }
+  }
+}
+
+template <int NC>
+inline void score_chunks_int16(const uint32_t* const* q, const float* q_scale, int64_t pairs,
+                                          const uint32_t* kt, const float* k_scale, int64_t ld, int64_t c0,
+                                          float* scores, int64_t ld_scores) {
+  __m512i acc[kQueryRows][NC];
+#pragma GCC unroll 6
+  for (int r = 0; r < kQueryRows; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_si512();
+  for (int64_t p = 0; p < pairs; ++p) {
+    __m512i qp[kQueryRows];
+#pragma GCC unroll 6
+    for (int r = 0; r < kQueryRows; ++r) qp[r] = _mm512_set1_epi32(static_cast<int>(q[r][p]));
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) {
+      __m512i k = _mm512_loadu_si512(kt + p * ld + c0 + 16 * c);
+      __asm__("" : "+v"(k));  // one load per chunk, as in score_chunks
+#pragma GCC unroll 6
+      for (int r = 0; r < kQueryRows; ++r) acc[r][c] = dot_int16_pairs(acc[r][c], k, qp[r]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < kQueryRows; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c)
+      _mm512_storeu_ps(scores + r * ld_scores + c0 + 16 * c,
+                       _mm512_mul_ps(_mm512_cvtepi32_ps(acc[r][c]),
+                                     _mm512_mul_ps(_mm512_set1_ps(q_scale[r]), _mm512_loadu_ps(k_scale + c0 + 16 * c))));
+}
+
+template <int NC>
+void score_chunks_int16_upto(int nc, const uint32_t* const* q, const float* q_scale, int64_t pairs,
+                                        const uint32_t* kt, const float* k_scale, int64_t ld, int64_t c0, float* scores,
+                                        int64_t ld_scores) {
+  if (nc == NC) return score_chunks_int16<NC>(q, q_scale, pairs, kt, k_scale, ld, c0, scores, ld_scores);
+  if constexpr (NC > 1) score_chunks_int16_upto<NC - 1>(nc, q, q_scale, pairs, kt, k_scale, ld, c0, scores, ld_scores);
+}
+
+// out[r][d] = sum_j p[r][j] · v[j][d] · inv[r] · v_scale[d] over int16 pair words (p: a row's codes, inv[r] its
+// code's value over the row's sum)
+template <int ND>
+inline void weighted_values_int16(const uint32_t* p, int64_t ld_p, int rows, const uint32_t* v,
+                                             int64_t ld_v, int64_t key_pairs, int64_t d0, int64_t dim,
+                                             const float* inv, const float* v_scale, float* const* out) {
+  __m512i acc[kQueryRows][ND];
+#pragma GCC unroll 6
+  for (int r = 0; r < kQueryRows; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < ND; ++c) acc[r][c] = _mm512_setzero_si512();
+  for (int64_t j = 0; j < key_pairs; ++j) {
+    __m512i vj[ND];
+#pragma GCC unroll 4
+    for (int c = 0; c < ND; ++c) vj[c] = _mm512_loadu_si512(v + j * ld_v + d0 + 16 * c);
+#pragma GCC unroll 6
+    for (int r = 0; r < kQueryRows; ++r) {
+      const __m512i pj = _mm512_set1_epi32(static_cast<int>(p[r * ld_p + j]));
+#pragma GCC unroll 4
+      for (int c = 0; c < ND; ++c) acc[r][c] = dot_int16_pairs(acc[r][c], vj[c], pj);
+    }
+  }
+  __m512 as_float[kQueryRows][ND];
+#pragma GCC unroll 6
+  for (int r = 0; r < kQueryRows; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < ND; ++c)
+      as_float[r][c] = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[r][c]), _mm512_loadu_ps(v_scale + d0 + 16 * c));
+  store_normalized<ND>(as_float, rows, inv, d0, dim, out);
+}
+
+template <int ND>
+void weighted_values_int16_upto(int nd, const uint32_t* p, int64_t ld_p, int rows, const uint32_t* v,
+                                           int64_t ld_v, int64_t key_pairs, int64_t d0, int64_t dim, const float* inv,
+                                           const float* v_scale, float* const* out) {
+  if (nd == ND) return weighted_values_int16<ND>(p, ld_p, rows, v, ld_v, key_pairs, d0, dim, inv, v_scale, out);
+  if constexpr (ND > 1)
+    weighted_values_int16_upto<ND - 1>(nd, p, ld_p, rows, v, ld_v, key_pairs, d0, dim, inv, v_scale, out);
+}
+
 bool bf16_supported() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512bf16");
 }
 
+// What the two products take as operands (the op's `products` argument)
+enum Products : int64_t { kFloat32 = 0, kBf16 = 1, kInt16 = 2 };
+
 // qkv: float32 [batch, seq, 3, heads, dim]; mask: bool, broadcastable to [batch, 1, seq, seq] (true: attend), or
-// absent. Returns float32 [batch, seq, heads * dim]. `bf16`: the two products take bf16 operands (sums, softmax and
-// output stay float32), on CPUs with AVX-512 BF16 (`bf16_supported`).
-at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mask, double scale, bool bf16) {
+// absent. Returns float32 [batch, seq, heads * dim]. `products` (`Products`): the two products' operands; sums,
+// softmax and output stay float32. bf16 needs a CPU with AVX-512 BF16 (`bf16_supported`).
+at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mask, double scale, int64_t products) {
   TORCH_CHECK(qkv.dim() == 5 && qkv.size(2) == 3 && qkv.scalar_type() == at::kFloat, "qkv must be float32 "
               "[batch, seq, 3, heads, dim]");
+  TORCH_CHECK(products == kFloat32 || products == kBf16 || products == kInt16,
+              "products must be 0 (float32), 1 (bf16) or 2 (int16), got ", products);
   const auto x = qkv.contiguous();
   const int64_t batch = x.size(0), seq = x.size(1), heads = x.size(3), dim = x.size(4);
   at::Tensor m;
@@ -281,7 +458,8 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
                 "[batch, 1, seq or 1, seq]");
     m = mask->expand({batch, 1, seq, seq});
   }
-  TORCH_CHECK(!bf16 || bf16_supported(), "bf16 attention needs a CPU with AVX-512 BF16");
+  TORCH_CHECK(products != kBf16 || bf16_supported(), "bf16 attention needs a CPU with AVX-512 BF16");
+  const bool bf16 = products == kBf16, int16 = products == kInt16, pairs_form = bf16 || int16;
   const bool masked = m.defined();
   const bool* mp = masked ? m.data_ptr<bool>() : nullptr;
   const int64_t mb = masked ? m.stride(0) : 0, mq = masked ? m.stride(2) : 0, mk = masked ? m.stride(3) : 0;
@@ -293,10 +471,14 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
   const __m512 vscale = _mm512_set1_ps(static_cast<float>(scale));
   at::parallel_for(0, batch * heads, 1, [&](int64_t i0, int64_t i1) {
     const int64_t pairs = (dim + 1) / 2, key_pairs = keys_padded / 2;
-    std::vector<float> kt(bf16 ? 0 : dim * keys_padded), vs(bf16 ? 0 : seq * dim_padded), scores(kQueryRows * keys_padded);
-    std::vector<uint32_t> q2(bf16 ? seq * pairs : 0), k_rows(bf16 ? seq * pairs : 0), kt2(bf16 ? pairs * keys_padded : 0),
-        v2(bf16 ? key_pairs * dim_padded : 0), p2(bf16 ? kQueryRows * key_pairs : 0);  // zeros: a short tile's
-    // spare rows of probabilities are read (finite, from zeros or an earlier tile), never stored
+    std::vector<float> kt(pairs_form ? 0 : dim * keys_padded), vs(pairs_form ? 0 : seq * dim_padded),
+        scores(kQueryRows * keys_padded);
+    std::vector<uint32_t> q2(pairs_form ? seq * pairs : 0), k_rows(pairs_form ? seq * pairs : 0),
+        kt2(pairs_form ? pairs * keys_padded : 0), v2(pairs_form ? key_pairs * dim_padded : 0),
+        p2(pairs_form ? kQueryRows * key_pairs : 0);  // zeros: a short tile's spare rows of probabilities are read
+    // (finite, from zeros or an earlier tile), never stored
+    // int16 scales: q and k per token (padded keys: 0), v per dimension
+    std::vector<float> q_scale(int16 ? seq : 0), k_scale(int16 ? keys_padded : 0), v_scale(int16 ? dim_padded : 0);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / heads, h = i % heads;
       const float* q = base + b * seq * token_stride + h * dim;
@@ -305,12 +487,15 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
       if (bf16) {
         head_to_pairs(q, k, v, seq, dim, token_stride, keys_padded, dim_padded, q2.data(), k_rows.data(), kt2.data(),
                       v2.data());
+      } else if (int16) {
+        head_to_int16_pairs(q, k, v, seq, dim, token_stride, keys_padded, dim_padded, q2.data(), k_rows.data(),
+                            kt2.data(), v2.data(), q_scale.data(), k_scale.data(), v_scale.data());
       }
-      for (int64_t j = 0; !bf16 && j < keys_padded; j += 16)
+      for (int64_t j = 0; !pairs_form && j < keys_padded; j += 16)
         for (int64_t d = 0; d < dim; d += 16)
           transpose_block(k + j * token_stride + d, token_stride, seq - j, dim - d, kt.data() + d * keys_padded + j,
                           keys_padded);
-      for (int64_t j = 0; !bf16 && j < seq; ++j) {
+      for (int64_t j = 0; !pairs_form && j < seq; ++j) {
         const float* src = v + j * token_stride;
         float* dst = vs.data() + j * dim_padded;
         int64_t d = 0;
@@ -333,16 +518,21 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
               _mm_prefetch(reinterpret_cast<const char*>(q + t * token_stride + d), _MM_HINT_T0);
         const float* qrows[kQueryRows];
         float* orows[kQueryRows];
+        const uint32_t* q2rows[kQueryRows];
+        float q2scales[kQueryRows];
         for (int r = 0; r < kQueryRows; ++r) {
           const int64_t t = t0 + std::min(r, rows - 1);
           qrows[r] = q + t * token_stride;  // read in place: the scale applies to the scores
           orows[r] = op + (b * seq + t) * heads * dim + h * dim;
+          if (pairs_form) q2rows[r] = q2.data() + t * pairs;
+          if (int16) q2scales[r] = q_scale[t];
         }
-        const uint32_t* q2rows[kQueryRows];
-        for (int r = 0; bf16 && r < kQueryRows; ++r) q2rows[r] = q2.data() + (t0 + std::min(r, rows - 1)) * pairs;
         for (int64_t c0 = 0; c0 < keys_padded; c0 += 64) {
           const int nc = static_cast<int>(std::min<int64_t>(4, (keys_padded - c0) / 16));
           if (bf16) score_chunks_bf16_upto<4>(nc, q2rows, pairs, kt2.data(), keys_padded, c0, scores.data(), keys_padded);
+          else if (int16)
+            score_chunks_int16_upto<4>(nc, q2rows, q2scales, pairs, kt2.data(), k_scale.data(), keys_padded, c0,
+                                       scores.data(), keys_padded);
           else score_chunks_upto<4>(nc, qrows, dim, kt.data(), keys_padded, c0, scores.data(), keys_padded);
         }
         float inv[kQueryRows];
@@ -388,12 +578,20 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
           const float total = _mm512_reduce_add_ps(vsum);
           inv[r] = total > 0.0f ? 1.0f / total : 0.0f;
           if (bf16) row_to_pairs(row, seq, p2.data() + r * key_pairs);
+          if (int16) {
+            const float codes = probability_codes(total, seq);
+            row_to_int16_pairs(row, seq, codes, p2.data() + r * key_pairs);
+            inv[r] = codes > 0.0f ? 1.0f / (codes * total) : 0.0f;
+          }
         }
         for (int64_t d0 = 0; d0 < dim; d0 += 64) {
           const int nd = static_cast<int>((std::min<int64_t>(64, dim - d0) + 15) / 16);
           if (bf16)
             weighted_values_bf16_upto<4>(nd, p2.data(), key_pairs, rows, v2.data(), dim_padded, (seq + 1) / 2, d0, dim,
                                          inv, orows);
+          else if (int16)
+            weighted_values_int16_upto<4>(nd, p2.data(), key_pairs, rows, v2.data(), dim_padded, (seq + 1) / 2, d0,
+                                          dim, inv, v_scale.data(), orows);
           else
             weighted_values_upto<4>(nd, scores.data(), keys_padded, rows, vs.data(), dim_padded, seq, d0, dim, inv,
                                     orows);
@@ -408,7 +606,7 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
 
 TORCH_LIBRARY_FRAGMENT(qbert_kernels, m) {
   m.def("bf16_supported() -> bool", &bf16_supported);
-  m.def("attention(Tensor qkv, Tensor? mask, float scale, bool bf16) -> Tensor");
+  m.def("attention(Tensor qkv, Tensor? mask, float scale, int products) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(qbert_kernels, CompositeExplicitAutograd, m) { m.impl("attention", &attention); }
