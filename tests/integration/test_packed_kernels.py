@@ -203,6 +203,18 @@ def test_the_attention_kernel_computes_sdpa(batch: int, seq: int, heads: int, di
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("seq", [7, 33, 130])
+def test_attention_of_very_negative_scores_ignores_the_padded_keys(seq: int) -> None:
+    """Every score near -200: a maximum that counted the zero scores of the keys padding the last chunk of 16 would
+    leave every probability at exp(-200) = 0 in float32 (and the outputs NaN)."""
+    generator = torch.Generator().manual_seed(seq)
+    qkv = torch.randn(1, seq, 3, 2, 16, generator=generator) * 0.1
+    qkv[:, :, 0] += 5.0
+    qkv[:, :, 1] -= 10.0
+    got = OPS.attention(qkv, None, 0.25, FLOAT32)
+    torch.testing.assert_close(got.double(), _sdpa_reference(qkv, None, 0.25), rtol=1e-5, atol=1e-5)
+
+
 def _bf16_formula(qkv: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
     """Attention with q, k, the unnormalized probabilities and v rounded to bf16, the rest in float64."""
     as_bf16 = lambda t: t.to(torch.bfloat16).double()  # noqa: E731
@@ -299,6 +311,28 @@ def test_attention_reads_a_non_contiguous_mask_and_a_broadcast_one() -> None:
 
     torch.testing.assert_close(attend(keys[:, None, None, :]), attend(full))
     torch.testing.assert_close(attend(full.contiguous()), attend(full))
+
+
+def test_attention_takes_the_prefix_path_only_for_a_prefix_mask() -> None:
+    """A mask shared by a sequence's query rows that allows a prefix of the keys is attended over that prefix alone;
+    one with holes, or that allows no key, takes the general path: each agrees with the same mask given per row."""
+    generator = torch.Generator().manual_seed(5)
+    qkv = torch.randn(4, 21, 3, 2, 16, generator=generator)
+    keys = torch.zeros(4, 21, dtype=torch.bool)
+    keys[0, :13] = True  # a prefix
+    keys[1, ::2] = True  # holes
+    keys[2, :] = True  # every key
+    shared = keys[:, None, None, :].expand(4, 1, 21, 21)
+    got = OPS.attention(qkv, shared, 0.25, FLOAT32)
+    torch.testing.assert_close(got, OPS.attention(qkv, shared.contiguous(), 0.25, FLOAT32), rtol=1e-6, atol=1e-6)
+    want = _sdpa_reference(qkv[:3], shared[:3], 0.25)
+    torch.testing.assert_close(got[:3].double(), want, rtol=1e-5, atol=1e-5)
+    assert not got[3].any()  # no key allowed: no probability
+    # one query row of a prefix mask differs: the sequence's rows are attended each with its own mask
+    uneven = shared.contiguous()
+    uneven[0, 0, 5, 13] = True
+    got = OPS.attention(qkv[:3], uneven[:3], 0.25, FLOAT32)
+    torch.testing.assert_close(got.double(), _sdpa_reference(qkv[:3], uneven[:3], 0.25), rtol=1e-5, atol=1e-5)
 
 
 def test_compile_caches_key_on_the_kernels_build() -> None:

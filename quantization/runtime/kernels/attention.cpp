@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <vector>
 
@@ -86,6 +87,28 @@ inline __attribute__((always_inline)) void store_scores(__m512 (&acc)[kQueryRows
     for (int c = 0; c < N; ++c) _mm512_storeu_ps(scores + r * ld_scores + c0 + 16 * c, acc[r][c]);
 }
 
+// scores[r][c0 + 16c ...] = acc[r][c] * scale, and each row's running maximum over its first `keys` scores kept as
+// 16 lanes in row_max[16r ...]: the float32 form's scores leave the tile scaled, so an unmasked row's softmax reads
+// them once (its maximum is known), not twice
+template <int N>
+inline __attribute__((always_inline)) void store_scaled_scores(__m512 (&acc)[kQueryRows][N], __m512 scale,
+                                                               int64_t keys, float* scores, int64_t ld_scores,
+                                                               int64_t c0, float* row_max) {
+#pragma GCC unroll 6
+  for (int r = 0; r < kQueryRows; ++r) {
+    __m512 top = _mm512_loadu_ps(row_max + 16 * r);
+#pragma GCC unroll 4
+    for (int c = 0; c < N; ++c) {
+      const __m512 s = _mm512_mul_ps(acc[r][c], scale);
+      _mm512_storeu_ps(scores + r * ld_scores + c0 + 16 * c, s);
+      // padded keys (past `keys`, in the last chunk only) score 0, which must not raise the maximum
+      top = keys - c0 - 16 * c >= 16 ? _mm512_max_ps(top, s)
+                                     : _mm512_mask_max_ps(top, qbert::first_lanes(keys - c0 - 16 * c), top, s);
+    }
+    _mm512_storeu_ps(row_max + 16 * r, top);
+  }
+}
+
 // out[r][d0 + 16c ...] = acc[r][c] * inv[r] for the `rows` valid rows, the last chunk stored masked
 template <int N>
 inline __attribute__((always_inline)) void store_normalized(__m512 (&acc)[kQueryRows][N], int rows, const float* inv,
@@ -102,11 +125,12 @@ inline __attribute__((always_inline)) void store_normalized(__m512 (&acc)[kQuery
   }
 }
 
-// scores[r][c0 + 16c ...] = sum_d q[r][d] * kt[d][c0 + 16c ...] for NC chunks of 16 keys. Every one of the
-// kQueryRows query pointers is valid (a short tile repeats its last row), so the loops carry no row tests.
+// scores[r][c0 + 16c ...] = scale * sum_d q[r][d] * kt[d][c0 + 16c ...] for NC chunks of 16 keys, each row's
+// maximum over its first `keys` kept in row_max (`store_scaled_scores`). Every one of the kQueryRows query pointers
+// is valid (a short tile repeats its last row), so the loops carry no row tests.
 template <int NC>
-inline void score_chunks(const float* const* q, int64_t dim, const float* kt, int64_t ld, int64_t c0, float* scores,
-                         int64_t ld_scores) {
+inline void score_chunks(const float* const* q, int64_t dim, const float* kt, int64_t ld, int64_t c0, __m512 scale,
+                         int64_t keys, float* scores, int64_t ld_scores, float* row_max) {
   __m512 acc[kQueryRows][NC];
   zero_tile<NC>(acc);
   for (int64_t d = 0; d < dim; ++d) {
@@ -121,14 +145,14 @@ inline void score_chunks(const float* const* q, int64_t dim, const float* kt, in
       for (int r = 0; r < kQueryRows; ++r) acc[r][c] = _mm512_fmadd_ps(qd[r], k, acc[r][c]);
     }
   }
-  store_scores<NC>(acc, scores, ld_scores, c0);
+  store_scaled_scores<NC>(acc, scale, keys, scores, ld_scores, c0, row_max);
 }
 
 template <int NC>
 void score_chunks_upto(int nc, const float* const* q, int64_t dim, const float* kt, int64_t ld, int64_t c0,
-                       float* scores, int64_t ld_scores) {
-  if (nc == NC) return score_chunks<NC>(q, dim, kt, ld, c0, scores, ld_scores);
-  if constexpr (NC > 1) score_chunks_upto<NC - 1>(nc, q, dim, kt, ld, c0, scores, ld_scores);
+                       __m512 scale, int64_t keys, float* scores, int64_t ld_scores, float* row_max) {
+  if (nc == NC) return score_chunks<NC>(q, dim, kt, ld, c0, scale, keys, scores, ld_scores, row_max);
+  if constexpr (NC > 1) score_chunks_upto<NC - 1>(nc, q, dim, kt, ld, c0, scale, keys, scores, ld_scores, row_max);
 }
 
 // out[r][d0 + 16c ...] = sum_j p[r][j] * v[j][d0 + 16c ...] * inv[r] for ND chunks of 16 (the last one stored
@@ -434,6 +458,27 @@ void weighted_values_int16_upto(int nd, const uint32_t* p, int64_t ld_p, int row
     weighted_values_int16_upto<ND - 1>(nd, p, ld_p, rows, v, ld_v, key_pairs, d0, dim, inv, v_scale, out);
 }
 
+// The number of keys a mask row allows where it allows exactly a prefix of them (a key padding mask), else -1
+int64_t allowed_prefix(const bool* allowed, int64_t seq, int64_t stride) {
+  int64_t n = 0;
+  while (n < seq && allowed[n * stride]) ++n;
+  for (int64_t j = n; j < seq; ++j)
+    if (allowed[j * stride]) return -1;
+  return n;
+}
+
+// The number of keys that every query row of a sequence's mask allows where it is the same prefix for each (a key
+// padding mask, as BERT builds it: [1, seq, seq] of one row repeated, or that row broadcast), else -1
+int64_t shared_allowed_prefix(const bool* mask, int64_t seq, int64_t query_stride, int64_t key_stride) {
+  const int64_t n = allowed_prefix(mask, seq, key_stride);
+  for (int64_t t = 1; n >= 0 && query_stride != 0 && t < seq; ++t) {
+    const bool* row = mask + t * query_stride;
+    const bool same = key_stride == 1 ? std::memcmp(row, mask, seq) == 0 : allowed_prefix(row, seq, key_stride) == n;
+    if (!same) return -1;
+  }
+  return n;
+}
+
 bool bf16_supported() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512bf16");
@@ -469,6 +514,9 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
   float* op = out.data_ptr<float>();
   const int64_t token_stride = 3 * heads * dim, keys_padded = padded(seq, 16), dim_padded = padded(dim, 16);
   const __m512 vscale = _mm512_set1_ps(static_cast<float>(scale));
+  std::vector<int64_t> prefixes(masked ? batch : 0);
+  for (int64_t b = 0; b < static_cast<int64_t>(prefixes.size()); ++b)
+    prefixes[b] = shared_allowed_prefix(mp + b * mb, seq, mq, mk);
   at::parallel_for(0, batch * heads, 1, [&](int64_t i0, int64_t i1) {
     const int64_t pairs = (dim + 1) / 2, key_pairs = keys_padded / 2;
     std::vector<float> kt(pairs_form ? 0 : dim * keys_padded), vs(pairs_form ? 0 : seq * dim_padded),
@@ -484,6 +532,12 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
       const float* q = base + b * seq * token_stride + h * dim;
       const float* k = q + heads * dim;
       const float* v = k + heads * dim;
+      // Where a sequence's mask allows the same prefix of the keys to every query row (a key padding mask), the
+      // float32 form attends each row as an unmasked one over that prefix: the padded keys' scores are not computed,
+      // nor their -inf stored and tested.
+      const int64_t prefix = masked && !pairs_form ? prefixes[b] : -1;
+      const bool rows_masked = masked && prefix <= 0;
+      const int64_t keys = rows_masked ? seq : prefix > 0 ? prefix : seq, keys_scored = padded(keys, 16);
       if (bf16) {
         head_to_pairs(q, k, v, seq, dim, token_stride, keys_padded, dim_padded, q2.data(), k_rows.data(), kt2.data(),
                       v2.data());
@@ -527,21 +581,27 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
           if (pairs_form) q2rows[r] = q2.data() + t * pairs;
           if (int16) q2scales[r] = q_scale[t];
         }
-        for (int64_t c0 = 0; c0 < keys_padded; c0 += 64) {
-          const int nc = static_cast<int>(std::min<int64_t>(4, (keys_padded - c0) / 16));
+        float row_max[kQueryRows * 16];  // the float32 form's running row maxima (`store_scaled_scores`)
+        std::fill(row_max, row_max + kQueryRows * 16, -INFINITY);
+        for (int64_t c0 = 0; c0 < keys_scored; c0 += 64) {
+          const int nc = static_cast<int>(std::min<int64_t>(4, (keys_scored - c0) / 16));
           if (bf16) score_chunks_bf16_upto<4>(nc, q2rows, pairs, kt2.data(), keys_padded, c0, scores.data(), keys_padded);
           else if (int16)
             score_chunks_int16_upto<4>(nc, q2rows, q2scales, pairs, kt2.data(), k_scale.data(), keys_padded, c0,
                                        scores.data(), keys_padded);
-          else score_chunks_upto<4>(nc, qrows, dim, kt.data(), keys_padded, c0, scores.data(), keys_padded);
+          else
+            score_chunks_upto<4>(nc, qrows, dim, kt.data(), keys_padded, c0, vscale, keys, scores.data(), keys_padded,
+                                 row_max);
         }
         float inv[kQueryRows];
         for (int r = 0; r < rows; ++r) {
           float* row = scores.data() + r * keys_padded;
-          const bool* allowed = masked ? mp + b * mb + (t0 + r) * mq : nullptr;
+          const bool* allowed = rows_masked ? mp + b * mb + (t0 + r) * mq : nullptr;
           const __m512 minus_inf = _mm512_set1_ps(-INFINITY);
-          __m512 vmax = minus_inf;
-          for (int64_t j = 0; j < seq; j += 16) {
+          // the float32 form's scores are scaled, and an unmasked row's maximum known, as the tile stored them
+          const bool scaled = !pairs_form;
+          __m512 vmax = scaled && !rows_masked ? _mm512_loadu_ps(row_max + 16 * r) : minus_inf;
+          for (int64_t j = 0; rows_masked && j < seq; j += 16) {
             const __mmask16 tail = qbert::first_lanes(seq - j);
             __mmask16 keep = tail;
             if (allowed && mk == 1) {
@@ -550,25 +610,37 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
               for (int64_t l = 0; l < 16 && j + l < seq; ++l)
                 if (!allowed[(j + l) * mk]) keep &= static_cast<__mmask16>(~(1u << l));
             }
-            const __m512 sj =
-                _mm512_mask_mov_ps(minus_inf, keep, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, row + j), vscale));
+            const __m512 loaded = _mm512_maskz_loadu_ps(tail, row + j);
+            const __m512 sj = _mm512_mask_mov_ps(minus_inf, keep, scaled ? loaded : _mm512_mul_ps(loaded, vscale));
             if (tail == 0xFFFF) _mm512_storeu_ps(row + j, sj);
             else _mm512_mask_storeu_ps(row + j, tail, sj);
-            vmax = _mm512_max_ps(vmax, sj);
+            vmax = _mm512_max_ps(vmax, sj);  // a masked row's maximum: over its allowed keys only
+          }
+          for (int64_t j = 0; !rows_masked && !scaled && j < seq; j += 16) {
+            const __mmask16 tail = qbert::first_lanes(seq - j);
+            const __m512 sj = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, row + j), vscale);
+            if (tail == 0xFFFF) _mm512_storeu_ps(row + j, sj);
+            else _mm512_mask_storeu_ps(row + j, tail, sj);
+            vmax = _mm512_mask_max_ps(vmax, tail, vmax, sj);
           }
           float top = _mm512_reduce_max_ps(vmax);
           const __m512 vtop = _mm512_set1_ps(top);
           __m512 vsum = _mm512_setzero_ps();
           int64_t j = 0;
-          for (; j + 16 <= seq; j += 16) {
+          for (; rows_masked && j + 16 <= seq; j += 16) {
             const __m512 sj = _mm512_loadu_ps(row + j);
             const __m512 e = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(sj, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ),
                                                  qbert::exp_ps(_mm512_sub_ps(sj, vtop)));
             _mm512_storeu_ps(row + j, e);
             vsum = _mm512_add_ps(vsum, e);
           }
-          if (j < seq) {
-            const __mmask16 tail = qbert::first_lanes(seq - j);
+          for (; !rows_masked && j + 16 <= keys; j += 16) {  // every score finite: no -inf to keep at zero
+            const __m512 e = qbert::exp_ps(_mm512_sub_ps(_mm512_loadu_ps(row + j), vtop));
+            _mm512_storeu_ps(row + j, e);
+            vsum = _mm512_add_ps(vsum, e);
+          }
+          if (j < keys) {
+            const __mmask16 tail = qbert::first_lanes(keys - j);
             const __m512 sj = _mm512_maskz_loadu_ps(tail, row + j);
             const __mmask16 live = tail & _mm512_cmp_ps_mask(sj, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
             const __m512 e = _mm512_maskz_mov_ps(live, qbert::exp_ps(_mm512_sub_ps(sj, vtop)));
@@ -593,7 +665,7 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
             weighted_values_int16_upto<4>(nd, p2.data(), key_pairs, rows, v2.data(), dim_padded, (seq + 1) / 2, d0,
                                           dim, inv, v_scale.data(), orows);
           else
-            weighted_values_upto<4>(nd, scores.data(), keys_padded, rows, vs.data(), dim_padded, seq, d0, dim, inv,
+            weighted_values_upto<4>(nd, scores.data(), keys_padded, rows, vs.data(), dim_padded, keys, d0, dim, inv,
                                     orows);
         }
       }

@@ -12,7 +12,9 @@ inline __mmask16 first_lanes(int64_t n) {
   return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
 }
 
-// e^x: a degree-6 polynomial on x - n·ln2, scaled by 2^n (relative error ~1e-7; e^x for x < -87.3 is that of -87.3).
+// e^x: a degree-5 polynomial on r = x - n·ln2 (|r| <= ln2/2), scaled by 2^n (relative error below 2e-7; e^x for
+// x < -87.3 is that of -87.3). The coefficients are a minimax fit of e^r's relative error on that range: as
+// accurate as the degree-6 Taylor series, one multiply-add fewer (softmax and GELU spend most of their time here).
 inline __m512 exp_ps(__m512 x) {
   const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
   const __m512 ln2_hi = _mm512_set1_ps(0.693359375f), ln2_lo = _mm512_set1_ps(-2.12194440e-4f);
@@ -20,13 +22,12 @@ inline __m512 exp_ps(__m512 x) {
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, ln2_hi, x);
   r = _mm512_fnmadd_ps(n, ln2_lo, r);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  __m512 p = _mm512_set1_ps(8.297654800e-3f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.191538319e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.666757464e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.999889433e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.999997020e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.000000119e+0f));
   return _mm512_scalef_ps(p, n);
 }
 
