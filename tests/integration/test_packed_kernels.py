@@ -102,6 +102,36 @@ def test_the_kernel_computes_the_formula(bits: int, tokens: int, rows: int, inpu
     assert torch.equal(layer.unpacked_codes(), qweight.codes)
 
 
+def test_activation_codes_round_the_true_quotient_at_half_integers() -> None:
+    """Inputs at and within an ulp of (k + 1/2)·s, where x·(1/s) and x / s can round differently: every code is
+    torch.round(x / s)'s. Read back through an identity weight (code 1 on the diagonal, zero point 0, scale 1): the
+    output is s_t·code."""
+    inputs = 64
+    generator = torch.Generator().manual_seed(11)
+    amax = torch.rand(200, generator=generator) * 10 + 0.1
+    scale = amax / 127
+    halves = torch.randint(-127, 127, (200, inputs - 1), generator=generator) + 0.5
+    x = (halves * scale[:, None]).to(torch.float32)
+    nudge = torch.randint(-1, 2, x.shape, generator=generator)
+    x = torch.where(nudge > 0, torch.nextafter(x, torch.full_like(x, 1e9)), x)
+    x = torch.where(nudge < 0, torch.nextafter(x, torch.full_like(x, -1e9)), x)
+    x = torch.cat([amax[:, None], x], dim=1)  # each row's largest magnitude, so s_t = amax / 127
+    identity = QuantizedWeight(
+        codes=torch.eye(inputs, dtype=torch.uint8),
+        scale=torch.ones(1),
+        zero_point=torch.zeros(1, dtype=torch.uint8),
+        offsets=torch.tensor([0, inputs]),
+        bits=8,
+    )
+    layer = PackedLinear.from_quantized(identity, None)
+    layer.pack()
+    token_scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-8) / 127
+    want = torch.round(x / token_scale)
+    got = torch.round(layer(x) / token_scale)
+    assert (want.abs() <= 127).all()
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("bits", BITS)
 def test_gelu_in_the_kernels_epilogue_is_the_exact_gelu(bits: int) -> None:
     """GELU (erf) of the formula's outputs, to the accuracy of the erf approximation (1.5e-7 absolute)."""
