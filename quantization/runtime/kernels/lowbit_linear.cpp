@@ -278,13 +278,16 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& packed, int64_t bits, i
   float* yp = y.data_ptr<float>();
   const int64_t block_bytes = groups * parts(bits) * half_group_bytes(bits);
   // tokens in chunks of whole micro-tiles whose codes stay in cache while every row block passes over them, the
-  // chunks as even as whole micro-tiles allow (the threads split the work evenly by count)
+  // chunks as even as whole micro-tiles allow (the threads split the work evenly by count). The work runs chunk by
+  // chunk: where there are several, each thread takes whole chunks of tokens, whose codes its own quantizer pass
+  // wrote and whose outputs its next op (LayerNorm, quantizer) reads, rather than every token for half the rows
+  // (measured on Zen 4, 2 threads: MiniLM b8x128 0.82-0.87x -> 0.93-0.95x OpenVINO INT8, other shapes unchanged)
   const int64_t chunks = std::max<int64_t>(1, tokens * padded_inputs / (96 * 1024));
   const int64_t chunk = padded((tokens + chunks - 1) / chunks, mr);
   const int64_t used_chunks = (tokens + chunk - 1) / chunk;
   at::parallel_for(0, used_chunks * blocks, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = i / used_chunks, c = i % used_chunks;
+      const int64_t c = i / blocks, b = i % blocks;
       const int64_t r0 = b * block_rows(bits);
       const int64_t t_end = std::min(tokens, (c + 1) * chunk);
       for (int64_t t = c * chunk; t < t_end; t += mr) {
