@@ -219,8 +219,8 @@ def fuse_intermediate_gelu(model: nn.Module) -> None:
 
 
 class FusedResidualLayerNormOutput(nn.Module):
-    """BERT's output block (a Linear, dropout, then LayerNorm of the sum with the block's input) with the sum and its
-    LayerNorm as one call of our kernel (one pass over the rows; dropout is the identity in inference)."""
+    """BERT's output block (a Linear, dropout, then LayerNorm of the sum with the block's input) as one call of our
+    kernel: the packed GEMM with the sum and its LayerNorm as its epilogue (dropout is the identity in inference)."""
 
     weight: torch.Tensor
     bias: torch.Tensor
@@ -233,9 +233,24 @@ class FusedResidualLayerNormOutput(nn.Module):
         self.bias = norm.bias
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        return torch.ops.qbert_kernels.add_layer_norm(
-            self.dense(hidden_states), input_tensor, self.weight, self.bias, self.eps
+        dense = self.dense
+        rows = hidden_states.reshape(-1, dense.in_features)
+        if rows.dtype != torch.float32:
+            rows = rows.to(torch.float32)
+        out = torch.ops.qbert_kernels.linear_add_layer_norm(
+            rows,
+            dense.codes,
+            dense.bits,
+            dense.out_features,
+            dense.row_scale,
+            dense.row_zero,
+            dense.bias,
+            input_tensor.reshape(-1, dense.out_features),
+            self.weight,
+            self.bias,
+            self.eps,
         )
+        return out.reshape(*hidden_states.shape[:-1], dense.out_features)
 
 
 def fuse_residual_layer_norm(model: nn.Module) -> None:

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 KERNEL_DIR = Path(__file__).with_name("kernels")
 KERNEL_SOURCES = tuple(KERNEL_DIR / name for name in ("lowbit_linear.cpp", "attention.cpp", "layer_norm.cpp"))
-KERNEL_HEADERS = (KERNEL_DIR / "vector_math.h",)
+KERNEL_HEADERS = (KERNEL_DIR / "vector_math.h", KERNEL_DIR / "row_norm.h")
 # The instructions the kernels are compiled for; `cpu_supported` (compiled in) checks the CPU has them.
 COMPILE_FLAGS = ("-O3", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma")
 # at::parallel_for runs on torch's OpenMP threads only when compiled with OpenMP (else one thread); the libgomp it
@@ -136,6 +136,10 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("qbert_kernels::linear")
     def _linear(x, packed, bits, rows, row_scale, row_zero, bias, gelu=False):  # noqa: ANN001, ANN202 (schema types)
+        return x.new_empty((x.shape[0], rows))
+
+    @torch.library.register_fake("qbert_kernels::linear_add_layer_norm")
+    def _linear_add_layer_norm(x, packed, bits, rows, *_):  # noqa: ANN001, ANN002, ANN202
         return x.new_empty((x.shape[0], rows))
 
     @torch.library.register_fake("qbert_kernels::attention")

@@ -185,6 +185,31 @@ def test_a_layers_resident_bytes_follow_its_bits() -> None:
     assert sizes[2] / sizes[8] <= 0.30
 
 
+@pytest.mark.parametrize("bits", [8, 3, 2])
+@pytest.mark.parametrize(("tokens", "threads"), [(1, 2), (13, 2), (700, 2), (700, 1), (1500, 3)])
+def test_linear_with_a_layer_norm_epilogue_is_linear_then_add_layer_norm(bits: int, tokens: int, threads: int) -> None:
+    """The same bits as the two ops it fuses, whether the epilogue runs per chunk of tokens (larger inputs, several
+    threads) or after the GEMM."""
+    qweight = _qweight(96, 384, bits, seed=tokens)
+    bias = torch.randn(96)
+    layer = PackedLinear.from_quantized(qweight, bias)
+    layer.pack()
+    generator = torch.Generator().manual_seed(tokens)
+    x, residual = torch.randn(tokens, 384, generator=generator), torch.randn(tokens, 96, generator=generator)
+    weight, ln_bias = torch.rand(96, generator=generator) + 0.5, torch.randn(96, generator=generator)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        args = (layer.codes, bits, 96, layer.row_scale, layer.row_zero, layer.bias)
+        fused = OPS.linear_add_layer_norm(x, *args, residual, weight, ln_bias, 1e-12)
+        apart = OPS.add_layer_norm(OPS.linear(x, *args), residual, weight, ln_bias, 1e-12)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(fused, apart)
+    with pytest.raises(RuntimeError, match="residual must be"):
+        OPS.linear_add_layer_norm(x, *args, residual[:, :5], weight, ln_bias, 1e-12)
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (3, 5), (2, 7, 48), (4, 33, 37), (1, 130, 768)])
 def test_add_layer_norm_computes_the_layer_norm_of_the_sum(shape: tuple[int, ...]) -> None:
     """Against LayerNorm in float64, widths below, at and past whole 16-float vectors."""

@@ -10,37 +10,9 @@
 #include <cmath>
 #include <cstdint>
 
-#include "vector_math.h"
+#include "row_norm.h"
 
 namespace {
-
-void add_row_norm(const float* x, const float* residual, const float* weight, const float* bias, int64_t width,
-                  float eps, float* out) {
-  __m512 vsum = _mm512_setzero_ps();
-  for (int64_t d = 0; d < width; d += 16) {
-    const __mmask16 lanes = qbert::first_lanes(width - d);
-    const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, x + d), _mm512_maskz_loadu_ps(lanes, residual + d));
-    _mm512_mask_storeu_ps(out + d, lanes, v);
-    vsum = _mm512_add_ps(vsum, v);
-  }
-  const float mean = _mm512_reduce_add_ps(vsum) / static_cast<float>(width);
-  const __m512 vmean = _mm512_set1_ps(mean);
-  __m512 vsquares = _mm512_setzero_ps();
-  for (int64_t d = 0; d < width; d += 16) {
-    const __mmask16 lanes = qbert::first_lanes(width - d);
-    const __m512 centered = _mm512_maskz_sub_ps(lanes, _mm512_maskz_loadu_ps(lanes, out + d), vmean);
-    vsquares = _mm512_fmadd_ps(centered, centered, vsquares);
-  }
-  const float variance = _mm512_reduce_add_ps(vsquares) / static_cast<float>(width);
-  const __m512 rstd = _mm512_set1_ps(1.0f / std::sqrt(variance + eps));
-  for (int64_t d = 0; d < width; d += 16) {
-    const __mmask16 lanes = qbert::first_lanes(width - d);
-    const __m512 normalized = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, out + d), vmean), rstd);
-    const __m512 y = _mm512_fmadd_ps(normalized, _mm512_maskz_loadu_ps(lanes, weight + d),
-                                     _mm512_maskz_loadu_ps(lanes, bias + d));
-    _mm512_mask_storeu_ps(out + d, lanes, y);
-  }
-}
 
 // x, residual: float32 of one shape [..., width]; weight, bias: float32 [width]. Returns LayerNorm(x + residual).
 at::Tensor add_layer_norm(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
@@ -60,7 +32,7 @@ at::Tensor add_layer_norm(const at::Tensor& x, const at::Tensor& residual, const
   // a few rows a task: a row of BERT-base is 3 KB, and a short sequence's few rows are not worth a second thread
   at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
-      add_row_norm(xp + r * width, rp + r * width, wp, bp, width, static_cast<float>(eps), op + r * width);
+      qbert::add_row_norm(xp + r * width, rp + r * width, wp, bp, width, static_cast<float>(eps), op + r * width);
   });
   return out;
 }

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "row_norm.h"
 #include "vector_math.h"
 
 namespace {
@@ -243,10 +244,20 @@ void run_tile(int n, const int8_t* a, int64_t groups, const uint8_t* w, const fl
   if constexpr (MR > 1) run_tile<BITS, MR - 1>(n, a, groups, w, ts, tsum, rs, rz, bias, rows_left, y, ldy, gelu);
 }
 
+// The LayerNorm of each output row's sum with a residual, as an epilogue (`linear_add_layer_norm`)
+struct ResidualLayerNorm {
+  const float* residual;  // [tokens, rows]
+  const float* weight;
+  const float* bias;
+  float eps;
+};
+
 // x: float32 [tokens, inputs]; packed from pack_codes; row_scale, bias: float32 [>= padded rows];
-// row_zero: int32 [>= padded rows]. Returns float32 [tokens, rows], through GELU (erf) where `gelu`.
-at::Tensor linear(const at::Tensor& x, const at::Tensor& packed, int64_t bits, int64_t rows,
-                  const at::Tensor& row_scale, const at::Tensor& row_zero, const at::Tensor& bias, bool gelu) {
+// row_zero: int32 [>= padded rows]. Returns float32 [tokens, rows], through GELU (erf) where `gelu`, or the LayerNorm
+// of its sum with a residual where `norm` is given.
+at::Tensor linear_with(const at::Tensor& x, const at::Tensor& packed, int64_t bits, int64_t rows,
+                       const at::Tensor& row_scale, const at::Tensor& row_zero, const at::Tensor& bias, bool gelu,
+                       const ResidualLayerNorm* norm) {
   check_bits(bits);
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be a 2-D float32 tensor");
   const auto xc = x.contiguous();
@@ -282,30 +293,74 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& packed, int64_t bits, i
   // chunk: where there are several, each thread takes whole chunks of tokens, whose codes its own quantizer pass
   // wrote and whose outputs its next op (LayerNorm, quantizer) reads, rather than every token for half the rows
   // (measured on Zen 4, 2 threads: MiniLM b8x128 0.82-0.87x -> 0.93-0.95x OpenVINO INT8, other shapes unchanged)
-  const int64_t chunks = std::max<int64_t>(1, tokens * padded_inputs / (96 * 1024));
+  const int64_t fitting = std::max<int64_t>(1, tokens * padded_inputs / (96 * 1024));
+  const int64_t threads = at::get_num_threads();
+  // with a LayerNorm epilogue, whole chunks per thread where there are several (as many per thread), so that each
+  // chunk's rows are normalized by the thread that just computed them, while they are in its cache
+  const bool chunk_norm = norm != nullptr && fitting > 1 && threads > 1;
+  const int64_t chunks = chunk_norm ? (fitting + threads - 1) / threads * threads : fitting;
   const int64_t chunk = padded((tokens + chunks - 1) / chunks, mr);
   const int64_t used_chunks = (tokens + chunk - 1) / chunk;
-  at::parallel_for(0, used_chunks * blocks, 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t c = i / blocks, b = i % blocks;
-      const int64_t r0 = b * block_rows(bits);
-      const int64_t t_end = std::min(tokens, (c + 1) * chunk);
-      for (int64_t t = c * chunk; t < t_end; t += mr) {
-        const int n = static_cast<int>(std::min<int64_t>(mr, t_end - t));
-        const int8_t* xt = xqp + t * quads * 4;  // t is a multiple of mr: the start of a micro-tile
-        const uint8_t* w = wp + b * block_bytes;
-        float* yt = yp + t * rows + r0;
-        switch (bits) {
-          case 1: run_tile<1>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
-          case 2: run_tile<2>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
-          case 3: run_tile<3>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
-          case 4: run_tile<4>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
-          default: run_tile<8>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
-        }
+  auto block_of_chunk = [&](int64_t c, int64_t b) {
+    const int64_t r0 = b * block_rows(bits);
+    const int64_t t_end = std::min(tokens, (c + 1) * chunk);
+    for (int64_t t = c * chunk; t < t_end; t += mr) {
+      const int n = static_cast<int>(std::min<int64_t>(mr, t_end - t));
+      const int8_t* xt = xqp + t * quads * 4;  // t is a multiple of mr: the start of a micro-tile
+      const uint8_t* w = wp + b * block_bytes;
+      float* yt = yp + t * rows + r0;
+      switch (bits) {
+        case 1: run_tile<1>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
+        case 2: run_tile<2>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
+        case 3: run_tile<3>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
+        case 4: run_tile<4>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
+        default: run_tile<8>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
       }
     }
+  };
+  auto normalize = [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      qbert::add_row_norm(yp + t * rows, norm->residual + t * rows, norm->weight, norm->bias, rows, norm->eps,
+                          yp + t * rows);
+  };
+  if (chunk_norm) {
+    at::parallel_for(0, used_chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int64_t b = 0; b < blocks; ++b) block_of_chunk(c, b);
+        normalize(c * chunk, std::min(tokens, (c + 1) * chunk));
+      }
+    });
+    return y;
+  }
+  at::parallel_for(0, used_chunks * blocks, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) block_of_chunk(i / blocks, i % blocks);
   });
+  if (norm != nullptr) at::parallel_for(0, tokens, 16, normalize);
   return y;
+}
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& packed, int64_t bits, int64_t rows,
+                  const at::Tensor& row_scale, const at::Tensor& row_zero, const at::Tensor& bias, bool gelu) {
+  return linear_with(x, packed, bits, rows, row_scale, row_zero, bias, gelu, nullptr);
+}
+
+// LayerNorm(linear(x) + residual) over the output rows: residual float32 [tokens, rows]; weight, ln_bias float32
+// [rows]. The same bits as `linear` followed by `add_layer_norm`, in one call and, for larger inputs, with each
+// chunk of tokens normalized by the thread that computed it, while its rows are in that thread's cache.
+at::Tensor linear_add_layer_norm(const at::Tensor& x, const at::Tensor& packed, int64_t bits, int64_t rows,
+                                 const at::Tensor& row_scale, const at::Tensor& row_zero, const at::Tensor& bias,
+                                 const at::Tensor& residual, const at::Tensor& weight, const at::Tensor& ln_bias,
+                                 double eps) {
+  TORCH_CHECK(residual.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
+                  ln_bias.scalar_type() == at::kFloat,
+              "linear_add_layer_norm takes a float32 residual, weight and bias");
+  TORCH_CHECK(residual.dim() == 2 && residual.size(0) == x.size(0) && residual.size(1) == rows,
+              "the residual must be [tokens, rows]");
+  TORCH_CHECK(weight.numel() == rows && ln_bias.numel() == rows, "weight and bias must have `rows` values");
+  const auto rc = residual.contiguous(), wc = weight.contiguous(), bc = ln_bias.contiguous();
+  const ResidualLayerNorm norm{rc.data_ptr<float>(), wc.data_ptr<float>(), bc.data_ptr<float>(),
+                               static_cast<float>(eps)};
+  return linear_with(x, packed, bits, rows, row_scale, row_zero, bias, false, &norm);
 }
 
 
@@ -318,10 +373,13 @@ TORCH_LIBRARY(qbert_kernels, m) {
   m.def("unpack_codes(Tensor packed, int bits, int rows, int inputs) -> Tensor");
   m.def("linear(Tensor x, Tensor packed, int bits, int rows, Tensor row_scale, Tensor row_zero, Tensor bias, "
         "bool gelu=False) -> Tensor");
+  m.def("linear_add_layer_norm(Tensor x, Tensor packed, int bits, int rows, Tensor row_scale, Tensor row_zero, "
+        "Tensor bias, Tensor residual, Tensor weight, Tensor ln_bias, float eps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(qbert_kernels, CompositeExplicitAutograd, m) {
   m.impl("pack_codes", &pack_codes);
   m.impl("unpack_codes", &unpack_codes);
   m.impl("linear", &linear);
+  m.impl("linear_add_layer_norm", &linear_add_layer_norm);
 }
