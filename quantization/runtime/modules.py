@@ -233,24 +233,7 @@ class FusedResidualLayerNormOutput(nn.Module):
         self.bias = norm.bias
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        dense = self.dense
-        rows = hidden_states.reshape(-1, dense.in_features)
-        if rows.dtype != torch.float32:
-            rows = rows.to(torch.float32)
-        out = torch.ops.qbert_kernels.linear_add_layer_norm(
-            rows,
-            dense.codes,
-            dense.bits,
-            dense.out_features,
-            dense.row_scale,
-            dense.row_zero,
-            dense.bias,
-            input_tensor.reshape(-1, dense.out_features),
-            self.weight,
-            self.bias,
-            self.eps,
-        )
-        return out.reshape(*hidden_states.shape[:-1], dense.out_features)
+        return self.dense.add_layer_norm(hidden_states, input_tensor, self.weight, self.bias, self.eps)
 
 
 def fuse_residual_layer_norm(model: nn.Module) -> None:

@@ -101,5 +101,30 @@ class PackedLinear(nn.Module):
         )
         return y.reshape(*x.shape[:-1], self.out_features)
 
+    def add_layer_norm(
+        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+    ) -> torch.Tensor:
+        """LayerNorm(self(x) + residual) with `weight`, `bias` and `eps`, the sum and its LayerNorm as the kernel's
+        epilogue (`linear_add_layer_norm`): the same values as the two steps."""
+        if not self.packed:
+            raise RuntimeError("PackedLinear runs once packed (`pack`)")
+        rows = x.reshape(-1, self.in_features)
+        if rows.dtype != torch.float32:
+            rows = rows.to(torch.float32)
+        y = torch.ops.qbert_kernels.linear_add_layer_norm(
+            rows,
+            self.codes,
+            self.bits,
+            self.out_features,
+            self.row_scale,
+            self.row_zero,
+            self.bias,
+            residual.reshape(-1, self.out_features),
+            weight,
+            bias,
+            eps,
+        )
+        return y.reshape(*x.shape[:-1], self.out_features)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits} (packed kernel)"

@@ -126,7 +126,7 @@ void quantize_tokens(const float* x, int64_t tokens, int64_t inputs, int64_t qua
                      float* scales, int32_t* sums) {
   at::parallel_for(0, tokens, 16, [&](int64_t t0, int64_t t1) {
     // the captured sizes and pointers as locals: each byte store below may alias a captured reference, which the
-    // compiler would otherwise load again after every store (measured: a third of the pass)
+    // compiler would otherwise load again after every store
     const int64_t width = inputs, tile_quads = quads, tile_tokens = mr;
     const float* const in = x;
     int8_t* const codes = tiles;
@@ -292,7 +292,6 @@ at::Tensor linear_with(const at::Tensor& x, const at::Tensor& packed, int64_t bi
   // chunks as even as whole micro-tiles allow (the threads split the work evenly by count). The work runs chunk by
   // chunk: where there are several, each thread takes whole chunks of tokens, whose codes its own quantizer pass
   // wrote and whose outputs its next op (LayerNorm, quantizer) reads, rather than every token for half the rows
-  // (measured on Zen 4, 2 threads: MiniLM b8x128 0.82-0.87x -> 0.93-0.95x OpenVINO INT8, other shapes unchanged)
   const int64_t fitting = std::max<int64_t>(1, tokens * padded_inputs / (96 * 1024));
   const int64_t threads = at::get_num_threads();
   // with a LayerNorm epilogue, whole chunks per thread where there are several (as many per thread), so that each
