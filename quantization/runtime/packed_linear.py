@@ -89,16 +89,20 @@ class PackedLinear(nn.Module):
             return self.codes.clone()
         return packed_kernels().unpack_codes(self.codes, self.bits, self.out_features, self.in_features)
 
-    def forward(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-        """`gelu`: GELU (erf) applied to the outputs inside the kernel (one pass over them fewer)."""
+    def _input_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """x as the kernels take it: float32 [tokens, in_features]."""
         if not self.packed:
             raise RuntimeError("PackedLinear runs once packed (`pack`)")
         rows = x.reshape(-1, self.in_features)
-        if rows.dtype != torch.float32:
-            rows = rows.to(torch.float32)
-        y = torch.ops.qbert_kernels.linear(
-            rows, self.codes, self.bits, self.out_features, self.row_scale, self.row_zero, self.bias, gelu
-        )
+        return rows if rows.dtype == torch.float32 else rows.to(torch.float32)
+
+    def _kernel_weights(self) -> tuple[torch.Tensor, int, int, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The kernels' weight arguments: packed codes, bits, rows, row scales, row zero points, bias."""
+        return self.codes, self.bits, self.out_features, self.row_scale, self.row_zero, self.bias
+
+    def forward(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+        """`gelu`: GELU (erf) applied to the outputs inside the kernel (one pass over them fewer)."""
+        y = torch.ops.qbert_kernels.linear(self._input_rows(x), *self._kernel_weights(), gelu)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def add_layer_norm(
@@ -106,23 +110,8 @@ class PackedLinear(nn.Module):
     ) -> torch.Tensor:
         """LayerNorm(self(x) + residual) with `weight`, `bias` and `eps`, the sum and its LayerNorm as the kernel's
         epilogue (`linear_add_layer_norm`): the same values as the two steps."""
-        if not self.packed:
-            raise RuntimeError("PackedLinear runs once packed (`pack`)")
-        rows = x.reshape(-1, self.in_features)
-        if rows.dtype != torch.float32:
-            rows = rows.to(torch.float32)
         y = torch.ops.qbert_kernels.linear_add_layer_norm(
-            rows,
-            self.codes,
-            self.bits,
-            self.out_features,
-            self.row_scale,
-            self.row_zero,
-            self.bias,
-            residual.reshape(-1, self.out_features),
-            weight,
-            bias,
-            eps,
+            self._input_rows(x), *self._kernel_weights(), residual.reshape(-1, self.out_features), weight, bias, eps
         )
         return y.reshape(*x.shape[:-1], self.out_features)
 
