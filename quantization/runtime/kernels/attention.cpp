@@ -506,6 +506,8 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
   TORCH_CHECK(products != kBf16 || bf16_supported(), "bf16 attention needs a CPU with AVX-512 BF16");
   const bool bf16 = products == kBf16, int16 = products == kInt16, pairs_form = bf16 || int16;
   const bool masked = m.defined();
+  // the float32 form's scores are scaled, and an unmasked row's maximum known, as its tile stored them
+  const bool scaled = !pairs_form;
   const bool* mp = masked ? m.data_ptr<bool>() : nullptr;
   const int64_t mb = masked ? m.stride(0) : 0, mq = masked ? m.stride(2) : 0, mk = masked ? m.stride(3) : 0;
   auto out = at::empty({batch, seq, heads * dim}, x.options());
@@ -514,7 +516,8 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
   float* op = out.data_ptr<float>();
   const int64_t token_stride = 3 * heads * dim, keys_padded = padded(seq, 16), dim_padded = padded(dim, 16);
   const __m512 vscale = _mm512_set1_ps(static_cast<float>(scale));
-  std::vector<int64_t> prefixes(masked ? batch : 0);
+  // the float32 form's prefix per sequence (`shared_allowed_prefix`); the pairs forms take every mask as it is
+  std::vector<int64_t> prefixes(masked && !pairs_form ? batch : 0);
   for (int64_t b = 0; b < static_cast<int64_t>(prefixes.size()); ++b)
     prefixes[b] = shared_allowed_prefix(mp + b * mb, seq, mq, mk);
   at::parallel_for(0, batch * heads, 1, [&](int64_t i0, int64_t i1) {
@@ -535,9 +538,9 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
       // Where a sequence's mask allows the same prefix of the keys to every query row (a key padding mask), the
       // float32 form attends each row as an unmasked one over that prefix: the padded keys' scores are not computed,
       // nor their -inf stored and tested.
-      const int64_t prefix = masked && !pairs_form ? prefixes[b] : -1;
+      const int64_t prefix = prefixes.empty() ? -1 : prefixes[b];
       const bool rows_masked = masked && prefix <= 0;
-      const int64_t keys = rows_masked ? seq : prefix > 0 ? prefix : seq, keys_scored = padded(keys, 16);
+      const int64_t keys = prefix > 0 ? prefix : seq, keys_scored = padded(keys, 16);
       if (bf16) {
         head_to_pairs(q, k, v, seq, dim, token_stride, keys_padded, dim_padded, q2.data(), k_rows.data(), kt2.data(),
                       v2.data());
@@ -598,8 +601,6 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
           float* row = scores.data() + r * keys_padded;
           const bool* allowed = rows_masked ? mp + b * mb + (t0 + r) * mq : nullptr;
           const __m512 minus_inf = _mm512_set1_ps(-INFINITY);
-          // the float32 form's scores are scaled, and an unmasked row's maximum known, as the tile stored them
-          const bool scaled = !pairs_form;
           __m512 vmax = scaled && !rows_masked ? _mm512_loadu_ps(row_max + 16 * r) : minus_inf;
           for (int64_t j = 0; rows_masked && j < seq; j += 16) {
             const __mmask16 tail = qbert::first_lanes(seq - j);
