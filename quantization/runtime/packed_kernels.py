@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 KERNEL_DIR = Path(__file__).with_name("kernels")
 KERNEL_SOURCES = tuple(KERNEL_DIR / name for name in ("lowbit_linear.cpp", "attention.cpp", "layer_norm.cpp"))
-KERNEL_HEADERS = (KERNEL_DIR / "vector_math.h", KERNEL_DIR / "row_norm.h")
+KERNEL_HEADERS = (KERNEL_DIR / "vector_math.h", KERNEL_DIR / "row_norm.h", KERNEL_DIR / "ops.h")
 # The instructions the kernels are compiled for; `cpu_supported` (compiled in) checks the CPU has them.
 COMPILE_FLAGS = ("-O3", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma")
 # at::parallel_for runs on torch's OpenMP threads only when compiled with OpenMP (else one thread); the libgomp it

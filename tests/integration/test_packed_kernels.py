@@ -102,6 +102,28 @@ def test_the_kernel_computes_the_formula(bits: int, tokens: int, rows: int, inpu
     assert torch.equal(layer.unpacked_codes(), qweight.codes)
 
 
+@pytest.mark.parametrize("bits", [8, 4, 3])
+def test_every_thread_count_computes_the_same_values(bits: int) -> None:
+    """Enough tokens for the threads to split them (each quantizing its own, in chunks; a partial micro-tile at the
+    end) or, on one thread, none: the formula, with the same bits at 1, 2 and 3 threads."""
+    qweight = _qweight(70, 384, bits, seed=bits)
+    bias = torch.randn(70)
+    layer = PackedLinear.from_quantized(qweight, bias)
+    layer.pack()
+    x = torch.randn(601, 384, generator=torch.Generator().manual_seed(bits)) * 3
+    want = _formula_float64(x, qweight, bias)
+    before = torch.get_num_threads()
+    outputs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outputs.append(layer(x))
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(outputs[0].double(), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    assert all(torch.equal(out, outputs[0]) for out in outputs[1:])
+
+
 def test_activation_codes_round_the_true_quotient_at_half_integers() -> None:
     """Inputs at and within an ulp of (k + 1/2)·s, where x·(1/s) and x / s can round differently: every code is
     torch.round(x / s)'s. Read back through an identity weight (code 1 on the diagonal, zero point 0, scale 1): the

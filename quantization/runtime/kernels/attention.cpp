@@ -19,6 +19,7 @@
 #include <optional>
 #include <vector>
 
+#include "ops.h"
 #include "vector_math.h"
 
 namespace {
@@ -487,33 +488,23 @@ bool bf16_supported() {
 // What the two products take as operands (the op's `products` argument)
 enum Products : int64_t { kFloat32 = 0, kBf16 = 1, kInt16 = 2 };
 
-// qkv: float32 [batch, seq, 3, heads, dim]; mask: bool, broadcastable to [batch, 1, seq, seq] (true: attend), or
-// absent. Returns float32 [batch, seq, heads * dim]. `products` (`Products`): the two products' operands; sums,
-// softmax and output stay float32. bf16 needs a CPU with AVX-512 BF16 (`bf16_supported`).
-at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mask, double scale, int64_t products) {
-  TORCH_CHECK(qkv.dim() == 5 && qkv.size(2) == 3 && qkv.scalar_type() == at::kFloat, "qkv must be float32 "
-              "[batch, seq, 3, heads, dim]");
-  TORCH_CHECK(products == kFloat32 || products == kBf16 || products == kInt16,
-              "products must be 0 (float32), 1 (bf16) or 2 (int16), got ", products);
-  const auto x = qkv.contiguous();
-  const int64_t batch = x.size(0), seq = x.size(1), heads = x.size(3), dim = x.size(4);
-  at::Tensor m;
-  if (mask.has_value() && mask->defined()) {
-    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->dim() == 4 && mask->size(1) == 1, "mask must be bool "
-                "[batch, 1, seq or 1, seq]");
-    m = mask->expand({batch, 1, seq, seq});
-  }
-  TORCH_CHECK(products != kBf16 || bf16_supported(), "bf16 attention needs a CPU with AVX-512 BF16");
+}  // namespace
+
+bool qbert::products_supported(int64_t products) {
+  return products == kFloat32 || products == kInt16 || (products == kBf16 && bf16_supported());
+}
+
+void qbert::attention_heads(const float* qkv, int64_t batch, int64_t seq, int64_t heads, int64_t dim,
+                            const KeyMask& mask, double scale, int64_t products, float* out) {
+  if (batch == 0 || seq == 0) return;
   const bool bf16 = products == kBf16, int16 = products == kInt16, pairs_form = bf16 || int16;
-  const bool masked = m.defined();
+  const bool masked = mask.allowed != nullptr;
   // the float32 form's scores are scaled, and an unmasked row's maximum known, as its tile stored them
   const bool scaled = !pairs_form;
-  const bool* mp = masked ? m.data_ptr<bool>() : nullptr;
-  const int64_t mb = masked ? m.stride(0) : 0, mq = masked ? m.stride(2) : 0, mk = masked ? m.stride(3) : 0;
-  auto out = at::empty({batch, seq, heads * dim}, x.options());
-  if (batch == 0 || seq == 0) return out;
-  const float* base = x.data_ptr<float>();
-  float* op = out.data_ptr<float>();
+  const bool* mp = mask.allowed;
+  const int64_t mb = mask.batch_stride, mq = mask.query_stride, mk = mask.key_stride;
+  const float* base = qkv;
+  float* op = out;
   const int64_t token_stride = 3 * heads * dim, keys_padded = padded(seq, 16), dim_padded = padded(dim, 16);
   const __m512 vscale = _mm512_set1_ps(static_cast<float>(scale));
   // the float32 form's prefix per sequence (`shared_allowed_prefix`); the pairs forms take every mask as it is
@@ -672,6 +663,31 @@ at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mas
       }
     }
   });
+}
+
+namespace {
+
+// qkv: float32 [batch, seq, 3, heads, dim]; mask: bool, broadcastable to [batch, 1, seq, seq] (true: attend), or
+// absent. Returns float32 [batch, seq, heads * dim]. `products` (`Products`): the two products' operands; sums,
+// softmax and output stay float32. bf16 needs a CPU with AVX-512 BF16 (`bf16_supported`).
+at::Tensor attention(const at::Tensor& qkv, const std::optional<at::Tensor>& mask, double scale, int64_t products) {
+  TORCH_CHECK(qkv.dim() == 5 && qkv.size(2) == 3 && qkv.scalar_type() == at::kFloat, "qkv must be float32 "
+              "[batch, seq, 3, heads, dim]");
+  TORCH_CHECK(products == kFloat32 || products == kBf16 || products == kInt16,
+              "products must be 0 (float32), 1 (bf16) or 2 (int16), got ", products);
+  const auto x = qkv.contiguous();
+  const int64_t batch = x.size(0), seq = x.size(1), heads = x.size(3), dim = x.size(4);
+  at::Tensor m;
+  if (mask.has_value() && mask->defined()) {
+    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->dim() == 4 && mask->size(1) == 1, "mask must be bool "
+                "[batch, 1, seq or 1, seq]");
+    m = mask->expand({batch, 1, seq, seq});
+  }
+  TORCH_CHECK(products != kBf16 || bf16_supported(), "bf16 attention needs a CPU with AVX-512 BF16");
+  auto out = at::empty({batch, seq, heads * dim}, x.options());
+  const qbert::KeyMask key_mask{m.defined() ? m.data_ptr<bool>() : nullptr, m.defined() ? m.stride(0) : 0,
+                                m.defined() ? m.stride(2) : 0, m.defined() ? m.stride(3) : 0};
+  qbert::attention_heads(x.data_ptr<float>(), batch, seq, heads, dim, key_mask, scale, products, out.data_ptr<float>());
   return out;
 }
 

@@ -25,7 +25,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 
+#include "ops.h"
 #include "row_norm.h"
 #include "vector_math.h"
 
@@ -120,47 +122,42 @@ at::Tensor unpack_codes(const at::Tensor& packed, int64_t bits, int64_t rows, in
   return out;
 }
 
-// Per-token scales, int8 codes and their row sums. The codes go to micro-tile order, so that a micro-tile's
-// kernel reads every token's quad from one pointer: [tiles][quads][mr][4], zero-padded in both directions.
-void quantize_tokens(const float* x, int64_t tokens, int64_t inputs, int64_t quads, int64_t mr, int8_t* tiles,
-                     float* scales, int32_t* sums) {
-  at::parallel_for(0, tokens, 16, [&](int64_t t0, int64_t t1) {
-    // the captured sizes and pointers as locals: each byte store below may alias a captured reference, which the
-    // compiler would otherwise load again after every store
-    const int64_t width = inputs, tile_quads = quads, tile_tokens = mr;
-    const float* const in = x;
-    int8_t* const codes = tiles;
-    for (int64_t t = t0; t < t1; ++t) {
-      const float* row = in + t * width;
-      __m512 vmax = _mm512_setzero_ps();
-      int64_t k = 0;
-      for (; k + 16 <= width; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(row + k)));
-      float amax = _mm512_reduce_max_ps(vmax);
-      for (; k < width; ++k) amax = std::max(amax, std::fabs(row[k]));
-      const float scale = std::max(amax, 1e-8f) / 127.0f;
-      scales[t] = scale;
-      const __m512 vscale = _mm512_set1_ps(scale);
-      __m512i vsum = _mm512_setzero_si512();
-      int8_t* out = codes + (t / tile_tokens) * tile_quads * tile_tokens * 4 + (t % tile_tokens) * 4;
-      for (k = 0; k + 16 <= width; k += 16) {
-        // a true division and round-half-to-even, as torch.round(x / s) computes it
-        const __m512 q = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(row + k), vscale),
-                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        const __m512i qi = _mm512_cvtps_epi32(q);
-        vsum = _mm512_add_epi32(vsum, qi);
-        alignas(16) int8_t bytes[16];
-        _mm_store_si128(reinterpret_cast<__m128i*>(bytes), _mm512_cvtsepi32_epi8(qi));
-        for (int quad = 0; quad < 4; ++quad) std::memcpy(out + (k / 4 + quad) * tile_tokens * 4, bytes + 4 * quad, 4);
-      }
-      int32_t sum = _mm512_reduce_add_epi32(vsum);
-      for (; k < tile_quads * 4; ++k) {
-        const int32_t q = k < width ? static_cast<int32_t>(std::nearbyint(row[k] / scale)) : 0;
-        out[(k / 4) * tile_tokens * 4 + k % 4] = static_cast<int8_t>(q);
-        sum += q;
-      }
-      sums[t] = sum;
+// Per-token scales, int8 codes and their row sums, on the calling thread. The codes go to micro-tile order, so that a
+// micro-tile's kernel reads every token's quad from one pointer: [tiles][quads][mr][4], zero-padded in both directions.
+// Sizes and pointers are by-value locals: a byte store may alias any memory, so a value read through a reference or
+// a capture would be loaded again after each one.
+void quantize_tokens(const float* x, int64_t tokens, int64_t width, int64_t tile_quads, int64_t tile_tokens,
+                     int8_t* codes, float* scales, int32_t* sums) {
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* row = x + t * width;
+    __m512 vmax = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= width; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(row + k)));
+    float amax = _mm512_reduce_max_ps(vmax);
+    for (; k < width; ++k) amax = std::max(amax, std::fabs(row[k]));
+    const float scale = std::max(amax, 1e-8f) / 127.0f;
+    scales[t] = scale;
+    const __m512 vscale = _mm512_set1_ps(scale);
+    __m512i vsum = _mm512_setzero_si512();
+    int8_t* out = codes + (t / tile_tokens) * tile_quads * tile_tokens * 4 + (t % tile_tokens) * 4;
+    for (k = 0; k + 16 <= width; k += 16) {
+      // a true division and round-half-to-even, as torch.round(x / s) computes it
+      const __m512 q = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(row + k), vscale),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m512i qi = _mm512_cvtps_epi32(q);
+      vsum = _mm512_add_epi32(vsum, qi);
+      alignas(16) int8_t bytes[16];
+      _mm_store_si128(reinterpret_cast<__m128i*>(bytes), _mm512_cvtsepi32_epi8(qi));
+      for (int quad = 0; quad < 4; ++quad) std::memcpy(out + (k / 4 + quad) * tile_tokens * 4, bytes + 4 * quad, 4);
     }
-  });
+    int32_t sum = _mm512_reduce_add_epi32(vsum);
+    for (; k < tile_quads * 4; ++k) {
+      const int32_t q = k < width ? static_cast<int32_t>(std::nearbyint(row[k] / scale)) : 0;
+      out[(k / 4) * tile_tokens * 4 + k % 4] = static_cast<int8_t>(q);
+      sum += q;
+    }
+    sums[t] = sum;
+  }
 }
 
 inline __m512i bcast4(const int8_t* p) {
@@ -244,76 +241,66 @@ void run_tile(int n, const int8_t* a, int64_t groups, const uint8_t* w, const fl
   if constexpr (MR > 1) run_tile<BITS, MR - 1>(n, a, groups, w, ts, tsum, rs, rz, bias, rows_left, y, ldy, gelu);
 }
 
-// The LayerNorm of each output row's sum with a residual, as an epilogue (`linear_add_layer_norm`)
-struct ResidualLayerNorm {
-  const float* residual;  // [tokens, rows]
-  const float* weight;
-  const float* bias;
-  float eps;
-};
+// Scratch memory that is not zeroed (a partial micro-tile's missing tokens are never read)
+template <typename T>
+std::unique_ptr<T[]> uninitialized(int64_t n) {
+  return std::unique_ptr<T[]>(new T[static_cast<size_t>(n)]);
+}
 
-// x: float32 [tokens, inputs]; packed from pack_codes; row_scale, bias: float32 [>= padded rows];
-// row_zero: int32 [>= padded rows]. Returns float32 [tokens, rows], through GELU (erf) where `gelu`, or the LayerNorm
-// of its sum with a residual where `norm` is given.
-at::Tensor linear_with(const at::Tensor& x, const at::Tensor& packed, int64_t bits, int64_t rows,
-                       const at::Tensor& row_scale, const at::Tensor& row_zero, const at::Tensor& bias, bool gelu,
-                       const ResidualLayerNorm* norm) {
+}  // namespace
+
+qbert::PackedWeights qbert::packed_weights(const at::Tensor& packed, int64_t bits, int64_t rows,
+                                           const at::Tensor& row_scale, const at::Tensor& row_zero,
+                                           const at::Tensor& bias, int64_t inputs) {
   check_bits(bits);
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be a 2-D float32 tensor");
-  const auto xc = x.contiguous();
-  const int64_t tokens = xc.size(0), inputs = xc.size(1);
+  TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kByte && packed.is_contiguous() &&
+                  packed.size(2) == parts(bits) && packed.size(3) == half_group_bytes(bits),
+              "not codes packed at ", bits, " bits");
   const int64_t blocks = packed.size(0), groups = packed.size(1);
   const int64_t padded_inputs = groups * group_inputs(bits);
   TORCH_CHECK(padded_inputs >= inputs && padded_inputs - inputs < group_inputs(bits), "x does not match the weights");
   const int64_t covered = blocks * block_rows(bits);
-  TORCH_CHECK(packed.dim() == 4 && packed.size(2) == parts(bits) && packed.size(3) == half_group_bytes(bits),
-              "not codes packed at ", bits, " bits");
   TORCH_CHECK(row_scale.scalar_type() == at::kFloat && row_zero.scalar_type() == at::kInt &&
                   bias.scalar_type() == at::kFloat && row_scale.is_contiguous() && row_zero.is_contiguous() &&
                   bias.is_contiguous(),
               "row_scale and bias must be contiguous float32, row_zero contiguous int32");
   TORCH_CHECK(covered >= rows && row_scale.numel() >= covered && row_zero.numel() >= covered && bias.numel() >= covered,
               "row parameters must cover the padded rows");
-  auto y = at::empty({tokens, rows}, x.options());
-  if (tokens == 0) return y;
+  return {packed.data_ptr<uint8_t>(), blocks, groups, bits, rows, row_scale.data_ptr<float>(),
+          row_zero.data_ptr<int32_t>(), bias.data_ptr<float>()};
+}
+
+void qbert::linear_rows(const float* x, int64_t tokens, int64_t inputs, const PackedWeights& w, bool gelu,
+                        const ResidualLayerNorm* norm, float* y) {
+  if (tokens == 0) return;
+  const int64_t bits = w.bits, rows = w.rows, blocks = w.blocks, groups = w.groups;
+  const int64_t padded_inputs = groups * group_inputs(bits);
   const int64_t mr = tile_rows(bits), quads = padded_inputs / 4, token_tiles = (tokens + mr - 1) / mr;
-  auto xq = at::empty({token_tiles * quads * mr * 4}, at::kChar);  // a partial tile's missing tokens are never read
-  auto scales = at::empty({tokens}, at::kFloat);
-  auto sums = at::empty({tokens}, at::kInt);
-  quantize_tokens(xc.data_ptr<float>(), tokens, inputs, quads, mr, xq.data_ptr<int8_t>(),
-                  scales.data_ptr<float>(), sums.data_ptr<int32_t>());
-  const int8_t* xqp = xq.data_ptr<int8_t>();
-  const uint8_t* wp = packed.data_ptr<uint8_t>();
-  const float *ts = scales.data_ptr<float>(), *rs = row_scale.data_ptr<float>(), *bp = bias.data_ptr<float>();
-  const int32_t *tsum = sums.data_ptr<int32_t>(), *rz = row_zero.data_ptr<int32_t>();
-  float* yp = y.data_ptr<float>();
+  const auto xq = uninitialized<int8_t>(token_tiles * quads * mr * 4);
+  const auto scales = uninitialized<float>(tokens);
+  const auto sums = uninitialized<int32_t>(tokens);
+  int8_t* const xqp = xq.get();
+  float* const ts = scales.get();
+  int32_t* const tsum = sums.get();
+  const uint8_t* wp = w.packed;
+  const float *rs = w.row_scale, *bp = w.bias;
+  const int32_t* rz = w.row_zero;
+  float* yp = y;
   const int64_t block_bytes = groups * parts(bits) * half_group_bytes(bits);
-  // tokens in chunks of whole micro-tiles whose codes stay in cache while every row block passes over them, the
-  // chunks as even as whole micro-tiles allow (the threads split the work evenly by count). The work runs chunk by
-  // chunk: where there are several, each thread takes whole chunks of tokens, whose codes its own quantizer pass
-  // wrote and whose outputs its next op (LayerNorm, quantizer) reads, rather than every token for half the rows
-  const int64_t fitting = std::max<int64_t>(1, tokens * padded_inputs / (96 * 1024));
-  const int64_t threads = at::get_num_threads();
-  // with a LayerNorm epilogue, whole chunks per thread where there are several (as many per thread), so that each
-  // chunk's rows are normalized by the thread that just computed them, while they are in its cache
-  const bool chunk_norm = norm != nullptr && fitting > 1 && threads > 1;
-  const int64_t chunks = chunk_norm ? (fitting + threads - 1) / threads * threads : fitting;
-  const int64_t chunk = padded((tokens + chunks - 1) / chunks, mr);
-  const int64_t used_chunks = (tokens + chunk - 1) / chunk;
-  auto block_of_chunk = [&](int64_t c, int64_t b) {
+  // tokens [t0, t1) (t0 a multiple of mr: the start of a micro-tile) times row block b
+  auto block_of_tokens = [&](int64_t t0, int64_t t1, int64_t b) {
     const int64_t r0 = b * block_rows(bits);
-    const int64_t t_end = std::min(tokens, (c + 1) * chunk);
-    for (int64_t t = c * chunk; t < t_end; t += mr) {
-      const int n = static_cast<int>(std::min<int64_t>(mr, t_end - t));
-      const int8_t* xt = xqp + t * quads * 4;  // t is a multiple of mr: the start of a micro-tile
-      const uint8_t* w = wp + b * block_bytes;
+    for (int64_t t = t0; t < t1; t += mr) {
+      const int n = static_cast<int>(std::min<int64_t>(mr, t1 - t));
+      const int8_t* xt = xqp + t * quads * 4;
+      const uint8_t* wb = wp + b * block_bytes;
       float* yt = yp + t * rows + r0;
       switch (bits) {
-        case 1: run_tile<1>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
-        case 2: run_tile<2>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
-        case 3: run_tile<3>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
-        case 4: run_tile<4>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
-        default: run_tile<8>(n, xt, groups, w, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
+        case 1: run_tile<1>(n, xt, groups, wb, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
+        case 2: run_tile<2>(n, xt, groups, wb, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
+        case 3: run_tile<3>(n, xt, groups, wb, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
+        case 4: run_tile<4>(n, xt, groups, wb, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
+        default: run_tile<8>(n, xt, groups, wb, ts + t, tsum + t, rs + r0, rz + r0, bp + r0, rows - r0, yt, rows, gelu); break;
       }
     }
   };
@@ -322,19 +309,64 @@ at::Tensor linear_with(const at::Tensor& x, const at::Tensor& packed, int64_t bi
       qbert::add_row_norm(yp + t * rows, norm->residual + t * rows, norm->weight, norm->bias, rows, norm->eps,
                           yp + t * rows);
   };
-  if (chunk_norm) {
-    at::parallel_for(0, used_chunks, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        for (int64_t b = 0; b < blocks; ++b) block_of_chunk(c, b);
-        normalize(c * chunk, std::min(tokens, (c + 1) * chunk));
+  // tokens [t0, t1) quantized by the calling thread (t0 a multiple of mr)
+  auto quantize = [&](int64_t t0, int64_t t1) {
+    quantize_tokens(x + t0 * inputs, t1 - t0, inputs, quads, mr, xqp + t0 * quads * 4, ts + t0, tsum + t0);
+  };
+  // Tokens go in chunks whose codes stay in cache while every row block passes over them.
+  const int64_t chunk_budget = 96 * 1024;  // bytes of codes
+  const int64_t threads = at::get_num_threads();
+  if (threads > 1 && token_tiles >= threads && tokens * padded_inputs >= threads * chunk_budget) {
+    // Enough tokens for each thread to take its own: whole micro-tiles, as even as they allow. Each thread quantizes
+    // its tokens, runs them chunk by chunk past every row block and normalizes each chunk while it is in its cache:
+    // one parallel region, nothing shared between the threads, no thread waiting on a chunk count that does not
+    // split evenly.
+    at::parallel_for(0, threads, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t t0 = token_tiles * p / threads * mr, t1 = std::min(tokens, token_tiles * (p + 1) / threads * mr);
+        quantize(t0, t1);
+        const int64_t pieces = std::max<int64_t>(1, (t1 - t0) * padded_inputs / chunk_budget);
+        const int64_t chunk = padded((t1 - t0 + pieces - 1) / pieces, mr);
+        for (int64_t c0 = t0; c0 < t1; c0 += chunk) {
+          const int64_t c1 = std::min(t1, c0 + chunk);
+          for (int64_t b = 0; b < blocks; ++b) block_of_tokens(c0, c1, b);
+          if (norm != nullptr) normalize(c0, c1);
+        }
       }
     });
-    return y;
+    return;
   }
+  // Few tokens: the threads split the row blocks (chunk by chunk where the tokens' codes need more than one), after
+  // every token is quantized.
+  at::parallel_for(0, token_tiles, (16 + mr - 1) / mr, [&](int64_t g0, int64_t g1) {
+    quantize(g0 * mr, std::min(tokens, g1 * mr));
+  });
+  const int64_t chunks = std::max<int64_t>(1, tokens * padded_inputs / chunk_budget);
+  const int64_t chunk = padded((tokens + chunks - 1) / chunks, mr);
+  const int64_t used_chunks = (tokens + chunk - 1) / chunk;
   at::parallel_for(0, used_chunks * blocks, 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) block_of_chunk(i / blocks, i % blocks);
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t c = i / blocks;
+      block_of_tokens(c * chunk, std::min(tokens, (c + 1) * chunk), i % blocks);
+    }
   });
   if (norm != nullptr) at::parallel_for(0, tokens, 16, normalize);
+}
+
+namespace {
+
+// x: float32 [tokens, inputs]; packed from pack_codes; row_scale, bias: float32 [>= padded rows];
+// row_zero: int32 [>= padded rows]. Returns float32 [tokens, rows], through GELU (erf) where `gelu`, or the LayerNorm
+// of its sum with a residual where `norm` is given.
+at::Tensor linear_with(const at::Tensor& x, const at::Tensor& packed, int64_t bits, int64_t rows,
+                       const at::Tensor& row_scale, const at::Tensor& row_zero, const at::Tensor& bias, bool gelu,
+                       const qbert::ResidualLayerNorm* norm) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be a 2-D float32 tensor");
+  const auto xc = x.contiguous();
+  const int64_t tokens = xc.size(0), inputs = xc.size(1);
+  const auto weights = qbert::packed_weights(packed, bits, rows, row_scale, row_zero, bias, inputs);
+  auto y = at::empty({tokens, rows}, x.options());
+  qbert::linear_rows(xc.data_ptr<float>(), tokens, inputs, weights, gelu, norm, y.data_ptr<float>());
   return y;
 }
 
@@ -357,12 +389,10 @@ at::Tensor linear_add_layer_norm(const at::Tensor& x, const at::Tensor& packed, 
               "the residual must be [tokens, rows]");
   TORCH_CHECK(weight.numel() == rows && ln_bias.numel() == rows, "weight and bias must have `rows` values");
   const auto rc = residual.contiguous(), wc = weight.contiguous(), bc = ln_bias.contiguous();
-  const ResidualLayerNorm norm{rc.data_ptr<float>(), wc.data_ptr<float>(), bc.data_ptr<float>(),
+  const qbert::ResidualLayerNorm norm{rc.data_ptr<float>(), wc.data_ptr<float>(), bc.data_ptr<float>(),
                                static_cast<float>(eps)};
   return linear_with(x, packed, bits, rows, row_scale, row_zero, bias, false, &norm);
 }
-
-
 
 }  // namespace
 
