@@ -13,6 +13,7 @@ from quantization.artifact import Artifact
 from quantization.binarized import BinarizedWeight
 from quantization.qtensor import QuantizedWeight
 from quantization.runtime.binarized_linear import BinarizedLinear, LinearFactory
+from quantization.runtime.fused_encoder_layer import fuse_encoder_layers
 from quantization.runtime.int8_linear import Int8Linear
 from quantization.runtime.modules import (
     QuantizedEmbedding,
@@ -93,6 +94,7 @@ def build_model(
         stack_attention_projections(model)
     fuse_intermediate_gelu(model)
     fuse_residual_layer_norm(model)
+    fuse_encoder_layers(model)
     for module in model.modules():
         if isinstance(module, (Int8Linear, PackedLinear)):
             module.pack()

@@ -1,6 +1,7 @@
-"""Our kernels (`kernels/`): the packed low-bit GEMM (`lowbit_linear.cpp`), BERT attention (`attention.cpp`) and the
-LayerNorm of a residual sum (`layer_norm.cpp`), built on first use by torch's C++ extension loader, cached on disk,
-and gated on the CPU (AVX-512 with VNNI) and on a compiler being there.
+"""Our kernels (`kernels/`): the packed low-bit GEMM (`lowbit_linear.cpp`), BERT attention (`attention.cpp`), the
+LayerNorm of a residual sum (`layer_norm.cpp`) and a whole BERT encoder layer composed of them (`encoder_layer.cpp`),
+built on first use by torch's C++ extension loader, cached on disk, and gated on the CPU (AVX-512 with VNNI) and on a
+compiler being there.
 
 `packed_kernels()` returns the ops (`torch.ops.qbert_kernels`) or raises `KernelsUnavailableError` saying why; the
 runtime then falls back to its oneDNN int8 path for that model, logged.
@@ -23,7 +24,9 @@ from quantization.system import cpu_kernel_flags
 logger = logging.getLogger(__name__)
 
 KERNEL_DIR = Path(__file__).with_name("kernels")
-KERNEL_SOURCES = tuple(KERNEL_DIR / name for name in ("lowbit_linear.cpp", "attention.cpp", "layer_norm.cpp"))
+KERNEL_SOURCES = tuple(
+    KERNEL_DIR / name for name in ("lowbit_linear.cpp", "attention.cpp", "layer_norm.cpp", "encoder_layer.cpp")
+)
 KERNEL_HEADERS = (KERNEL_DIR / "vector_math.h", KERNEL_DIR / "row_norm.h", KERNEL_DIR / "ops.h")
 # The instructions the kernels are compiled for; `cpu_supported` (compiled in) checks the CPU has them.
 COMPILE_FLAGS = ("-O3", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma")
@@ -146,6 +149,10 @@ def _register_fakes() -> None:
     def _attention(qkv, mask, scale, products):  # noqa: ANN001, ANN202
         batch, seq, _, heads, dim = qkv.shape
         return qkv.new_empty((batch, seq, heads * dim))
+
+    @torch.library.register_fake("qbert_kernels::encoder_layer")
+    def _encoder_layer(hidden, *_):  # noqa: ANN001, ANN002, ANN202
+        return torch.empty_like(hidden)
 
     @torch.library.register_fake("qbert_kernels::add_layer_norm")
     def _add_layer_norm(x, residual, weight, bias, eps):  # noqa: ANN001, ANN202

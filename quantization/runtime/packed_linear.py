@@ -96,13 +96,13 @@ class PackedLinear(nn.Module):
         rows = x.reshape(-1, self.in_features)
         return rows if rows.dtype == torch.float32 else rows.to(torch.float32)
 
-    def _kernel_weights(self) -> tuple[torch.Tensor, int, int, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def kernel_weights(self) -> tuple[torch.Tensor, int, int, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The kernels' weight arguments: packed codes, bits, rows, row scales, row zero points, bias."""
         return self.codes, self.bits, self.out_features, self.row_scale, self.row_zero, self.bias
 
     def forward(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
         """`gelu`: GELU (erf) applied to the outputs inside the kernel (one pass over them fewer)."""
-        y = torch.ops.qbert_kernels.linear(self._input_rows(x), *self._kernel_weights(), gelu)
+        y = torch.ops.qbert_kernels.linear(self._input_rows(x), *self.kernel_weights(), gelu)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def add_layer_norm(
@@ -111,7 +111,7 @@ class PackedLinear(nn.Module):
         """LayerNorm(self(x) + residual) with `weight`, `bias` and `eps`, the sum and its LayerNorm as the kernel's
         epilogue (`linear_add_layer_norm`): the same values as the two steps."""
         y = torch.ops.qbert_kernels.linear_add_layer_norm(
-            self._input_rows(x), *self._kernel_weights(), residual.reshape(-1, self.out_features), weight, bias, eps
+            self._input_rows(x), *self.kernel_weights(), residual.reshape(-1, self.out_features), weight, bias, eps
         )
         return y.reshape(*x.shape[:-1], self.out_features)
 

@@ -15,6 +15,11 @@ import torch
 import transformers
 from torch import nn
 
+try:
+    from transformers.models.bert.modeling_bert import BertLayer as _BertLayer
+except ImportError:  # another release: replacements of the layer are plain modules (their outputs then not recorded)
+    _BertLayer = nn.Module  # type: ignore[assignment,misc]
+
 TESTED_TRANSFORMERS = (5, 25)
 SELF_ATTENTION_FIELDS = ("config", "num_attention_heads", "attention_head_size", "scaling", "is_causal", "is_decoder")
 
@@ -84,6 +89,37 @@ def is_residual_layer_norm_output(module: nn.Module) -> bool:
         and len(norm.normalized_shape) == 1
         and norm.weight is not None
         and norm.bias is not None
+    )
+
+
+class RecordedEncoderLayer(_BertLayer):
+    """The base of a module that replaces BERT's encoder layer. transformers records `output_hidden_states` by hooking
+    every BertLayer instance (the model's `_can_record_outputs`), so a replacement must be one to be recorded. This
+    base builds none of BertLayer's parts and sets only what an encoder layer is (no decoder, no cross-attention, the
+    feed-forward block unchunked); the subclass brings its parts and its forward."""
+
+    def __init__(self) -> None:
+        nn.Module.__init__(self)
+        self.is_decoder = False
+        self.add_cross_attention = False
+        self.chunk_size_feed_forward = 0
+        self.seq_len_dim = 1
+
+
+def is_encoder_layer(module: nn.Module) -> bool:
+    """Whether `module` is exactly BERT's layer, as an encoder's (no cross-attention, the feed-forward block unchunked)
+    with exactly BERT's attention block (its self-attention, then its output block on the result and the input)."""
+    try:
+        from transformers.models.bert.modeling_bert import BertAttention, BertLayer
+    except ImportError:
+        return False
+    return (
+        type(module) is BertLayer
+        and type(getattr(module, "attention", None)) is BertAttention
+        and not getattr(module, "is_decoder", True)
+        and not getattr(module, "add_cross_attention", True)
+        and getattr(module, "chunk_size_feed_forward", None) == 0
+        and not getattr(module.attention, "is_cross_attention", True)
     )
 
 
