@@ -18,7 +18,7 @@ from quantization.artifact import Artifact, read_artifact
 from quantization.config import ATTENTION_PRECISIONS, BACKENDS, PACKED_KERNEL_BACKENDS, WARMED_BACKENDS
 from quantization.runtime.building import build_model
 from quantization.runtime.compiling import compile_model
-from quantization.runtime.fused_encoder_layer import FusedEncoderLayer
+from quantization.runtime.fused_encoder_layer import FusedEncoder, FusedEncoderLayer
 from quantization.runtime.loaded import BackendMismatchError, LoadedModel, check_inputs
 from quantization.runtime.modules import StackedQKVSelfAttention
 from quantization.runtime.torch_internals import InternalsChangedError
@@ -55,9 +55,9 @@ def _build_openvino(artifact: Artifact, activation_group_size: int | None) -> tu
 # are no test: where a float32 reordering moves one token's activation across an 8-bit rounding boundary, that
 # change travels through the later blocks, on a 12-block model as far as activation rounding itself moves them.
 # Layer by layer, the same formula with exact integer sums agrees to ~1e-6; a wrong code, zero point or scale
-# moves a layer's outputs by percents. A whole encoder layer run as one kernel call (`FusedEncoderLayer`) is checked
-# against its own parts run one by one, each of which the reference has checked before it: between the reference
-# and a whole layer, activation rounding moves values as it does between whole models.
+# moves a layer's outputs by percents. Whole encoder layers run as one kernel call (`FusedEncoderLayer`, `FusedEncoder`)
+# are checked against their own parts run one by one, each of which the reference has checked before it: between the
+# reference and a whole layer, activation rounding moves values as it does between whole models.
 PACKED_RTOL, PACKED_ATOL = 1e-4, 1e-5
 # An attention block whose products take bf16 or int16 operands is checked twice: with float32 operands at the
 # tolerance above (its codes, scales and kernel), then as it will run, within its operands' rounding: bf16's 8 bits
@@ -88,7 +88,7 @@ def _replaced_modules(reference: nn.Module, model: nn.Module) -> list[str]:
 
 
 def _first_tensor(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
+    return output[0] if isinstance(output, (tuple, transformers.utils.ModelOutput)) else output
 
 
 def check_layers(artifact: Artifact, reference: nn.Module, model: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
@@ -119,8 +119,9 @@ def check_layers(artifact: Artifact, reference: nn.Module, model: nn.Module, inp
             if products != "float32":
                 checks.append((products, LOW_PRECISION_ATTENTION_RTOL[products]))
             twin = "reference"
-            if isinstance(module, FusedEncoderLayer):
-                want, twin, checks = module.step_by_step(*args, **kwargs), "its parts", [("float32", PACKED_RTOL)]
+            if isinstance(module, (FusedEncoderLayer, FusedEncoder)):
+                want = _first_tensor(module.step_by_step(*args, **kwargs))
+                twin, checks = "its parts", [("float32", PACKED_RTOL)]
             for checked, rtol in checks:
                 if isinstance(module, StackedQKVSelfAttention):
                     module.products = checked

@@ -1,5 +1,5 @@
 """Our kernels (`kernels/`): the packed low-bit GEMM (`lowbit_linear.cpp`), BERT attention (`attention.cpp`), the
-LayerNorm of a residual sum (`layer_norm.cpp`) and a whole BERT encoder layer composed of them (`encoder_layer.cpp`),
+LayerNorm of a residual sum (`layer_norm.cpp`) and whole BERT encoder layers composed of them (`encoder_layer.cpp`),
 built on first use by torch's C++ extension loader, cached on disk, and gated on the CPU (AVX-512 with VNNI) and on a
 compiler being there.
 
@@ -150,8 +150,8 @@ def _register_fakes() -> None:
         batch, seq, _, heads, dim = qkv.shape
         return qkv.new_empty((batch, seq, heads * dim))
 
-    @torch.library.register_fake("qbert_kernels::encoder_layer")
-    def _encoder_layer(hidden, *_):  # noqa: ANN001, ANN002, ANN202
+    @torch.library.register_fake("qbert_kernels::encoder_layers")
+    def _encoder_layers(hidden, *_):  # noqa: ANN001, ANN002, ANN202
         return torch.empty_like(hidden)
 
     @torch.library.register_fake("qbert_kernels::add_layer_norm")

@@ -106,6 +106,15 @@ class RecordedEncoderLayer(_BertLayer):
         self.seq_len_dim = 1
 
 
+def is_encoder(module: nn.Module) -> bool:
+    """Whether `module` is exactly BERT's encoder (its layers in `layer`, run one after the other)."""
+    try:
+        from transformers.models.bert.modeling_bert import BertEncoder
+    except ImportError:
+        return False
+    return type(module) is BertEncoder
+
+
 def is_encoder_layer(module: nn.Module) -> bool:
     """Whether `module` is exactly BERT's layer, as an encoder's (no cross-attention, the feed-forward block unchunked)
     with exactly BERT's attention block (its self-attention, then its output block on the result and the input)."""

@@ -1,5 +1,5 @@
-"""The encoder layer as one kernel call (`FusedEncoderLayer`) gives exactly the values of its parts called one by one,
-sequence-parallel or step by step, at every width and in mixed plans."""
+"""Encoder layers as one kernel call (`FusedEncoderLayer`, `FusedEncoder`) give exactly the values of their parts
+called one by one, sequence-parallel or step by step, at every width and in mixed plans."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from quantization.artifact import read_artifact
 from quantization.runtime import load_model
 from quantization.runtime import packed_kernels as kernels
 from quantization.runtime.building import build_model
-from quantization.runtime.fused_encoder_layer import FusedEncoderLayer
+from quantization.runtime.fused_encoder_layer import FusedEncoder, FusedEncoderLayer
 from quantization.runtime.packed_linear import PackedLinear
 from tests.integration.backends import EVERY_WIDTH_CASES, LAYER, MIXED, build_tiny
 
@@ -68,6 +68,31 @@ def test_the_fused_layer_equals_its_parts(
 
 
 @needs_kernels
+@pytest.mark.parametrize(("task", "precision", "layer_bits"), [CASES[0], CASES[4]])
+def test_the_fused_encoder_equals_its_layers(
+    tmp_path: Path, tiny_checkpoints: dict, task: str, precision: str, layer_bits: dict | None
+) -> None:
+    """All layers in one call, in place, each thread taking its sequences layer by layer: the layers' values."""
+    loaded = load_model(build_tiny(tmp_path, tiny_checkpoints[task], task, precision, layer_bits), backend="packed")
+    encoders = [m for m in loaded.model.modules() if isinstance(m, FusedEncoder)]
+    assert len(encoders) == 1
+    encoder = encoders[0]
+    threads = torch.get_num_threads()
+    try:
+        for thread_count in (1, 2):
+            torch.set_num_threads(thread_count)
+            for batch, seq, padded_from in ((1, 9, None), (2, 17, 5), (5, 33, 20)):
+                hidden, allowed = _layer_inputs(batch, seq, loaded.config.hidden_size, padded_from)
+                with torch.inference_mode():
+                    fused = encoder(hidden, allowed).last_hidden_state
+                    layers = encoder.step_by_step(hidden, allowed).last_hidden_state
+                assert not torch.equal(fused, hidden)
+                assert torch.equal(fused, layers), (thread_count, batch, seq)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_kernels
 def test_the_fused_layer_takes_a_key_mask_or_none(tmp_path: Path, tiny_checkpoints: dict) -> None:
     """A [batch, 1, 1, seq] key mask and no mask at all, as transformers may pass them."""
     loaded = load_model(build_tiny(tmp_path, tiny_checkpoints["sst2"], "sst2", "w8"), backend="packed")
@@ -80,11 +105,13 @@ def test_the_fused_layer_takes_a_key_mask_or_none(tmp_path: Path, tiny_checkpoin
 
 @needs_kernels
 def test_the_fused_layers_outputs_are_recorded_as_hidden_states(tmp_path: Path, tiny_checkpoints: dict) -> None:
-    """transformers records `output_hidden_states` from BERT's layer modules: the fused layers are recorded alike."""
+    """transformers records `output_hidden_states` from BERT's layer modules: the fused layers are recorded alike
+    (the fused encoder then runs them one by one)."""
     artifact = read_artifact(build_tiny(tmp_path, tiny_checkpoints["sst2"], "sst2", "w8"))
     model, _ = build_model(artifact, linear_factory=PackedLinear.from_quantized)
     layers = [m for m in model.modules() if isinstance(m, FusedEncoderLayer)]
     assert len(layers) == model.config.num_hidden_layers
+    assert any(isinstance(m, FusedEncoder) for m in model.modules())
     ids = torch.randint(5, 100, (2, 9), generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
         states = model(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True).hidden_states
