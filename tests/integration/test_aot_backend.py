@@ -171,3 +171,31 @@ def test_rounding_sensitivity_measures_the_model_as_it_runs(tmp_path: Path, tiny
     moved = ahead_of_time.rounding_sensitivity(model, inputs, reference, options)
     assert 0 <= moved < float(reference.logits.abs().max())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_the_bench_compiles_packages_two_at_a_time_before_its_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`qbert bench` compiles its aot candidates' packages in two worker processes before it loads them: each
+    structure once, into the cache its loads then read; a candidate that cannot be built is left for the run's
+    own load to report, not raised."""
+    from quantization.bench import Candidate, compile_aot_packages
+
+    checkpoint = make_tiny_checkpoint(tmp_path / "checkpoint", "sst2", seed=5)
+    artifacts = {
+        precision: build_tiny(tmp_path / precision, checkpoint, "sst2", precision) for precision in ("w8", "w3g128")
+    }
+    vocab = load_model(artifacts["w8"]).config.vocab_size
+
+    def candidate(precision: str, path: Path) -> Candidate:
+        return Candidate("tiny", "sst2", "qbert", precision, path, 1, vocab, backend="aot")
+
+    candidates = [candidate(p, path) for p, path in artifacts.items()] + [candidate("w8", tmp_path / "missing")]
+    package_cache = tmp_path / "packages"  # its own: the module's cache holds these structures already
+    monkeypatch.setenv(ahead_of_time.CACHE_ENV, str(package_cache))  # the workers inherit it
+    compile_aot_packages(candidates, threads=2, attention_precision="float32")
+    added = set(package_cache.glob("*.pt2"))
+    assert len(added) == 2  # w8 and w3g128 differ in structure; the missing artifact compiled nothing
+    for path in artifacts.values():
+        assert _aot(path).backend == "aot"
+    assert set(package_cache.glob("*.pt2")) == added  # the loads read what the workers compiled
