@@ -28,6 +28,8 @@ STACKABLE_MIXED = {
 }
 CASES = [(task, precision, STACKABLE_MIXED if bits == MIXED else bits) for task, precision, bits in EVERY_WIDTH_CASES]
 
+# lowbit_linear.cpp's chunk budget: where a GEMM's codes fill one chunk per thread, the threads split its tokens
+CHUNK_CODE_BYTES = 96 * 1024
 UNAVAILABLE = kernels.unavailable_reason()
 needs_kernels = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"packed kernels unavailable: {UNAVAILABLE}")
 
@@ -56,8 +58,10 @@ def test_the_fused_layer_equals_its_parts(
     try:
         for thread_count in (1, 2):
             torch.set_num_threads(thread_count)
-            # fewer sequences than threads, as many, more with a remainder (sequence-parallel, then step by step)
-            for batch, seq, padded_from in ((1, 9, None), (2, 17, 5), (3, 8, 3), (5, 33, 20)):
+            # fewer sequences than threads, as many, more with a remainder (sequence-parallel, then step by step), and
+            # one sequence whose codes fill a chunk per thread (each GEMM then splits its tokens between the threads)
+            long_seq = 2 * CHUNK_CODE_BYTES // width + 7
+            for batch, seq, padded_from in ((1, 9, None), (2, 17, 5), (3, 8, 3), (5, 33, 20), (1, long_seq, None)):
                 hidden, allowed = _layer_inputs(batch, seq, width, padded_from)
                 for layer in layers:
                     with torch.inference_mode():
