@@ -505,9 +505,9 @@ def _own_copy(catalog: Catalog, name: str, task: str, model: torch.nn.Module) ->
 
 def run_bench(plan: BenchPlan, candidates: Sequence[Candidate], progress: Callable[[str], None] = logger.info) -> dict:
     torch.set_num_threads(plan.threads)
-    # Every candidate is loaded here before the fresh processes' readings: an aot model's package is then compiled
-    # once, by this process, and a fresh process loads it from the cache as a served worker does (a reading's own
-    # process compiling it would count the compiler's memory as the model's).
+    # Every candidate is loaded here before the fresh processes' readings: an aot model's package is then in the
+    # cache (compiled by `compile_aot_packages`' workers), and a reading's process loads it as a served worker does
+    # (compiling it there would count the compiler's memory as the model's).
     progress("compiling the aot packages")
     compile_aot_packages(candidates, plan.threads, plan.attention_precision)
     progress("loading every candidate")
